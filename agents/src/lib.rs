@@ -1,0 +1,403 @@
+//! The agentmesh agent SDK.
+//!
+//! An [`Agent`] connects to its edge's nats-server with an agent id. [`Agent::publish`]
+//! returns once the edge hub has the event durably in its outbox (the ack carries the
+//! event's `ce-meshseq`); from there the mesh delivers it to `MESH_EVENTS` at the centre
+//! exactly once, in order, also across partitions. Receiving is either live
+//! ([`Agent::subscribe_live`]: core NATS, works inside a partition) or durable
+//! ([`Agent::subscribe`]: a JetStream consumer at the centre, explicit acks, resumes
+//! after a restart).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), agents::AgentError> {
+//! let agent = agents::Agent::connect("nats://127.0.0.1:4222", "planner-1").await?;
+//! let ack = agent.publish_json("task.created", "tasks.new", &serde_json::json!({"id": 7})).await?;
+//! println!("stored as edge sequence {}", ack.first_seq);
+//! let mut live = agent.subscribe_live("tasks.>").await?;
+//! if let Some(Ok(event)) = live.next().await {
+//!     println!("{} from {}", event.ty, event.source());
+//! }
+//! agent.drain().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod demo;
+pub mod pipeline;
+
+pub use pipeline::Pipeline;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
+use bytes::Bytes;
+use futures::StreamExt;
+use schemas::{subject, ErrorCode, Event, IngestReply, IngestRequest, NewEvent, SchemaError};
+use serde::Serialize;
+
+/// What can go wrong for an agent. Each variant says which step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The nats-server could not be reached.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// No edge hub answered discovery on this connection's server.
+    #[error("no edge hub found on {url}: {reason}")]
+    Discover { url: String, reason: String },
+    /// An id or event breaks the wire rules; nothing was sent.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] SchemaError),
+    /// The edge hub refused the request; nothing of it was stored.
+    #[error("edge refused the publish ({}): {message}", .code.as_str())]
+    Refused { code: ErrorCode, message: String },
+    /// Nobody listens on the ingest subject: the edge hub is not running.
+    #[error("no edge hub is listening on {subject}")]
+    NoEdgeHub { subject: String },
+    /// The edge hub did not answer in time. The events may or may not be stored.
+    #[error("no answer from the edge hub within {0:?}; the publish may or may not be stored")]
+    Timeout(Duration),
+    /// Any other NATS request failure.
+    #[error("request to {subject} failed: {reason}")]
+    Request { subject: String, reason: String },
+    /// A subscription or consumer could not be set up or read.
+    #[error("subscription {filter}: {reason}")]
+    Subscribe { filter: String, reason: String },
+    /// A payload could not be encoded or decoded.
+    #[error("payload: {0}")]
+    Payload(String),
+}
+
+/// The edge's acknowledgement: the events got `ce-meshseq` `first_seq..=last_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// A connected agent.
+#[derive(Clone)]
+pub struct Agent {
+    client: async_nats::Client,
+    edge: String,
+    id: String,
+    ingest: String,
+    timeout: Duration,
+    js: jetstream::Context,
+}
+
+impl Agent {
+    /// Connects to an edge's nats-server and discovers the edge id from the edge hub.
+    pub async fn connect(url: &str, id: &str) -> Result<Agent, AgentError> {
+        subject::validate_id("agent", id)?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("agent {id}"))
+            .connect(url)
+            .await
+            .map_err(|e| AgentError::Connect {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
+        let edge = discover_edge(&client, Duration::from_secs(5))
+            .await
+            .map_err(|reason| AgentError::Discover {
+                url: url.into(),
+                reason,
+            })?;
+        Agent::with_client(client, &edge, id)
+    }
+
+    /// An agent on an existing connection, for a known edge id.
+    pub fn with_client(
+        client: async_nats::Client,
+        edge: &str,
+        id: &str,
+    ) -> Result<Agent, AgentError> {
+        subject::validate_id("edge", edge)?;
+        subject::validate_id("agent", id)?;
+        Ok(Agent {
+            js: jetstream::with_domain(client.clone(), subject::CENTRAL_DOMAIN),
+            ingest: subject::ingest(edge, id),
+            client,
+            edge: edge.into(),
+            id: id.into(),
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// How long a publish waits for the edge's ack (default 5 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Agent {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn edge(&self) -> &str {
+        &self.edge
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Publishes opaque bytes (`application/octet-stream`).
+    pub async fn publish(
+        &self,
+        ty: &str,
+        subject: &str,
+        data: impl Into<Bytes>,
+    ) -> Result<Ack, AgentError> {
+        self.publish_batch(vec![NewEvent::new(ty, subject, data)])
+            .await
+    }
+
+    /// Publishes a value as JSON (`application/json`).
+    pub async fn publish_json<T: Serialize>(
+        &self,
+        ty: &str,
+        subject: &str,
+        value: &T,
+    ) -> Result<Ack, AgentError> {
+        let data = serde_json::to_vec(value).map_err(|e| AgentError::Payload(e.to_string()))?;
+        let mut ev = NewEvent::new(ty, subject, data);
+        ev.content_type = Some("application/json".into());
+        self.publish_batch(vec![ev]).await
+    }
+
+    /// Publishes a value as MessagePack (`application/msgpack`).
+    pub async fn publish_msgpack<T: Serialize>(
+        &self,
+        ty: &str,
+        subject: &str,
+        value: &T,
+    ) -> Result<Ack, AgentError> {
+        let data =
+            rmp_serde::to_vec_named(value).map_err(|e| AgentError::Payload(e.to_string()))?;
+        let mut ev = NewEvent::new(ty, subject, data);
+        ev.content_type = Some("application/msgpack".into());
+        self.publish_batch(vec![ev]).await
+    }
+
+    /// Publishes one fully specified event.
+    pub async fn publish_event(&self, ev: NewEvent) -> Result<Ack, AgentError> {
+        self.publish_batch(vec![ev]).await
+    }
+
+    /// Publishes several events in one request: one round trip, stored together (all or
+    /// none), consecutive sequences in the given order.
+    pub async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Ack, AgentError> {
+        let body = IngestRequest { events }.encode()?;
+        self.request(body.into()).await
+    }
+
+    /// Sends a raw ingest body (used by tests of the edge's refusals).
+    pub async fn request(&self, body: Bytes) -> Result<Ack, AgentError> {
+        let req = async_nats::Request::new()
+            .payload(body)
+            .timeout(Some(self.timeout));
+        let reply = self
+            .client
+            .send_request(self.ingest.clone(), req)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => AgentError::NoEdgeHub {
+                    subject: self.ingest.clone(),
+                },
+                async_nats::RequestErrorKind::TimedOut => AgentError::Timeout(self.timeout),
+                _ => AgentError::Request {
+                    subject: self.ingest.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
+        match IngestReply::decode(&reply.payload).map_err(|e| AgentError::Payload(e.to_string()))? {
+            IngestReply::Ok {
+                first_seq,
+                last_seq,
+            } => Ok(Ack {
+                first_seq,
+                last_seq,
+            }),
+            IngestReply::Err { code, message } => Err(AgentError::Refused { code, message }),
+        }
+    }
+
+    /// Live events from every edge whose subject matches `filter` (e.g. `tasks.>`).
+    /// Core NATS: no replay, no acks; keeps working inside a partition for the events of
+    /// this edge.
+    pub async fn subscribe_live(&self, filter: &str) -> Result<LiveSubscription, AgentError> {
+        subject::validate_filter("filter", filter)?;
+        let full = format!("mesh.live.*.{filter}");
+        let sub = self
+            .client
+            .subscribe(full.clone())
+            .await
+            .map_err(|e| AgentError::Subscribe {
+                filter: full.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(LiveSubscription { sub })
+    }
+
+    /// A durable subscription at the centre: a JetStream consumer `durable` on
+    /// `MESH_EVENTS` for `filter` (event subjects of every edge), explicit acks,
+    /// at-least-once; it resumes where it stopped after a restart.
+    pub async fn subscribe(
+        &self,
+        durable: &str,
+        filter: &str,
+    ) -> Result<DurableSubscription, AgentError> {
+        subject::validate_id("durable", durable)?;
+        subject::validate_filter("filter", filter)?;
+        let full = format!("mesh.evt.*.{filter}");
+        let err = |reason: String| AgentError::Subscribe {
+            filter: full.clone(),
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream(subject::STREAM_EVENTS)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                durable,
+                pull::Config {
+                    durable_name: Some(durable.into()),
+                    filter_subject: full.clone(),
+                    ack_policy: AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
+        Ok(DurableSubscription { messages })
+    }
+
+    /// Flushes what was sent and closes the connection once pending replies are in.
+    pub async fn drain(self) -> Result<(), AgentError> {
+        self.client.drain().await.map_err(|e| AgentError::Request {
+            subject: "(drain)".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Asks the edge hubs who they are and keeps the one on this connection's nats-server
+/// (requests cross leaf links, so other edges may answer too).
+pub async fn discover_edge(
+    client: &async_nats::Client,
+    within: Duration,
+) -> Result<String, String> {
+    let own = client.server_info().server_id;
+    let inbox = client.new_inbox();
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut heard = Vec::new();
+    let mut next_ask = tokio::time::Instant::now();
+    loop {
+        if tokio::time::Instant::now() >= next_ask {
+            client
+                .publish_with_reply(subject::HUB_DISCOVER, inbox.clone(), "".into())
+                .await
+                .map_err(|e| e.to_string())?;
+            next_ask += Duration::from_millis(500);
+        }
+        let wait = next_ask.min(deadline);
+        match tokio::time::timeout_at(wait, sub.next()).await {
+            Ok(Some(msg)) => {
+                if let Ok(hello) = serde_json::from_slice::<schemas::EdgeHello>(&msg.payload) {
+                    if hello.server_id == own {
+                        return Ok(hello.edge);
+                    }
+                    heard.push(hello.edge);
+                }
+            }
+            Ok(None) => return Err("discovery subscription closed".into()),
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                heard.sort();
+                heard.dedup();
+                return match heard.as_slice() {
+                    [one] => Ok(one.clone()),
+                    [] => Err(format!(
+                        "no edge hub answered on {} within {within:?}",
+                        subject::HUB_DISCOVER
+                    )),
+                    many => Err(format!("edge hubs {many:?} answered, none on this server")),
+                };
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Live events; see [`Agent::subscribe_live`].
+pub struct LiveSubscription {
+    sub: async_nats::Subscriber,
+}
+
+impl LiveSubscription {
+    /// The next live event, or `None` once the connection closed.
+    pub async fn next(&mut self) -> Option<Result<Event, SchemaError>> {
+        let msg = self.sub.next().await?;
+        let headers = msg.headers.unwrap_or_default();
+        Some(Event::from_message(&headers, msg.payload))
+    }
+}
+
+/// Durable events; see [`Agent::subscribe`].
+pub struct DurableSubscription {
+    messages: pull::Stream,
+}
+
+impl DurableSubscription {
+    /// The next event. Ack it with [`Delivery::ack`] once processed; an event not acked
+    /// is delivered again.
+    pub async fn next(&mut self) -> Option<Result<Delivery, AgentError>> {
+        let msg = match self.messages.next().await? {
+            Ok(m) => m,
+            Err(e) => {
+                return Some(Err(AgentError::Subscribe {
+                    filter: "(durable)".into(),
+                    reason: e.to_string(),
+                }))
+            }
+        };
+        let headers = msg.headers.clone().unwrap_or_default();
+        Some(match Event::from_message(&headers, msg.payload.clone()) {
+            Ok(event) => Ok(Delivery { event, msg }),
+            Err(e) => Err(AgentError::Invalid(e)),
+        })
+    }
+}
+
+/// One durably delivered event and its ack handle.
+pub struct Delivery {
+    pub event: Event,
+    msg: jetstream::Message,
+}
+
+impl Delivery {
+    /// Processed: do not deliver again.
+    pub async fn ack(&self) -> Result<(), AgentError> {
+        self.msg.ack().await.map_err(|e| AgentError::Request {
+            subject: "(ack)".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Not processed: deliver again later.
+    pub async fn nak(&self) -> Result<(), AgentError> {
+        self.msg
+            .ack_with(jetstream::AckKind::Nak(None))
+            .await
+            .map_err(|e| AgentError::Request {
+                subject: "(nak)".into(),
+                reason: e.to_string(),
+            })
+    }
+}

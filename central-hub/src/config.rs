@@ -1,0 +1,202 @@
+//! Central hub configuration: a TOML file (`--config`), every key with a default, unknown
+//! keys refused, flags override the file; [`CentralConfig::validate`] lists every problem.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CentralConfig {
+    /// This hub's name in heartbeats and logs; `central-<pid>` when empty.
+    pub hub_id: String,
+    /// Central nats-server URL.
+    pub nats: String,
+    /// `/metrics` and `/health/*` listen address; none when unset.
+    pub http: Option<String>,
+    pub events: EventsConfig,
+    pub ingress: IngressConfig,
+    pub lander: LanderConfig,
+    /// How often the hub publishes `mesh.hub.heartbeat.<hub_id>`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+/// Stream `MESH_EVENTS`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// How long events are kept; 0 keeps them until `max_bytes`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Most bytes kept; -1 for no limit.
+    pub max_bytes: i64,
+    /// JetStream de-duplication window on `Nats-Msg-Id` (= `ce-id`). Exactly-once does
+    /// not rest on it: the lander's high-water mark does.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+}
+
+/// Stream `MESH_INGRESS` (work queue of bundles).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LanderConfig {
+    /// A bundle delivered to a lander that neither acks nor naks it in this time is
+    /// delivered again.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// A pinned lander that stops pulling for this long loses the pin to a standby hub.
+    #[serde(with = "humantime_serde")]
+    pub pin_timeout: Duration,
+    /// Bundles fetched per pull.
+    pub batch: usize,
+    /// How long a bundle that arrived ahead of a missing one waits before it is tried again.
+    #[serde(with = "humantime_serde")]
+    pub gap_retry: Duration,
+}
+
+impl Default for CentralConfig {
+    fn default() -> Self {
+        CentralConfig {
+            hub_id: String::new(),
+            nats: "nats://127.0.0.1:4222".into(),
+            http: None,
+            events: EventsConfig::default(),
+            ingress: IngressConfig::default(),
+            lander: LanderConfig::default(),
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            max_age: Duration::ZERO,
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+impl Default for LanderConfig {
+    fn default() -> Self {
+        LanderConfig {
+            ack_wait: Duration::from_secs(10),
+            pin_timeout: Duration::from_secs(3),
+            batch: 32,
+            gap_retry: Duration::from_millis(200),
+        }
+    }
+}
+
+impl CentralConfig {
+    pub fn from_toml(text: &str) -> Result<CentralConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}"))
+    }
+
+    /// Every problem with this configuration, or `Ok`.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        if !self.hub_id.is_empty() {
+            if let Err(e) = schemas::subject::validate_id("hub_id", &self.hub_id) {
+                errs.push(e.to_string());
+            }
+        }
+        if !self.events.max_age.is_zero() && self.events.duplicate_window > self.events.max_age {
+            errs.push(format!(
+                "events.duplicate_window ({:?}) is longer than events.max_age ({:?})",
+                self.events.duplicate_window, self.events.max_age
+            ));
+        }
+        for (name, r) in [
+            ("events.replicas", self.events.replicas),
+            ("ingress.replicas", self.ingress.replicas),
+        ] {
+            if !(1..=5).contains(&r) {
+                errs.push(format!("{name} is {r}; it must be 1 to 5"));
+            }
+        }
+        for (name, d) in [
+            ("events.duplicate_window", self.events.duplicate_window),
+            ("ingress.duplicate_window", self.ingress.duplicate_window),
+            ("lander.ack_wait", self.lander.ack_wait),
+            ("lander.pin_timeout", self.lander.pin_timeout),
+            ("lander.gap_retry", self.lander.gap_retry),
+            ("heartbeat_interval", self.heartbeat_interval),
+        ] {
+            if d.is_zero() {
+                errs.push(format!("{name} is 0s; it must be longer"));
+            }
+        }
+        if self.lander.pin_timeout < Duration::from_millis(500) {
+            errs.push(format!(
+                "lander.pin_timeout is {:?}; it must be at least 500ms (the lander pulls every 250ms)",
+                self.lander.pin_timeout
+            ));
+        }
+        if self.lander.batch == 0 {
+            errs.push("lander.batch is 0; it must be at least 1".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// `hub_id`, or `central-<pid>` when unset.
+    pub fn hub_name(&self) -> String {
+        if self.hub_id.is_empty() {
+            format!("central-{}", std::process::id())
+        } else {
+            self.hub_id.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_unknown_keys_are_refused() {
+        let c = CentralConfig::default();
+        assert_eq!(CentralConfig::from_toml(&c.to_toml()).unwrap(), c);
+        assert!(CentralConfig::from_toml("[events]\nmaxage = \"1s\"\n")
+            .unwrap_err()
+            .contains("maxage"));
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut c = CentralConfig::default();
+        c.events.max_age = Duration::from_secs(1);
+        c.events.replicas = 7;
+        c.lander.batch = 0;
+        assert_eq!(c.validate().unwrap_err().len(), 3);
+    }
+}

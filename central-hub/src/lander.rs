@@ -1,0 +1,314 @@
+//! The lander: expands bundles from `MESH_INGRESS` into one `MESH_EVENTS` message per
+//! event, exactly once and in per-edge order.
+//!
+//! # Exactly once
+//! Each edge has a high-water mark: the highest edge sequence landed. It is kept at the
+//! centre in two places and read as their maximum: the `MESH_LANDER` KV key of the edge
+//! (outlives stream expiry; written after every bundle) and the `ce-meshseq` of the last
+//! message on `mesh.evt.<edge>.>` (covers a crash between landing and the KV write).
+//! For a bundle covering `first..=last`:
+//! * `last <= mark`: already landed (a resend after a partition, however long): ack.
+//! * `first > mark + 1`: a bundle is missing before it; never land past a gap: nak it
+//!   with a delay so it waits for the missing one (the edge resends from its oldest
+//!   unacknowledged bundle anyway).
+//! * otherwise land the events with `seq > mark`, pipelined, wait for every store ack,
+//!   write the mark (compare-and-set on the KV revision), then ack the bundle.
+//!
+//! The cached mark is re-read from the centre whenever it might be stale: on the first
+//! bundle of an edge, on a redelivered bundle (another lander may have landed part of
+//! it), at a gap, and after any failure.
+//!
+//! # One lander at a time
+//! The durable consumer `lander` uses a priority group with the pinned-client policy:
+//! the server delivers to one pulling hub only, and moves the pin to a standby hub when
+//! the pinned one stops pulling for `lander.pin_timeout`. Bundles the old lander held
+//! unacked come back after `ack_wait` and are sorted out by the mark.
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::consumer::{AckPolicy, PriorityPolicy};
+use async_nats::jetstream::kv;
+use async_nats::jetstream::message::Message;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use schemas::{headers as h, subject, Bundle};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LanderConfig;
+use crate::metrics::CentralMetrics;
+
+/// Durable consumer name and priority group of the landers.
+pub const CONSUMER: &str = "lander";
+pub const GROUP: &str = "lander";
+
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    seq: u64,
+    /// KV revision of the edge's key, `None` when the key does not exist yet.
+    revision: Option<u64>,
+}
+
+pub struct Lander {
+    js: jetstream::Context,
+    events: jetstream::stream::Stream,
+    kv: kv::Store,
+    marks: HashMap<String, Mark>,
+    cfg: LanderConfig,
+    metrics: Arc<CentralMetrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LandError {
+    #[error("reading the mark of edge {edge}: {reason}")]
+    Mark { edge: String, reason: String },
+    #[error("storing event seq {seq} of edge {edge}: {reason}")]
+    Publish {
+        edge: String,
+        seq: u64,
+        reason: String,
+    },
+}
+
+impl Lander {
+    pub async fn new(
+        js: jetstream::Context,
+        kv: kv::Store,
+        cfg: LanderConfig,
+        metrics: Arc<CentralMetrics>,
+    ) -> Result<Lander, async_nats::Error> {
+        let events = js.get_stream(subject::STREAM_EVENTS).await?;
+        Ok(Lander {
+            js,
+            events,
+            kv,
+            marks: HashMap::new(),
+            cfg,
+            metrics,
+        })
+    }
+
+    /// Pulls and lands bundles until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), async_nats::Error> {
+        let ingress = self.js.get_stream(subject::STREAM_INGRESS).await?;
+        let consumer: jetstream::consumer::PullConsumer = ingress
+            .get_or_create_consumer(
+                CONSUMER,
+                pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    description: Some("agentmesh lander (one pinned central hub at a time)".into()),
+                    filter_subject: subject::UP_ALL.into(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.cfg.ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: 1024,
+                    priority_policy: PriorityPolicy::PinnedClient,
+                    priority_groups: vec![GROUP.into()],
+                    priority_timeout: self.cfg.pin_timeout,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        loop {
+            let mut messages = consumer
+                .stream()
+                .group(GROUP)
+                .max_messages_per_batch(self.cfg.batch)
+                .expires(Duration::from_millis(250).min(self.cfg.pin_timeout / 2))
+                .heartbeat(Duration::from_millis(100).min(self.cfg.pin_timeout / 4))
+                .messages()
+                .await?;
+            loop {
+                let next = tokio::select! {
+                    m = messages.next() => m,
+                    _ = shutdown.cancelled() => return Ok(()),
+                };
+                match next {
+                    Some(Ok(msg)) => self.handle(msg).await,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "lander pull failed; pulling again");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn handle(&mut self, msg: Message) {
+        let bundle = match Bundle::decode(&msg.payload) {
+            Ok(b) if msg.subject.as_str() == subject::up(&b.edge) => b,
+            Ok(b) => {
+                self.refuse(
+                    &msg,
+                    format!("bundle of edge {:?} arrived on {}", b.edge, msg.subject),
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                self.refuse(&msg, e.to_string()).await;
+                return;
+            }
+        };
+        let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
+        match self.land(&bundle, redelivered).await {
+            Ok(Outcome::Landed(n)) => {
+                self.metrics.landed(&bundle.edge, n, bundle.last_seq);
+                if let Err(e) = msg.double_ack().await {
+                    // The mark is written: a redelivery is recognised and skipped.
+                    tracing::warn!(error = %e, edge = %bundle.edge, "cannot ack a landed bundle");
+                }
+            }
+            Ok(Outcome::Duplicate) => {
+                self.metrics.duplicate_bundle(&bundle.edge);
+                let _ = msg.ack().await;
+            }
+            Ok(Outcome::Gap(mark)) => {
+                self.metrics.gap(&bundle.edge, bundle.last_seq, mark);
+                tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, mark, "bundle ahead of a gap; it waits");
+                let _ = msg.ack_with(AckKind::Nak(Some(self.cfg.gap_retry))).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "landing failed; the bundle will be tried again");
+                self.marks.remove(&bundle.edge);
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
+            }
+        }
+    }
+
+    /// A bundle that can never land (undecodable, inconsistent): terminate it so it does
+    /// not block the edges behind it, and say so.
+    async fn refuse(&self, msg: &Message, reason: String) {
+        tracing::error!(subject = %msg.subject, %reason, "refusing a bundle");
+        self.metrics.bad_bundle();
+        let _ = msg.ack_with(AckKind::Term).await;
+    }
+
+    async fn land(&mut self, b: &Bundle, redelivered: bool) -> Result<Outcome, LandError> {
+        let mut fresh = false;
+        let mut mark = match self.marks.get(&b.edge) {
+            Some(m) if !redelivered => *m,
+            _ => {
+                fresh = true;
+                self.read_mark(&b.edge).await?
+            }
+        };
+        if b.first_seq > mark.seq + 1 && !fresh {
+            mark = self.read_mark(&b.edge).await?;
+        }
+        self.marks.insert(b.edge.clone(), mark);
+        if b.last_seq <= mark.seq {
+            return Ok(Outcome::Duplicate);
+        }
+        if b.first_seq > mark.seq + 1 {
+            return Ok(Outcome::Gap(mark.seq));
+        }
+        // Pipelined: every publish is written before the first ack is awaited. One
+        // connection keeps them in order in the stream.
+        let mut acks = Vec::with_capacity(b.events.len());
+        for ev in b.events.iter().filter(|e| e.seq > mark.seq) {
+            let ack = self
+                .js
+                .publish_with_headers(ev.evt_subject(), ev.to_headers(), ev.data.clone())
+                .await
+                .map_err(|e| LandError::Publish {
+                    edge: b.edge.clone(),
+                    seq: ev.seq,
+                    reason: e.to_string(),
+                })?;
+            acks.push((ev.seq, ack.into_future()));
+        }
+        let n = acks.len() as u64;
+        for (seq, ack) in acks {
+            ack.await.map_err(|e| LandError::Publish {
+                edge: b.edge.clone(),
+                seq,
+                reason: e.to_string(),
+            })?;
+        }
+        let value = bytes::Bytes::copy_from_slice(&b.last_seq.to_be_bytes());
+        let written = match mark.revision {
+            Some(rev) => self
+                .kv
+                .update(&b.edge, value, rev)
+                .await
+                .map_err(|e| e.to_string()),
+            None => self
+                .kv
+                .create(&b.edge, value)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(rev) => {
+                self.marks.insert(
+                    b.edge.clone(),
+                    Mark {
+                        seq: b.last_seq,
+                        revision: Some(rev),
+                    },
+                );
+            }
+            Err(e) => {
+                // Another lander wrote the key (a failover overlap), or the KV is
+                // unreachable: the events are stored; re-read the mark next time.
+                tracing::warn!(edge = %b.edge, error = %e, "cannot write the high-water mark");
+                self.marks.remove(&b.edge);
+            }
+        }
+        Ok(Outcome::Landed(n))
+    }
+
+    /// The edge's mark as the centre holds it: max of the KV key and the last landed event.
+    async fn read_mark(&self, edge: &str) -> Result<Mark, LandError> {
+        let err = |reason: String| LandError::Mark {
+            edge: edge.to_string(),
+            reason,
+        };
+        let entry = self.kv.entry(edge).await.map_err(|e| err(e.to_string()))?;
+        let (kv_seq, revision) = match entry {
+            Some(e) if e.operation == kv::Operation::Put => (
+                e.value
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| err(format!("KV value is {} bytes, expected 8", e.value.len())))?,
+                Some(e.revision),
+            ),
+            Some(e) => (0, Some(e.revision)),
+            None => (0, None),
+        };
+        let last = match self
+            .events
+            .get_last_raw_message_by_subject(&subject::evt_edge(edge))
+            .await
+        {
+            Ok(m) => m
+                .headers
+                .get(h::MESH_SEQ)
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+                .ok_or_else(|| err(format!("last event of {edge} has no valid {}", h::MESH_SEQ)))?,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => return Err(err(e.to_string())),
+        };
+        tracing::debug!(edge, kv_seq, last, "read high-water mark");
+        Ok(Mark {
+            seq: kv_seq.max(last),
+            revision,
+        })
+    }
+}
+
+enum Outcome {
+    Landed(u64),
+    Duplicate,
+    Gap(u64),
+}

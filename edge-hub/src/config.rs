@@ -1,0 +1,254 @@
+//! Edge hub configuration: a TOML file (`--config`), every key with a default, unknown
+//! keys refused; command-line flags override the file. [`EdgeConfig::validate`] reports
+//! every problem at once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What the outbox does when an append would pass `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullPolicy {
+    /// Refuse the publish with `outbox_full`; nothing accepted is dropped.
+    Reject,
+    /// Expel the oldest records to make room, counting and logging each expulsion.
+    DropOldest,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// This edge's id: one token of `[A-Za-z0-9_-]`.
+    pub id: String,
+    /// Edge nats-server URL.
+    pub nats: String,
+    /// Where the sled outbox lives.
+    pub data_dir: PathBuf,
+    /// `/metrics` and `/health/*` listen address; none when unset.
+    pub http: Option<String>,
+    pub ingest: IngestConfig,
+    pub outbox: OutboxConfig,
+    pub forwarder: ForwarderConfig,
+    pub uplink: UplinkConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest event data accepted, in bytes.
+    pub max_event_bytes: usize,
+    /// Most events in one ingest request.
+    pub max_batch_events: usize,
+    /// Most events written by one group commit.
+    pub commit_max_events: usize,
+    /// Most bytes written by one group commit.
+    pub commit_max_bytes: usize,
+    /// Publish the live copy on `mesh.live.<edge>.<subject>` after each commit.
+    pub live: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Most bytes of events the outbox holds.
+    pub max_bytes: u64,
+    /// Oldest an event may get in the outbox before it is expelled.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    pub full_policy: FullPolicy,
+    /// sled page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwarderConfig {
+    /// Most events in one bundle.
+    pub bundle_max_events: usize,
+    /// Target size of one bundle, in bytes of event data.
+    pub bundle_max_bytes: usize,
+    /// Bundles sent and not yet acknowledged by the centre.
+    pub max_inflight: usize,
+    /// How long to wait for the centre's ack of a bundle.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// How often the link to the centre is probed.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// A probe unanswered this long marks the link down.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            id: "edge".into(),
+            nats: "nats://127.0.0.1:4222".into(),
+            data_dir: PathBuf::from("./edge-data"),
+            http: None,
+            ingest: IngestConfig::default(),
+            outbox: OutboxConfig::default(),
+            forwarder: ForwarderConfig::default(),
+            uplink: UplinkConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        let limits = schemas::Limits::default();
+        IngestConfig {
+            max_event_bytes: limits.max_event_bytes,
+            max_batch_events: limits.max_batch_events,
+            commit_max_events: 8192,
+            commit_max_bytes: 4 << 20,
+            live: true,
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            full_policy: FullPolicy::Reject,
+            cache_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        ForwarderConfig {
+            bundle_max_events: 1024,
+            bundle_max_bytes: 128 << 10,
+            max_inflight: 16,
+            ack_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            probe_interval: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Reads a TOML file; unknown keys are an error naming the key.
+    pub fn from_toml(text: &str) -> Result<EdgeConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}"))
+    }
+
+    pub fn limits(&self) -> schemas::Limits {
+        schemas::Limits {
+            max_event_bytes: self.ingest.max_event_bytes,
+            max_batch_events: self.ingest.max_batch_events,
+        }
+    }
+
+    /// Every problem with this configuration, or `Ok` when there is none.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        if let Err(e) = schemas::subject::validate_id("id", &self.id) {
+            errs.push(e.to_string());
+        }
+        let positive = [
+            ("ingest.max_event_bytes", self.ingest.max_event_bytes as u64),
+            (
+                "ingest.max_batch_events",
+                self.ingest.max_batch_events as u64,
+            ),
+            (
+                "ingest.commit_max_events",
+                self.ingest.commit_max_events as u64,
+            ),
+            (
+                "ingest.commit_max_bytes",
+                self.ingest.commit_max_bytes as u64,
+            ),
+            ("outbox.max_bytes", self.outbox.max_bytes),
+            (
+                "forwarder.bundle_max_events",
+                self.forwarder.bundle_max_events as u64,
+            ),
+            (
+                "forwarder.bundle_max_bytes",
+                self.forwarder.bundle_max_bytes as u64,
+            ),
+            ("forwarder.max_inflight", self.forwarder.max_inflight as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                errs.push(format!("{name} is 0; it must be at least 1"));
+            }
+        }
+        for (name, d) in [
+            ("outbox.max_age", self.outbox.max_age),
+            ("forwarder.ack_timeout", self.forwarder.ack_timeout),
+            ("uplink.probe_interval", self.uplink.probe_interval),
+            ("uplink.probe_timeout", self.uplink.probe_timeout),
+        ] {
+            if d.is_zero() {
+                errs.push(format!("{name} is 0s; it must be longer"));
+            }
+        }
+        if (self.ingest.max_event_bytes as u64) > self.outbox.max_bytes {
+            errs.push(format!(
+                "ingest.max_event_bytes ({}) is larger than outbox.max_bytes ({})",
+                self.ingest.max_event_bytes, self.outbox.max_bytes
+            ));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_unknown_keys_are_refused() {
+        let c = EdgeConfig::default();
+        assert_eq!(EdgeConfig::from_toml(&c.to_toml()).unwrap(), c);
+        let err = EdgeConfig::from_toml("id = \"e1\"\nbogus = 1\n").unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+        let c =
+            EdgeConfig::from_toml("[outbox]\nmax_age = \"90s\"\nfull_policy = \"drop-oldest\"\n")
+                .unwrap();
+        assert_eq!(c.outbox.max_age, Duration::from_secs(90));
+        assert_eq!(c.outbox.full_policy, FullPolicy::DropOldest);
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut c = EdgeConfig {
+            id: "bad id".into(),
+            ..EdgeConfig::default()
+        };
+        c.forwarder.max_inflight = 0;
+        c.uplink.probe_timeout = Duration::ZERO;
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+}

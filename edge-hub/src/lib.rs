@@ -1,0 +1,169 @@
+//! The agentmesh edge hub (`mesh edge`).
+//!
+//! Agents publish to `mesh.ingest.<edge>.<agent>` on the edge's nats-server; the hub
+//! validates each request, group-commits it to a local sled [`outbox`], acks it, sends a
+//! live copy, and a [`forwarder`] drains the outbox in bundles to `MESH_INGRESS` at the
+//! centre over the leaf link, whenever the [`uplink`] probe says the centre is reachable.
+//!
+//! [`run`] takes its connection, an optional HTTP listener and a shutdown future, so a
+//! test can drive a hub in-process. Shutdown is two-phase: stop ingest and answer what
+//! was received, commit and flush, give in-flight bundles one ack timeout, then return.
+//! Nothing acknowledged is lost: it is in the outbox and is forwarded on the next start.
+
+pub mod config;
+pub mod forwarder;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod outbox;
+pub mod uplink;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{EdgeConfig, FullPolicy};
+pub use outbox::{Outbox, OutboxError};
+
+/// Why the edge hub could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The configuration has problems; each is listed.
+    #[error("invalid edge configuration:\n  - {}", .0.join("\n  - "))]
+    Config(Vec<String>),
+    /// The outbox could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The data directory could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ingest subscription could not be made.
+    #[error("cannot subscribe to ingest subjects: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+/// Runs an edge hub on `client` until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    cfg: EdgeConfig,
+    client: async_nats::Client,
+    http: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EdgeError> {
+    cfg.validate().map_err(EdgeError::Config)?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| EdgeError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    })?;
+    let (outbox, writer) = Outbox::open(&cfg.data_dir.join("outbox"), cfg.outbox.clone())?;
+    let metrics = metrics::EdgeMetrics::new(&cfg.id);
+    let ready = Arc::new(AtomicBool::new(false));
+
+    // Tasks stop in two groups: ingest first (so everything received gets committed and
+    // answered), then the forwarder, uplink and HTTP.
+    let stop_ingest = CancellationToken::new();
+    let stop_rest = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let (uplink_tx, uplink_rx) = watch::channel(false);
+    metrics.uplink(false);
+    tasks.spawn(uplink::run_uplink(
+        client.clone(),
+        cfg.uplink.clone(),
+        uplink_tx,
+        metrics.clone(),
+        stop_rest.clone(),
+    ));
+
+    let mut js =
+        async_nats::jetstream::with_domain(client.clone(), schemas::subject::CENTRAL_DOMAIN);
+    js.set_timeout(cfg.forwarder.ack_timeout);
+    tasks.spawn(forwarder::run_forwarder(
+        js,
+        outbox.clone(),
+        cfg.id.clone(),
+        cfg.forwarder.clone(),
+        uplink_rx,
+        metrics.clone(),
+        stop_rest.clone(),
+    ));
+
+    let (jobs_tx, jobs_rx) = mpsc::channel(4096);
+    let committer = tokio::spawn(ingest::run_committer(
+        client.clone(),
+        cfg.id.clone(),
+        writer,
+        jobs_rx,
+        cfg.ingest.commit_max_events,
+        cfg.ingest.commit_max_bytes,
+        cfg.ingest.live,
+        metrics.clone(),
+    ));
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let ingest = tokio::spawn(ingest::run_ingest(
+        client.clone(),
+        cfg.id.clone(),
+        cfg.limits(),
+        jobs_tx,
+        metrics.clone(),
+        subscribed_tx,
+        stop_ingest.clone(),
+    ));
+    if subscribed_rx.await.is_ok() {
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(edge = %cfg.id, "edge hub ready");
+    }
+
+    tasks.spawn(ingest::run_discover(
+        client.clone(),
+        cfg.id.clone(),
+        stop_rest.clone(),
+    ));
+    if let Some(listener) = http {
+        tasks.spawn(http::serve(
+            listener,
+            http::HttpState {
+                metrics: metrics.clone(),
+                outbox: outbox.clone(),
+                ready: ready.clone(),
+            },
+            stop_rest.clone(),
+        ));
+    }
+    tasks.close();
+
+    let ingest_result = tokio::select! {
+        _ = shutdown => None,
+        r = ingest => Some(r),
+    };
+    tracing::info!(edge = %cfg.id, "edge hub shutting down");
+    ready.store(false, Ordering::Relaxed);
+    stop_ingest.cancel();
+    // The committer ends once ingest dropped its queue; it flushes the outbox last.
+    let _ = committer.await;
+    let _ = client.flush().await;
+    stop_rest.cancel();
+    if tokio::time::timeout(
+        cfg.forwarder.ack_timeout + Duration::from_secs(2),
+        tasks.wait(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("edge hub tasks did not stop in time");
+    }
+    let s = outbox.stats();
+    tracing::info!(edge = %cfg.id, events = s.events, acked = s.acked, "edge hub stopped");
+    match ingest_result {
+        Some(Ok(Err(e))) => Err(e.into()),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,557 @@
+//! The edge outbox: a durable, ordered, bounded queue of accepted events in `sled`.
+//!
+//! # Format
+//! Tree `records`, one entry per group commit:
+//! * key (32 bytes): `first_seq`, `last_seq`, `accepted_ns` (i64), `value_len`, each
+//!   8 bytes big-endian. Keys sort by `first_seq`, so a range scan from an 8-byte
+//!   `first_seq` prefix finds the record holding a sequence, and start-up rebuilds the
+//!   in-memory index from keys alone, without decoding a value.
+//! * value: a MessagePack [`OutboxRecord`] holding every event of that commit.
+//!
+//! Tree `meta`: `acked` = the centre confirmed every sequence up to it; `expelled` = the
+//! highest sequence the outbox limits expelled. Both 8 bytes big-endian.
+//!
+//! # Invariants
+//! * Sequences are gap-free and ascending: the next commit starts at
+//!   `max(last record, acked, expelled) + 1`, so a sequence is never reused, even after
+//!   every record was forwarded or expelled.
+//! * Only flushed records are visible to readers ([`Outbox::tail`] and the index): an
+//!   event is forwarded only once it is durable here, so a crash can never make the
+//!   centre hold an event the outbox no longer knows (which would let a later event
+//!   reuse its sequence).
+//! * Records leave only from the front: when the centre acknowledged all their events
+//!   ([`Outbox::ack_through`]), or when a limit expels them ([`Outbox::expire`],
+//!   `drop-oldest`). Each expelled event is counted by reason.
+//! * One writer ([`OutboxWriter`], not `Clone`) appends and expires; readers and the ack
+//!   path share [`Outbox`]. The state mutex is never held across an `.await`.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use schemas::{Event, OutboxRecord};
+
+use crate::config::{FullPolicy, OutboxConfig};
+
+/// Why an outbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The append would pass `outbox.max_bytes` and the policy is `reject`.
+    #[error("outbox full: {used} of {max} bytes used, this batch needs {need} more")]
+    Full { used: u64, max: u64, need: u64 },
+    /// A batch larger than the whole outbox.
+    #[error("batch of {need} bytes is larger than the whole outbox ({max} bytes)")]
+    TooLarge { need: u64, max: u64 },
+    /// sled refused a read, write or flush.
+    #[error("outbox storage at {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    /// A stored key or value does not decode.
+    #[error("outbox record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Why events left the outbox without reaching the centre.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpelReason {
+    /// `outbox.max_age` passed.
+    MaxAge,
+    /// `outbox.max_bytes` reached under `drop-oldest`.
+    MaxBytes,
+}
+
+impl ExpelReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpelReason::MaxAge => "max_age",
+            ExpelReason::MaxBytes => "max_bytes",
+        }
+    }
+}
+
+/// A snapshot of the outbox for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub records: u64,
+    pub events: u64,
+    pub bytes: u64,
+    pub next_seq: u64,
+    pub acked: u64,
+    pub expelled_through: u64,
+    pub expelled_max_age: u64,
+    pub expelled_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecMeta {
+    first: u64,
+    last: u64,
+    accepted_ns: i64,
+    bytes: u64,
+}
+
+impl RecMeta {
+    fn key(&self) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        k[0..8].copy_from_slice(&self.first.to_be_bytes());
+        k[8..16].copy_from_slice(&self.last.to_be_bytes());
+        k[16..24].copy_from_slice(&self.accepted_ns.to_be_bytes());
+        k[24..32].copy_from_slice(&self.bytes.to_be_bytes());
+        k
+    }
+
+    fn from_key(k: &[u8]) -> Option<RecMeta> {
+        if k.len() != 32 {
+            return None;
+        }
+        let u = |r: std::ops::Range<usize>| u64::from_be_bytes(k[r].try_into().unwrap_or([0; 8]));
+        Some(RecMeta {
+            first: u(0..8),
+            last: u(8..16),
+            accepted_ns: u(16..24) as i64,
+            bytes: u(24..32),
+        })
+    }
+
+    fn events(&self) -> u64 {
+        self.last - self.first + 1
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: VecDeque<RecMeta>,
+    bytes: u64,
+    events: u64,
+    next_seq: u64,
+    acked: u64,
+    expelled_through: u64,
+    expelled_max_age: u64,
+    expelled_max_bytes: u64,
+}
+
+/// The shared side of the outbox: reading for the forwarder, acknowledging, stats.
+pub struct Outbox {
+    path: String,
+    db: sled::Db,
+    records: sled::Tree,
+    meta: sled::Tree,
+    state: Mutex<State>,
+    cfg: OutboxConfig,
+    appended: tokio::sync::Notify,
+}
+
+/// The single writer: appends (group commits) and limit expiry.
+pub struct OutboxWriter {
+    outbox: Arc<Outbox>,
+}
+
+const META_ACKED: &[u8] = b"acked";
+const META_EXPELLED: &[u8] = b"expelled";
+
+impl Outbox {
+    /// Opens (or creates) the outbox in `dir` and rebuilds its index from the keys.
+    pub fn open(dir: &Path, cfg: OutboxConfig) -> Result<(Arc<Outbox>, OutboxWriter), OutboxError> {
+        let path = dir.display().to_string();
+        let storage = |source| OutboxError::Storage {
+            path: path.clone(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cfg.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(storage)?;
+        let records = db.open_tree("records").map_err(storage)?;
+        let meta = db.open_tree("meta").map_err(storage)?;
+        let read_meta = |k: &[u8]| -> Result<u64, OutboxError> {
+            Ok(meta
+                .get(k)
+                .map_err(storage)?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0))
+        };
+        let mut st = State {
+            acked: read_meta(META_ACKED)?,
+            expelled_through: read_meta(META_EXPELLED)?,
+            ..State::default()
+        };
+        for key in records.iter().keys() {
+            let key = key.map_err(storage)?;
+            let m = RecMeta::from_key(&key).ok_or_else(|| OutboxError::Corrupt {
+                key: format!("{key:?}"),
+                reason: format!("key is {} bytes, expected 32", key.len()),
+            })?;
+            if let Some(prev) = st.index.back() {
+                if m.first != prev.last + 1 {
+                    tracing::warn!(
+                        prev_last = prev.last,
+                        first = m.first,
+                        "outbox records are not contiguous"
+                    );
+                }
+            }
+            st.bytes += m.bytes;
+            st.events += m.events();
+            st.index.push_back(m);
+        }
+        let last = st.index.back().map_or(0, |m| m.last);
+        st.next_seq = last.max(st.acked).max(st.expelled_through) + 1;
+        tracing::info!(
+            path = %path, records = st.index.len(), events = st.events, bytes = st.bytes,
+            next_seq = st.next_seq, acked = st.acked, "outbox opened"
+        );
+        let outbox = Arc::new(Outbox {
+            path,
+            db,
+            records,
+            meta,
+            state: Mutex::new(st),
+            cfg,
+            appended: tokio::sync::Notify::new(),
+        });
+        Ok((outbox.clone(), OutboxWriter { outbox }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (every update is a few
+        // plain assignments), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn storage(&self, source: sled::Error) -> OutboxError {
+        OutboxError::Storage {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn stats(&self) -> OutboxStats {
+        let st = self.state();
+        OutboxStats {
+            records: st.index.len() as u64,
+            events: st.events,
+            bytes: st.bytes,
+            next_seq: st.next_seq,
+            acked: st.acked,
+            expelled_through: st.expelled_through,
+            expelled_max_age: st.expelled_max_age,
+            expelled_max_bytes: st.expelled_max_bytes,
+        }
+    }
+
+    /// The centre confirmed every sequence up to this one.
+    pub fn acked(&self) -> u64 {
+        self.state().acked
+    }
+
+    /// The highest sequence a bundle may cover now: the last durable event, or the last
+    /// expelled one when that is higher.
+    pub fn tail(&self) -> u64 {
+        let st = self.state();
+        st.index
+            .back()
+            .map_or(0, |m| m.last)
+            .max(st.expelled_through)
+            .max(st.acked)
+    }
+
+    /// Resolves when a commit made new events durable (or at once if one did since the
+    /// last call: `Notify` keeps one permit).
+    pub async fn appended(&self) {
+        self.appended.notified().await
+    }
+
+    /// Reads the events with sequence `>= from`, in order, up to `max_events` events or
+    /// about `max_bytes` of data (at least one event). Returns `(last_covered, events)`:
+    /// `last_covered` is the last sequence the read speaks for, including sequences
+    /// expelled before `from`'s record; `None` when nothing beyond `from - 1` exists.
+    pub fn read_from(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+        cache: &mut ReadCache,
+    ) -> Result<Option<(u64, Vec<Event>)>, OutboxError> {
+        let (metas, tail) = {
+            let st = self.state();
+            let tail = st
+                .index
+                .back()
+                .map_or(0, |m| m.last)
+                .max(st.expelled_through);
+            if from > tail {
+                return Ok(None);
+            }
+            let start = st.index.partition_point(|m| m.last < from);
+            let metas: Vec<RecMeta> = st.index.iter().skip(start).take(64).copied().collect();
+            (metas, tail)
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut last_covered = if metas.first().is_some_and(|m| m.first > from) || metas.is_empty()
+        {
+            // Everything from `from` up to the next record (or the tail) was expelled.
+            metas.first().map_or(tail, |m| m.first - 1)
+        } else {
+            from - 1
+        };
+        'records: for m in metas {
+            let rec = cache.get(self, m)?;
+            for ev in rec
+                .events
+                .iter()
+                .skip(from.saturating_sub(m.first) as usize)
+            {
+                if !out.is_empty() && (out.len() >= max_events || bytes + ev.data.len() > max_bytes)
+                {
+                    break 'records;
+                }
+                bytes += ev.data.len() + 64;
+                last_covered = ev.seq;
+                out.push(ev.clone());
+            }
+        }
+        if last_covered < from {
+            return Ok(None);
+        }
+        Ok(Some((last_covered, out)))
+    }
+
+    fn load(&self, m: RecMeta) -> Result<OutboxRecord, OutboxError> {
+        let key = m.key();
+        let v = self
+            .records
+            .get(key)
+            .map_err(|e| self.storage(e))?
+            .ok_or_else(|| OutboxError::Corrupt {
+                key: format!("{}..={}", m.first, m.last),
+                reason: "in the index but not in the tree".into(),
+            })?;
+        OutboxRecord::decode(&v).map_err(|e| OutboxError::Corrupt {
+            key: format!("{}..={}", m.first, m.last),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The centre stored every sequence up to `seq`: drop the records it covers.
+    /// Not flushed: a crash may undo it, which only makes the forwarder resend what the
+    /// centre already has, and the lander skips it.
+    pub fn ack_through(&self, seq: u64) -> Result<(), OutboxError> {
+        let mut st = self.state();
+        if seq <= st.acked {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        while let Some(m) = st.index.front().copied() {
+            if m.last > seq {
+                break;
+            }
+            st.index.pop_front();
+            st.bytes -= m.bytes;
+            st.events -= m.events();
+            batch.remove(&m.key()[..]);
+        }
+        st.acked = seq;
+        self.records
+            .apply_batch(batch)
+            .map_err(|e| self.storage(e))?;
+        self.meta
+            .insert(META_ACKED, &seq.to_be_bytes())
+            .map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    /// Removes the oldest records while `pred` holds, counting them under `reason`.
+    /// Returns the number of events expelled.
+    fn expel_while(
+        &self,
+        st: &mut State,
+        reason: ExpelReason,
+        mut pred: impl FnMut(&State, &RecMeta) -> bool,
+    ) -> Result<u64, OutboxError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        let mut through = st.expelled_through;
+        while let Some(m) = st.index.front().copied() {
+            if !pred(st, &m) {
+                break;
+            }
+            st.index.pop_front();
+            st.bytes -= m.bytes;
+            st.events -= m.events();
+            // Events the centre already acknowledged were delivered, not lost.
+            let lost = m.last.saturating_sub(st.acked.max(m.first - 1));
+            n += lost;
+            through = through.max(m.last);
+            batch.remove(&m.key()[..]);
+        }
+        if n == 0 && through == st.expelled_through {
+            return Ok(0);
+        }
+        match reason {
+            ExpelReason::MaxAge => st.expelled_max_age += n,
+            ExpelReason::MaxBytes => st.expelled_max_bytes += n,
+        }
+        st.expelled_through = through;
+        self.records
+            .apply_batch(batch)
+            .map_err(|e| self.storage(e))?;
+        self.meta
+            .insert(META_EXPELLED, &through.to_be_bytes())
+            .map_err(|e| self.storage(e))?;
+        tracing::warn!(
+            events = n,
+            through,
+            reason = reason.as_str(),
+            "outbox expelled events"
+        );
+        Ok(n)
+    }
+}
+
+/// The forwarder's cache of the last decoded record, so that bundles smaller than a
+/// record do not decode it again and again.
+#[derive(Default)]
+pub struct ReadCache {
+    last: Option<(RecMeta, Arc<OutboxRecord>)>,
+}
+
+impl ReadCache {
+    fn get(&mut self, outbox: &Outbox, m: RecMeta) -> Result<Arc<OutboxRecord>, OutboxError> {
+        if let Some((cm, rec)) = &self.last {
+            if *cm == m {
+                return Ok(rec.clone());
+            }
+        }
+        let rec = Arc::new(outbox.load(m)?);
+        self.last = Some((m, rec.clone()));
+        Ok(rec)
+    }
+}
+
+/// What one group commit stored.
+#[derive(Debug)]
+pub struct Committed {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub events: Vec<Event>,
+}
+
+impl OutboxWriter {
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Appends one group commit: assigns the next sequences to `build`'s events (called
+    /// with the first sequence), writes them as one record and flushes. Returns once
+    /// they are durable. Under `reject`, a commit that does not fit fails whole.
+    pub async fn append(
+        &mut self,
+        count: usize,
+        data_bytes: u64,
+        build: impl FnOnce(u64) -> Vec<Event>,
+    ) -> Result<Committed, OutboxError> {
+        let ob = &self.outbox;
+        let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        // Room is checked against an estimate (data + per-event overhead); the record's
+        // real size is what is accounted once written.
+        let need = data_bytes + 96 * count as u64;
+        let first = {
+            let mut st = ob.state();
+            let max = ob.cfg.max_bytes;
+            if need > max {
+                return Err(OutboxError::TooLarge { need, max });
+            }
+            if st.bytes + need > max {
+                match ob.cfg.full_policy {
+                    FullPolicy::Reject => {
+                        return Err(OutboxError::Full {
+                            used: st.bytes,
+                            max,
+                            need,
+                        })
+                    }
+                    FullPolicy::DropOldest => {
+                        ob.expel_while(&mut st, ExpelReason::MaxBytes, |st, _| {
+                            st.bytes + need > max
+                        })?;
+                    }
+                }
+            }
+            let first = st.next_seq;
+            st.next_seq += count as u64;
+            first
+        };
+        let events = build(first);
+        debug_assert_eq!(events.len(), count);
+        let rec = OutboxRecord {
+            first_seq: first,
+            accepted_ns: now_ns,
+            events,
+        };
+        let value = rec.encode().map_err(|e| OutboxError::Corrupt {
+            key: format!("{first}"),
+            reason: e.to_string(),
+        })?;
+        let meta = RecMeta {
+            first,
+            last: rec.last_seq(),
+            accepted_ns: now_ns,
+            bytes: value.len() as u64,
+        };
+        let key = meta.key();
+        ob.records
+            .insert(&key[..], value)
+            .map_err(|e| ob.storage(e))?;
+        if let Err(e) = ob.db.flush_async().await {
+            // Not durable, not acknowledged: make sure it is not forwarded after a restart.
+            let _ = ob.records.remove(&key[..]);
+            return Err(ob.storage(e));
+        }
+        {
+            let mut st = ob.state();
+            st.bytes += meta.bytes;
+            st.events += meta.events();
+            st.index.push_back(meta);
+        }
+        ob.appended.notify_one();
+        Ok(Committed {
+            first_seq: first,
+            last_seq: meta.last,
+            events: rec.events,
+        })
+    }
+
+    /// Expels every record older than `outbox.max_age`. Returns the events expelled.
+    pub async fn expire(&mut self) -> Result<u64, OutboxError> {
+        let ob = &self.outbox;
+        let max_age = i64::try_from(ob.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff = chrono::Utc::now()
+            .timestamp_nanos_opt()
+            .unwrap_or(i64::MAX)
+            .saturating_sub(max_age);
+        let n = {
+            let mut st = ob.state();
+            ob.expel_while(&mut st, ExpelReason::MaxAge, |_, m| m.accepted_ns < cutoff)?
+        };
+        if n > 0 {
+            ob.appended.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Flushes everything to disk (on shutdown).
+    pub async fn flush(&self) -> Result<(), OutboxError> {
+        self.outbox
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.outbox.storage(e))
+    }
+}

@@ -1,0 +1,59 @@
+//! Uplink state: is the centre's JetStream reachable through the leaf link?
+//!
+//! The edge's own nats-server stays up during a partition, so the client connection says
+//! nothing about the link. The probe asks `$JS.central.API.INFO` every `probe_interval`;
+//! an answer means up, no answer within `probe_timeout` (a black-holed link) or no
+//! responders (a closed link) means down. With the defaults (200 ms, 500 ms) a cut is
+//! noticed within ~0.7 s and a heal within ~0.2 s (G5).
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::UplinkConfig;
+use crate::metrics::EdgeMetrics;
+
+/// The subject of the probe: JetStream account info of the central domain.
+pub fn probe_subject() -> String {
+    format!("$JS.{}.API.INFO", schemas::subject::CENTRAL_DOMAIN)
+}
+
+/// Probes until `shutdown`, publishing every change of state on `state`.
+pub async fn run_uplink(
+    client: async_nats::Client,
+    cfg: UplinkConfig,
+    state: watch::Sender<bool>,
+    metrics: Arc<EdgeMetrics>,
+    shutdown: CancellationToken,
+) {
+    let subject = probe_subject();
+    let mut down_since: Option<std::time::Instant> = Some(std::time::Instant::now());
+    loop {
+        let started = std::time::Instant::now();
+        let up = matches!(
+            tokio::time::timeout(
+                cfg.probe_timeout,
+                client.request(subject.clone(), "".into())
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if up != *state.borrow() {
+            if up {
+                let outage = down_since.take().map(|t| t.elapsed());
+                tracing::info!(?outage, "uplink to the centre is up");
+            } else {
+                down_since = Some(std::time::Instant::now());
+                tracing::warn!("uplink to the centre is down");
+            }
+            state.send_replace(up);
+            metrics.uplink(up);
+        }
+        let wait = cfg.probe_interval.saturating_sub(started.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Server configuration: roles, the builder, and rendering of the nats-server config templates.
+//!
+//! Invariants:
+//! - Every listener binds 127.0.0.1; a port of 0 is rendered as `-1` (nats-server's "pick an
+//!   ephemeral port") and the real port is learnt from the ports file / `/varz` after start.
+//! - Strings put into the config (server name, paths, URLs) are always double-quoted and escaped,
+//!   so no value can inject config syntax.
+//! - Central: JetStream on, domain `central`, a leafnode listener. Edge: no JetStream, exactly one
+//!   leafnode remote holding all the given URLs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::Error;
+
+/// The central config template (see the comments inside for the verified keys).
+pub const CENTRAL_TEMPLATE: &str = include_str!("../templates/central.conf");
+/// The edge config template (see the comments inside for the verified keys).
+pub const EDGE_TEMPLATE: &str = include_str!("../templates/edge.conf");
+
+/// Default `max_payload` for both roles: 8 MiB.
+pub const DEFAULT_MAX_PAYLOAD: u32 = 8 * 1024 * 1024;
+
+/// Default deadline for a server to become ready.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What kind of server this is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The JetStream hub (domain `central`) with a leafnode listener.
+    Central,
+    /// A core-NATS edge that connects to central as a leafnode.
+    Edge {
+        /// Leafnode URLs of the central, e.g. `nats-leaf://127.0.0.1:7422`.
+        remotes: Vec<String>,
+    },
+}
+
+/// Everything needed to start one nats-server. Fields are public; the builder methods are the
+/// usual way to set them.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The `server_name`.
+    pub name: String,
+    /// Central or edge.
+    pub role: Role,
+    /// Where config, store, ports file and log live; `None` = a fresh temporary directory owned
+    /// (and removed on drop) by the server.
+    pub dir: Option<PathBuf>,
+    /// Client port; 0 = ephemeral.
+    pub client_port: u16,
+    /// Leafnode listener port (central only); 0 = ephemeral.
+    pub leaf_port: u16,
+    /// Monitoring HTTP port; 0 = ephemeral.
+    pub monitor_port: u16,
+    /// `max_payload` in bytes.
+    pub max_payload: u32,
+    /// The nats-server binary; `None` = [`crate::ensure_binary`].
+    pub binary: Option<PathBuf>,
+    /// How long [`crate::NatsServer::start`] waits for readiness.
+    pub start_timeout: Duration,
+}
+
+impl ServerConfig {
+    fn new(name: &str, role: Role) -> Self {
+        ServerConfig {
+            name: name.to_string(),
+            role,
+            dir: None,
+            client_port: 0,
+            leaf_port: 0,
+            monitor_port: 0,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            binary: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
+        }
+    }
+
+    /// A central server: JetStream enabled, domain `central`, a leafnode listener.
+    pub fn central(name: &str) -> Self {
+        Self::new(name, Role::Central)
+    }
+
+    /// An edge server: core NATS only, one leafnode remote with the given URLs.
+    pub fn edge(name: &str, remotes: Vec<String>) -> Self {
+        Self::new(name, Role::Edge { remotes })
+    }
+
+    /// Directory for config, store, ports file and log (created if missing; kept on drop).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Client port; 0 = ephemeral (the default).
+    pub fn client_port(mut self, port: u16) -> Self {
+        self.client_port = port;
+        self
+    }
+
+    /// Leafnode listener port (central only; ignored for edges); 0 = ephemeral (the default).
+    pub fn leaf_port(mut self, port: u16) -> Self {
+        self.leaf_port = port;
+        self
+    }
+
+    /// Monitoring HTTP port; 0 = ephemeral (the default).
+    pub fn monitor_port(mut self, port: u16) -> Self {
+        self.monitor_port = port;
+        self
+    }
+
+    /// `max_payload` in bytes; default 8 MiB.
+    pub fn max_payload(mut self, bytes: u32) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Use this nats-server binary instead of [`crate::ensure_binary`].
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// Readiness deadline for start and restart; default 10 s.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Check the configuration for values nats-server would reject or misread.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: String| Error::InvalidConfig {
+            server: self.name.clone(),
+            reason,
+        };
+        if self.name.is_empty() {
+            return Err(invalid("server name is empty".into()));
+        }
+        if self
+            .name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(format!(
+                "server name {:?} contains whitespace or control characters",
+                self.name
+            )));
+        }
+        if self.max_payload == 0 {
+            return Err(invalid("max_payload is 0".into()));
+        }
+        if let Role::Edge { remotes } = &self.role {
+            if remotes.is_empty() {
+                return Err(invalid("edge has no leafnode remote URLs".into()));
+            }
+            for url in remotes {
+                if !url.contains("://") || url.chars().any(|c| c.is_whitespace()) {
+                    return Err(invalid(format!(
+                        "leafnode remote URL {url:?} is not of the form scheme://host:port"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Render the config file text for a server whose files live in `dir`.
+    /// Ports are the concrete ones to use (0 = ephemeral).
+    pub fn render(&self, dir: &Path, ports: Ports) -> String {
+        let template = match self.role {
+            Role::Central => CENTRAL_TEMPLATE,
+            Role::Edge { .. } => EDGE_TEMPLATE,
+        };
+        let remotes = match &self.role {
+            Role::Edge { remotes } => remotes
+                .iter()
+                .map(|u| quote(u))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Role::Central => String::new(),
+        };
+        template
+            .replace("{{server_name}}", &quote(&self.name))
+            .replace("{{port}}", &port_value(ports.client))
+            .replace("{{http_port}}", &port_value(ports.monitor))
+            .replace("{{leaf_port}}", &port_value(ports.leaf))
+            .replace("{{max_payload}}", &self.max_payload.to_string())
+            .replace("{{store_dir}}", &quote(&store_dir(dir).to_string_lossy()))
+            .replace("{{ports_file_dir}}", &quote(&dir.to_string_lossy()))
+            .replace("{{remotes}}", &remotes)
+    }
+}
+
+/// Ports to put into a config; 0 = ephemeral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ports {
+    /// Client port.
+    pub client: u16,
+    /// Leafnode listener port (central).
+    pub leaf: u16,
+    /// Monitoring port.
+    pub monitor: u16,
+}
+
+/// The JetStream store directory of a server living in `dir`.
+pub fn store_dir(dir: &Path) -> PathBuf {
+    dir.join("store")
+}
+
+fn port_value(port: u16) -> String {
+    if port == 0 {
+        "-1".to_string()
+    } else {
+        port.to_string()
+    }
+}
+
+/// A double-quoted, escaped nats-server config string.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn central_render_has_no_placeholders() {
+        let cfg = ServerConfig::central("c1").client_port(4222);
+        let text = cfg.render(
+            Path::new("/tmp/x"),
+            Ports {
+                client: 4222,
+                leaf: 0,
+                monitor: 0,
+            },
+        );
+        assert!(!text.contains("{{"), "{text}");
+        assert!(text.contains("listen: 127.0.0.1:4222"));
+        assert!(text.contains("listen: 127.0.0.1:-1"));
+        assert!(text.contains("store_dir: \"/tmp/x/store\""));
+        assert!(text.contains("max_payload: 8388608"));
+        assert!(text.contains("domain: central"));
+    }
+
+    #[test]
+    fn edge_render_lists_remotes_and_no_jetstream() {
+        let cfg = ServerConfig::edge(
+            "e1",
+            vec![
+                "nats-leaf://127.0.0.1:1".into(),
+                "nats-leaf://127.0.0.1:2".into(),
+            ],
+        )
+        .max_payload(1024);
+        let text = cfg.render(Path::new("/d"), Ports::default());
+        assert!(!text.contains("{{"), "{text}");
+        assert!(text.contains(r#"urls: [ "nats-leaf://127.0.0.1:1", "nats-leaf://127.0.0.1:2" ]"#));
+        assert!(!text.contains("jetstream {"));
+        assert!(text.contains("max_payload: 1024"));
+    }
+
+    #[test]
+    fn quoting_escapes() {
+        assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn validation() {
+        assert!(ServerConfig::edge("e", vec![]).validate().is_err());
+        assert!(ServerConfig::edge("e", vec!["127.0.0.1:1".into()])
+            .validate()
+            .is_err());
+        assert!(ServerConfig::central("a b").validate().is_err());
+        assert!(ServerConfig::central("c").validate().is_ok());
+    }
+}

@@ -1,0 +1,274 @@
+//! The CloudEvents 1.0 envelope as the mesh stores and carries it.
+//!
+//! On a NATS message (stream `MESH_EVENTS`, the live copy, a dead letter) an event is in
+//! the binding's binary mode: every attribute in a header (see [`crate::headers`]), the
+//! data as the payload, so any NATS client in any language can read it. `Nats-Msg-Id`
+//! always equals `ce-id`. In the edge outbox and in bundles it is MessagePack (array
+//! encoding, fields in declaration order: append new optional fields at the end only).
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{headers as h, subject, SchemaError};
+
+/// One accepted event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `ce-id`: a UUIDv7, monotonic within the publishing process.
+    pub id: Uuid,
+    /// `ce-meshedge`: the edge that accepted it.
+    pub edge: String,
+    /// The publishing agent; `ce-source` is `mesh://<edge>/<agent>`.
+    pub agent: String,
+    /// `ce-meshseq`: the edge's gap-free sequence number.
+    pub seq: u64,
+    /// `ce-type`
+    pub ty: String,
+    /// `ce-subject`: the dotted subject below `mesh.evt.<edge>.`.
+    pub subject: String,
+    /// `ce-time`, UTC.
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
+    pub time: DateTime<Utc>,
+    /// `content-type` of the data.
+    pub content_type: String,
+    pub dataschema: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// The payload, opaque to the mesh.
+    pub data: Bytes,
+}
+
+impl Event {
+    /// `mesh://<edge>/<agent>`
+    pub fn source(&self) -> String {
+        format!("mesh://{}/{}", self.edge, self.agent)
+    }
+
+    /// The subject this event has in `MESH_EVENTS`.
+    pub fn evt_subject(&self) -> String {
+        subject::evt(&self.edge, &self.subject)
+    }
+
+    /// The subject of its live copy at the edge.
+    pub fn live_subject(&self) -> String {
+        subject::live(&self.edge, &self.subject)
+    }
+
+    /// The binary-mode headers of this event.
+    pub fn to_headers(&self) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        let id = self.id.to_string();
+        m.insert(h::SPECVERSION, h::SPECVERSION_1_0);
+        m.insert(h::ID, id.as_str());
+        m.insert(h::SOURCE, self.source());
+        m.insert(h::TYPE, self.ty.as_str());
+        m.insert(h::SUBJECT, self.subject.as_str());
+        m.insert(
+            h::TIME,
+            self.time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        );
+        m.insert(h::CONTENT_TYPE, self.content_type.as_str());
+        for (name, value) in [
+            (h::DATASCHEMA, &self.dataschema),
+            (h::CORRELATION_ID, &self.correlation_id),
+            (h::CAUSATION_ID, &self.causation_id),
+            (h::TRACEPARENT, &self.traceparent),
+            (h::TRACESTATE, &self.tracestate),
+        ] {
+            if let Some(v) = value {
+                m.insert(name, v.as_str());
+            }
+        }
+        m.insert(h::MESH_EDGE, self.edge.as_str());
+        m.insert(h::MESH_SEQ, self.seq.to_string());
+        m.insert(h::NATS_MSG_ID, id);
+        m
+    }
+
+    /// Reads an event back from a binary-mode message. Every required attribute must be
+    /// present and well formed; the error names the header.
+    pub fn from_message(headers: &HeaderMap, payload: Bytes) -> Result<Event, SchemaError> {
+        let spec = required(headers, h::SPECVERSION)?;
+        if spec != h::SPECVERSION_1_0 {
+            return Err(bad(
+                h::SPECVERSION,
+                spec,
+                "only CloudEvents 1.0 is supported",
+            ));
+        }
+        let id_s = required(headers, h::ID)?;
+        let id = Uuid::parse_str(id_s).map_err(|e| bad(h::ID, id_s, e))?;
+        let source = required(headers, h::SOURCE)?;
+        let (src_edge, agent) = parse_source(source)?;
+        let edge = required(headers, h::MESH_EDGE)?;
+        if edge != src_edge {
+            return Err(bad(
+                h::MESH_EDGE,
+                edge,
+                format!("does not match the edge of {} {source:?}", h::SOURCE),
+            ));
+        }
+        let seq_s = required(headers, h::MESH_SEQ)?;
+        let seq = seq_s.parse().map_err(|e| bad(h::MESH_SEQ, seq_s, e))?;
+        let time_s = required(headers, h::TIME)?;
+        let time = DateTime::parse_from_rfc3339(time_s)
+            .map_err(|e| bad(h::TIME, time_s, e))?
+            .with_timezone(&Utc);
+        Ok(Event {
+            id,
+            edge: edge.to_string(),
+            agent: agent.to_string(),
+            seq,
+            ty: required(headers, h::TYPE)?.to_string(),
+            subject: required(headers, h::SUBJECT)?.to_string(),
+            time,
+            content_type: required(headers, h::CONTENT_TYPE)?.to_string(),
+            dataschema: optional(headers, h::DATASCHEMA),
+            correlation_id: optional(headers, h::CORRELATION_ID),
+            causation_id: optional(headers, h::CAUSATION_ID),
+            traceparent: optional(headers, h::TRACEPARENT),
+            tracestate: optional(headers, h::TRACESTATE),
+            data: payload,
+        })
+    }
+}
+
+/// Splits `mesh://<edge>/<agent>` into its two ids.
+pub fn parse_source(source: &str) -> Result<(&str, &str), SchemaError> {
+    let rest = source
+        .strip_prefix("mesh://")
+        .ok_or_else(|| bad(h::SOURCE, source, "must start with mesh://"))?;
+    let (edge, agent) = rest
+        .split_once('/')
+        .ok_or_else(|| bad(h::SOURCE, source, "must be mesh://<edge>/<agent>"))?;
+    subject::validate_id("edge", edge).map_err(|e| bad(h::SOURCE, source, e))?;
+    subject::validate_id("agent", agent).map_err(|e| bad(h::SOURCE, source, e))?;
+    Ok((edge, agent))
+}
+
+fn required<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, SchemaError> {
+    headers
+        .get(name)
+        .map(|v| v.as_str())
+        .ok_or(SchemaError::MissingHeader { name })
+}
+
+fn optional(headers: &HeaderMap, name: &'static str) -> Option<String> {
+    headers.get(name).map(|v| v.as_str().to_string())
+}
+
+fn bad(name: &'static str, value: &str, reason: impl ToString) -> SchemaError {
+    SchemaError::BadHeader {
+        name,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub fn arb_event() -> impl Strategy<Value = Event> {
+        (
+            any::<u128>(),
+            "[a-z0-9-]{1,10}",
+            "[a-z0-9_]{1,10}",
+            any::<u64>(),
+            "[a-z.]{0,4}[a-z]{1,20}",
+            proptest::collection::vec("[a-z0-9]{1,8}", 1..5),
+            0i64..4_000_000_000_000_000_000,
+            proptest::option::of("[ -~]{0,30}"),
+            proptest::option::of("[0-9a-f-]{1,55}"),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(
+                |(id, edge, agent, seq, ty, subj, nanos, schema, trace, data)| Event {
+                    id: Uuid::from_u128(id),
+                    edge,
+                    agent,
+                    seq,
+                    ty,
+                    subject: subj.join("."),
+                    time: DateTime::from_timestamp_nanos(nanos),
+                    content_type: "application/octet-stream".into(),
+                    dataschema: schema
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty()),
+                    correlation_id: trace.clone(),
+                    causation_id: None,
+                    traceparent: trace,
+                    tracestate: None,
+                    data: Bytes::from(data),
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn headers_round_trip(ev in arb_event()) {
+            let back = Event::from_message(&ev.to_headers(), ev.data.clone()).unwrap();
+            prop_assert_eq!(back, ev);
+        }
+
+        #[test]
+        fn msgpack_round_trip(ev in arb_event()) {
+            let bytes = rmp_serde::to_vec(&ev).unwrap();
+            let back: Event = rmp_serde::from_slice(&bytes).unwrap();
+            prop_assert_eq!(back, ev);
+        }
+    }
+
+    #[test]
+    fn msg_id_is_ce_id() {
+        let ev = sample();
+        let hm = ev.to_headers();
+        assert_eq!(
+            hm.get(h::NATS_MSG_ID).unwrap().as_str(),
+            hm.get(h::ID).unwrap().as_str()
+        );
+        assert_eq!(hm.get(h::SOURCE).unwrap().as_str(), "mesh://e1/a1");
+    }
+
+    #[test]
+    fn missing_and_bad_headers_are_named() {
+        let ev = sample();
+        let mut hm = ev.to_headers();
+        hm.insert(h::MESH_SEQ, "x1");
+        let err = Event::from_message(&hm, Bytes::new()).unwrap_err();
+        assert!(err.to_string().contains("ce-meshseq"), "{err}");
+        let mut hm = HeaderMap::new();
+        hm.insert(h::SPECVERSION, "1.0");
+        let err = Event::from_message(&hm, Bytes::new()).unwrap_err();
+        assert_eq!(err, SchemaError::MissingHeader { name: h::ID });
+        let mut hm = ev.to_headers();
+        hm.insert(h::SOURCE, "http://x/y");
+        let err = Event::from_message(&hm, Bytes::new()).unwrap_err();
+        assert!(err.to_string().contains("ce-source"), "{err}");
+    }
+
+    pub fn sample() -> Event {
+        Event {
+            id: Uuid::now_v7(),
+            edge: "e1".into(),
+            agent: "a1".into(),
+            seq: 7,
+            ty: "demo.tick".into(),
+            subject: "demo.ticks".into(),
+            time: Utc::now(),
+            content_type: "application/json".into(),
+            dataschema: None,
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            tracestate: None,
+            data: Bytes::from_static(b"{}"),
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The ingest request an agent sends to `mesh.ingest.<edge>.<agent>` and its reply.
+//!
+//! Body: MessagePack of [`IngestRequest`] (a batch of one or more [`NewEvent`]s; maps or
+//! arrays both decode). The agent's identity is the last token of the subject, never a
+//! field of the body. The edge validates the whole batch first and accepts all of it or
+//! none of it. Reply: MessagePack of [`IngestReply`]; an error reply also carries the
+//! header `mesh-error: <code>` so a client can branch without decoding.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{subject, Event, SchemaError};
+
+/// Limits the edge enforces on ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest `data` of one event, in bytes.
+    pub max_event_bytes: usize,
+    /// Most events in one request.
+    pub max_batch_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: 512 * 1024,
+            max_batch_events: 4096,
+        }
+    }
+}
+
+/// An event as an agent offers it, before the edge assigns its sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// `ce-id`; the SDK sets a UUIDv7, the edge assigns one when absent.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// `ce-type`
+    pub ty: String,
+    /// Dotted subject, below `mesh.evt.<edge>.`.
+    pub subject: String,
+    /// `ce-time` in nanoseconds since the epoch; the edge uses its clock when absent.
+    #[serde(default)]
+    pub time_ns: Option<i64>,
+    /// `content-type`; `application/octet-stream` when absent.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub dataschema: Option<String>,
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub causation_id: Option<String>,
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    #[serde(default)]
+    pub tracestate: Option<String>,
+    /// The payload.
+    pub data: Bytes,
+}
+
+/// Longest `ce-type`, content type or other string attribute, in bytes.
+pub const MAX_ATTR_LEN: usize = 256;
+
+impl NewEvent {
+    /// A new event with a fresh UUIDv7 and no optional attributes.
+    pub fn new(ty: impl Into<String>, subject: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        NewEvent {
+            id: Some(Uuid::now_v7()),
+            ty: ty.into(),
+            subject: subject.into(),
+            time_ns: None,
+            content_type: None,
+            dataschema: None,
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            tracestate: None,
+            data: data.into(),
+        }
+    }
+
+    /// Checks every attribute against the wire rules and `limits`.
+    pub fn validate(&self, limits: &Limits) -> Result<(), SchemaError> {
+        subject::validate_subject("subject", &self.subject)?;
+        if self.ty.is_empty() {
+            return Err(SchemaError::Empty { field: "ty".into() });
+        }
+        for (field, value) in [
+            ("ty", Some(&self.ty)),
+            ("content_type", self.content_type.as_ref()),
+            ("dataschema", self.dataschema.as_ref()),
+            ("correlation_id", self.correlation_id.as_ref()),
+            ("causation_id", self.causation_id.as_ref()),
+            ("traceparent", self.traceparent.as_ref()),
+            ("tracestate", self.tracestate.as_ref()),
+        ] {
+            if let Some(v) = value {
+                if v.len() > MAX_ATTR_LEN {
+                    return Err(SchemaError::TooLong {
+                        field: field.into(),
+                        len: v.len(),
+                        max: MAX_ATTR_LEN,
+                    });
+                }
+                // Header values cannot carry line breaks or other control characters.
+                if v.chars().any(|c| c.is_control()) {
+                    return Err(SchemaError::Whitespace {
+                        field: field.into(),
+                        value: v.clone(),
+                    });
+                }
+            }
+        }
+        if self.data.len() > limits.max_event_bytes {
+            return Err(SchemaError::Oversized {
+                field: "data".into(),
+                len: self.data.len(),
+                max: limits.max_event_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The stored event, once the edge has accepted it as `seq` from `agent`.
+    pub fn into_event(self, edge: &str, agent: &str, seq: u64, now: DateTime<Utc>) -> Event {
+        Event {
+            id: self.id.unwrap_or_else(Uuid::now_v7),
+            edge: edge.to_string(),
+            agent: agent.to_string(),
+            seq,
+            ty: self.ty,
+            subject: self.subject,
+            time: self
+                .time_ns
+                .map(DateTime::from_timestamp_nanos)
+                .unwrap_or(now),
+            content_type: self
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            dataschema: self.dataschema,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
+            data: self.data,
+        }
+    }
+}
+
+/// A batch of events from one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestRequest {
+    pub events: Vec<NewEvent>,
+}
+
+impl IngestRequest {
+    /// MessagePack with field names, so clients in other languages can build it.
+    pub fn encode(&self) -> Result<Vec<u8>, SchemaError> {
+        rmp_serde::to_vec_named(self).map_err(|e| SchemaError::Encode {
+            what: "ingest request",
+            reason: e.to_string(),
+        })
+    }
+
+    /// Decodes and validates a request; the error names the event index and field.
+    pub fn decode(body: &[u8], limits: &Limits) -> Result<IngestRequest, SchemaError> {
+        let req: IngestRequest = rmp_serde::from_slice(body).map_err(|e| SchemaError::Decode {
+            what: "ingest request (MessagePack IngestRequest)",
+            reason: e.to_string(),
+        })?;
+        if req.events.is_empty() {
+            return Err(SchemaError::EmptyBatch);
+        }
+        if req.events.len() > limits.max_batch_events {
+            return Err(SchemaError::TooManyEvents {
+                count: req.events.len(),
+                max: limits.max_batch_events,
+            });
+        }
+        for (i, ev) in req.events.iter().enumerate() {
+            ev.validate(limits)
+                .map_err(|e| e.in_field(&format!("events[{i}]")))?;
+        }
+        Ok(req)
+    }
+}
+
+/// Why the edge refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not a valid request.
+    Malformed,
+    /// An attribute breaks a rule (subject, type, length).
+    Invalid,
+    /// An event's data is over the size limit.
+    Oversized,
+    /// The outbox is at its byte limit and its policy is `reject`.
+    OutboxFull,
+    /// The agent may not publish here.
+    Unauthorised,
+    /// The edge hub is shutting down; retry on another or later.
+    ShuttingDown,
+    /// The outbox could not be written.
+    Storage,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Oversized => "oversized",
+            ErrorCode::OutboxFull => "outbox_full",
+            ErrorCode::Unauthorised => "unauthorised",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Storage => "storage",
+        }
+    }
+
+    /// The code for a validation failure.
+    pub fn of(err: &SchemaError) -> ErrorCode {
+        match err {
+            SchemaError::Decode { .. } | SchemaError::EmptyBatch => ErrorCode::Malformed,
+            SchemaError::Oversized { .. } | SchemaError::TooManyEvents { .. } => {
+                ErrorCode::Oversized
+            }
+            _ => ErrorCode::Invalid,
+        }
+    }
+}
+
+/// The edge's answer to an ingest request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestReply {
+    /// Durably accepted: the events got `ce-meshseq` `first_seq..=last_seq`, in order.
+    Ok { first_seq: u64, last_seq: u64 },
+    /// Refused: nothing of the request was stored.
+    Err { code: ErrorCode, message: String },
+}
+
+impl IngestReply {
+    pub fn encode(&self) -> Vec<u8> {
+        // An enum of integers and strings always encodes.
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    pub fn decode(body: &[u8]) -> Result<IngestReply, SchemaError> {
+        rmp_serde::from_slice(body).map_err(|e| SchemaError::Decode {
+            what: "ingest reply",
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_and_validation() {
+        let lim = Limits::default();
+        let req = IngestRequest {
+            events: vec![NewEvent::new("t", "a.b", &b"x"[..])],
+        };
+        let back = IngestRequest::decode(&req.encode().unwrap(), &lim).unwrap();
+        assert_eq!(back, req);
+
+        let bad = IngestRequest {
+            events: vec![
+                NewEvent::new("t", "a.b", &b"x"[..]),
+                NewEvent::new("t", "a..b", &b"x"[..]),
+            ],
+        };
+        let err = IngestRequest::decode(&bad.encode().unwrap(), &lim).unwrap_err();
+        assert!(err.to_string().contains("events[1].subject"), "{err}");
+        assert_eq!(ErrorCode::of(&err), ErrorCode::Invalid);
+
+        let big = IngestRequest {
+            events: vec![NewEvent::new("t", "a", vec![0u8; lim.max_event_bytes + 1])],
+        };
+        let err = IngestRequest::decode(&big.encode().unwrap(), &lim).unwrap_err();
+        assert_eq!(ErrorCode::of(&err), ErrorCode::Oversized);
+        assert!(err.to_string().contains("events[0].data"), "{err}");
+
+        let err = IngestRequest::decode(b"\xc1garbage", &lim).unwrap_err();
+        assert_eq!(ErrorCode::of(&err), ErrorCode::Malformed);
+
+        let mut ev = NewEvent::new("t", "a", &b""[..]);
+        ev.ty = "bad\r\nheader".into();
+        let err =
+            IngestRequest::decode(&IngestRequest { events: vec![ev] }.encode().unwrap(), &lim)
+                .unwrap_err();
+        assert!(err.to_string().contains("events[0].ty"), "{err}");
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        for r in [
+            IngestReply::Ok {
+                first_seq: 1,
+                last_seq: 9,
+            },
+            IngestReply::Err {
+                code: ErrorCode::OutboxFull,
+                message: "full".into(),
+            },
+        ] {
+            assert_eq!(IngestReply::decode(&r.encode()).unwrap(), r);
+        }
+    }
+}
+
+/// An edge hub's answer on [`crate::subject::HUB_DISCOVER`] (JSON). Requests cross leaf
+/// links, so an agent may hear from several edges; it keeps the one connected to its
+/// own nats-server (`server_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeHello {
+    pub edge: String,
+    /// `server_id` of the nats-server the edge hub is connected to.
+    pub server_id: String,
+    pub server_name: String,
+}

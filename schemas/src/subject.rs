@@ -1,0 +1,266 @@
+//! Subject builders and validators.
+//!
+//! | subject | meaning |
+//! |---|---|
+//! | `mesh.ingest.<edge>.<agent>` | publish request from an agent to its edge hub |
+//! | `mesh.up.<edge>` | bundles in transit to the centre (stream `MESH_INGRESS`) |
+//! | `mesh.evt.<edge>.<subject…>` | every accepted event, once (stream `MESH_EVENTS`) |
+//! | `mesh.live.<edge>.<subject…>` | live copy at the edge, after the durable append |
+//! | `mesh.audit.<kind>` | audit records (stream `MESH_AUDIT`) |
+//! | `mesh.dlq.<edge>.<subject…>` | dead letters (stream `MESH_DLQ`) |
+//! | `mesh.hub.>` | heartbeats and control requests |
+//!
+//! Identities (edge and agent ids) are single tokens of `[A-Za-z0-9_-]`, at most
+//! [`MAX_ID_LEN`] bytes. Event subjects are dotted, at most [`MAX_SUBJECT_LEN`] bytes,
+//! with no empty token, no wildcard and no whitespace. Builders assume validated input;
+//! everything coming from outside goes through [`validate_id`] or [`validate_subject`]
+//! before it is stored.
+
+use crate::SchemaError;
+
+/// Longest edge or agent id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest event subject, in bytes (leaves room for the `mesh.evt.<edge>.` prefix).
+pub const MAX_SUBJECT_LEN: usize = 256;
+
+pub const STREAM_INGRESS: &str = "MESH_INGRESS";
+pub const STREAM_EVENTS: &str = "MESH_EVENTS";
+pub const STREAM_AUDIT: &str = "MESH_AUDIT";
+pub const STREAM_DLQ: &str = "MESH_DLQ";
+/// KV bucket holding the lander's per-edge high-water marks.
+pub const BUCKET_LANDER: &str = "MESH_LANDER";
+/// JetStream domain of the centre.
+pub const CENTRAL_DOMAIN: &str = "central";
+
+pub const UP_ALL: &str = "mesh.up.>";
+pub const EVT_ALL: &str = "mesh.evt.>";
+pub const LIVE_ALL: &str = "mesh.live.>";
+pub const HUB_HEARTBEAT_ALL: &str = "mesh.hub.heartbeat.>";
+/// Edge hubs answer requests here with an [`crate::ingest::EdgeHello`], so an agent
+/// connected to an edge's nats-server can learn the edge id.
+pub const HUB_DISCOVER: &str = "mesh.hub.discover";
+
+/// `mesh.ingest.<edge>.<agent>`
+pub fn ingest(edge: &str, agent: &str) -> String {
+    format!("mesh.ingest.{edge}.{agent}")
+}
+
+/// `mesh.ingest.<edge>.*`: what an edge hub listens on.
+pub fn ingest_filter(edge: &str) -> String {
+    format!("mesh.ingest.{edge}.*")
+}
+
+/// The agent id of an ingest subject of `edge`, or `None` if the subject is not one.
+pub fn agent_of_ingest<'a>(edge: &str, subject: &'a str) -> Option<&'a str> {
+    let rest = subject.strip_prefix("mesh.ingest.")?;
+    let rest = rest.strip_prefix(edge)?;
+    let agent = rest.strip_prefix('.')?;
+    (!agent.is_empty() && !agent.contains('.')).then_some(agent)
+}
+
+/// `mesh.up.<edge>`
+pub fn up(edge: &str) -> String {
+    format!("mesh.up.{edge}")
+}
+
+/// `mesh.evt.<edge>.<subject>`
+pub fn evt(edge: &str, subject: &str) -> String {
+    format!("mesh.evt.{edge}.{subject}")
+}
+
+/// `mesh.evt.<edge>.>`: every event of one edge.
+pub fn evt_edge(edge: &str) -> String {
+    format!("mesh.evt.{edge}.>")
+}
+
+/// `mesh.live.<edge>.<subject>`
+pub fn live(edge: &str, subject: &str) -> String {
+    format!("mesh.live.{edge}.{subject}")
+}
+
+/// `mesh.dlq.<edge>.<subject>`
+pub fn dlq(edge: &str, subject: &str) -> String {
+    format!("mesh.dlq.{edge}.{subject}")
+}
+
+/// `mesh.audit.<kind>`
+pub fn audit(kind: &str) -> String {
+    format!("mesh.audit.{kind}")
+}
+
+/// `mesh.hub.heartbeat.<hub>`
+pub fn hub_heartbeat(hub: &str) -> String {
+    format!("mesh.hub.heartbeat.{hub}")
+}
+
+/// Checks an edge or agent id: one token of `[A-Za-z0-9_-]`, 1..=[`MAX_ID_LEN`] bytes.
+pub fn validate_id(field: &str, value: &str) -> Result<(), SchemaError> {
+    if value.is_empty() {
+        return Err(SchemaError::Empty {
+            field: field.into(),
+        });
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(SchemaError::TooLong {
+            field: field.into(),
+            len: value.len(),
+            max: MAX_ID_LEN,
+        });
+    }
+    check_chars(field, value)?;
+    if let Some(ch) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(SchemaError::BadChar {
+            field: field.into(),
+            value: value.into(),
+            ch,
+        });
+    }
+    Ok(())
+}
+
+/// Checks an event subject: dotted tokens, none empty, no wildcard, no whitespace or
+/// control character, 1..=[`MAX_SUBJECT_LEN`] bytes.
+pub fn validate_subject(field: &str, value: &str) -> Result<(), SchemaError> {
+    if value.is_empty() {
+        return Err(SchemaError::Empty {
+            field: field.into(),
+        });
+    }
+    if value.len() > MAX_SUBJECT_LEN {
+        return Err(SchemaError::TooLong {
+            field: field.into(),
+            len: value.len(),
+            max: MAX_SUBJECT_LEN,
+        });
+    }
+    check_chars(field, value)?;
+    if value.split('.').any(str::is_empty) {
+        return Err(SchemaError::EmptyToken {
+            field: field.into(),
+            value: value.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a subscription filter: like a subject, but `*` may stand as a whole token and
+/// `>` as the whole last token.
+pub fn validate_filter(field: &str, value: &str) -> Result<(), SchemaError> {
+    let masked: String = {
+        let tokens: Vec<&str> = value.split('.').collect();
+        let n = tokens.len();
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match *t {
+                "*" => "x",
+                ">" if i + 1 == n => "x",
+                t => t,
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    validate_subject(field, &masked).map_err(|e| match e {
+        SchemaError::Wildcard {
+            field, wildcard, ..
+        } => SchemaError::Wildcard {
+            field,
+            value: value.into(),
+            wildcard,
+        },
+        other => other,
+    })
+}
+
+fn check_chars(field: &str, value: &str) -> Result<(), SchemaError> {
+    for c in value.chars() {
+        if c == '*' || c == '>' {
+            return Err(SchemaError::Wildcard {
+                field: field.into(),
+                value: value.into(),
+                wildcard: c,
+            });
+        }
+        if c.is_whitespace() || c.is_control() {
+            return Err(SchemaError::Whitespace {
+                field: field.into(),
+                value: value.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("edge", "edge-1_A").is_ok());
+        assert!(matches!(
+            validate_id("edge", ""),
+            Err(SchemaError::Empty { .. })
+        ));
+        assert!(matches!(
+            validate_id("edge", "a.b"),
+            Err(SchemaError::BadChar { ch: '.', .. })
+        ));
+        assert!(matches!(
+            validate_id("agent", "a*"),
+            Err(SchemaError::Wildcard { wildcard: '*', .. })
+        ));
+        assert!(matches!(
+            validate_id("agent", &"x".repeat(65)),
+            Err(SchemaError::TooLong { len: 65, .. })
+        ));
+    }
+
+    #[test]
+    fn subjects() {
+        assert!(validate_subject("subject", "orders.created.v1").is_ok());
+        for bad in [
+            "", "a..b", ".a", "a.", "a.*", "a.>", "a b", "a\tb", "a\u{0}b",
+        ] {
+            let e = validate_subject("subject", bad).unwrap_err();
+            assert!(e.to_string().contains("subject"), "{e}");
+        }
+        assert!(validate_subject("subject", &"a".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn filters() {
+        assert!(validate_filter("filter", "mesh.evt.*.orders.>").is_ok());
+        assert!(validate_filter("filter", ">").is_ok());
+        assert!(validate_filter("filter", "a.>.b").is_err());
+        assert!(validate_filter("filter", "a.b*").is_err());
+    }
+
+    #[test]
+    fn ingest_subject_round_trip() {
+        let s = ingest("e1", "agent-7");
+        assert_eq!(agent_of_ingest("e1", &s), Some("agent-7"));
+        assert_eq!(agent_of_ingest("e2", &s), None);
+        assert_eq!(agent_of_ingest("e1", "mesh.ingest.e1.a.b"), None);
+        assert_eq!(agent_of_ingest("e1", "mesh.ingest.e10.a"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn generated_subjects_are_valid(tokens in proptest::collection::vec("[a-zA-Z0-9_$-]{1,12}", 1..8)) {
+            let s = tokens.join(".");
+            prop_assert!(validate_subject("subject", &s).is_ok());
+        }
+
+        #[test]
+        fn any_wildcard_or_space_is_refused(prefix in "[a-z]{0,8}", bad in "[*> \t\n]", suffix in "[a-z]{0,8}") {
+            let s = format!("{prefix}{bad}{suffix}");
+            prop_assert!(validate_subject("subject", &s).is_err());
+            prop_assert!(validate_id("agent", &s).is_err());
+        }
+    }
+}

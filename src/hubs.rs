@@ -1,0 +1,164 @@
+//! `mesh central` and `mesh edge`: configuration layering (defaults, `--config` file,
+//! flags), `--print-config`, and the hub's `run` with Ctrl-C / SIGTERM as shutdown.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use central_hub::CentralConfig;
+use clap::Args;
+use edge_hub::{EdgeConfig, FullPolicy};
+
+#[derive(Args)]
+pub struct CentralArgs {
+    /// Central nats-server URL.
+    #[arg(long)]
+    nats: Option<String>,
+    /// Serve /metrics and /health/* on this address (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    http: Option<String>,
+    /// TOML configuration file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Name of this hub in heartbeats and logs.
+    #[arg(long)]
+    hub_id: Option<String>,
+}
+
+#[derive(Args)]
+pub struct EdgeArgs {
+    /// Edge nats-server URL.
+    #[arg(long)]
+    nats: Option<String>,
+    /// This edge's id.
+    #[arg(long)]
+    id: Option<String>,
+    /// Directory of the sled outbox.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Serve /metrics and /health/* on this address.
+    #[arg(long)]
+    http: Option<String>,
+    /// TOML configuration file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Outbox byte limit.
+    #[arg(long)]
+    outbox_max_bytes: Option<u64>,
+    /// What a full outbox does: reject or drop-oldest.
+    #[arg(long, value_parser = parse_policy)]
+    full_policy: Option<FullPolicy>,
+}
+
+fn parse_policy(s: &str) -> Result<FullPolicy, String> {
+    match s {
+        "reject" => Ok(FullPolicy::Reject),
+        "drop-oldest" => Ok(FullPolicy::DropOldest),
+        other => Err(format!(
+            "unknown full policy {other:?}; use reject or drop-oldest"
+        )),
+    }
+}
+
+fn read_config(path: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    path.as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))
+        })
+        .transpose()
+}
+
+async fn listener(addr: &Option<String>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match addr {
+        Some(a) => Ok(Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on --http {a}"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+async fn connect(url: &str, name: String) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to nats-server {url}"))
+}
+
+pub async fn central(a: CentralArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = match read_config(&a.config)? {
+        Some(text) => {
+            CentralConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("config file: {e}"))?
+        }
+        None => CentralConfig::default(),
+    };
+    if let Some(v) = a.nats {
+        cfg.nats = v;
+    }
+    if let Some(v) = a.http {
+        cfg.http = Some(v);
+    }
+    if let Some(v) = a.hub_id {
+        cfg.hub_id = v;
+    }
+    if a.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Err(errs) = cfg.validate() {
+        bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
+    }
+    let client = connect(&cfg.nats, format!("central hub {}", cfg.hub_name())).await?;
+    let http = listener(&cfg.http).await?;
+    central_hub::run(cfg, client, http, crate::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn edge(a: EdgeArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = match read_config(&a.config)? {
+        Some(text) => {
+            EdgeConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("config file: {e}"))?
+        }
+        None => EdgeConfig::default(),
+    };
+    if let Some(v) = a.nats {
+        cfg.nats = v;
+    }
+    if let Some(v) = a.id {
+        cfg.id = v;
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.http {
+        cfg.http = Some(v);
+    }
+    if let Some(v) = a.outbox_max_bytes {
+        cfg.outbox.max_bytes = v;
+    }
+    if let Some(v) = a.full_policy {
+        cfg.outbox.full_policy = v;
+    }
+    if a.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Err(errs) = cfg.validate() {
+        bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
+    }
+    let client = connect(&cfg.nats, format!("edge hub {}", cfg.id)).await?;
+    let http = listener(&cfg.http).await?;
+    edge_hub::run(cfg, client, http, crate::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}

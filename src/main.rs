@@ -1,0 +1,97 @@
+//! `mesh`: the agentmesh command line. Parses flags and calls the libraries; see
+//! DESIGN.md for the stable interface (command names and listed flags do not change).
+
+mod hubs;
+mod publish;
+mod subscribe;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mesh",
+    version,
+    about = "agentmesh: an event mesh for AI agents on NATS JetStream"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A whole local mesh on this machine: nats-servers, a central hub, edge hubs and demo agents.
+    Up(up::UpArgs),
+    /// Central hub against an existing central nats-server.
+    Central(hubs::CentralArgs),
+    /// Edge hub against an existing edge nats-server leaf-linked to the centre.
+    Edge(hubs::EdgeArgs),
+    /// Publish through the edge hub; ends with a summary line `acked=N failed=M ...`.
+    Pub(publish::PubArgs),
+    /// Subscribe: durable (at-least-once from the centre) or live.
+    Sub(subscribe::SubArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Up(a) => up::run(a).await,
+            Cmd::Central(a) => hubs::central(a).await,
+            Cmd::Edge(a) => hubs::edge(a).await,
+            Cmd::Pub(a) => publish::run(a).await,
+            Cmd::Sub(a) => subscribe::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,186 @@
+//! `mesh pub`: publish through the edge hub and report. The last line of output is always
+//! the summary `acked=N failed=M ...`, also when connecting fails; the exit status is 0
+//! only when every event was acked.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use agents::{Agent, AgentError};
+use clap::Args;
+use schemas::NewEvent;
+
+#[derive(Args)]
+pub struct PubArgs {
+    /// Edge nats-server URL.
+    #[arg(long)]
+    nats: String,
+    /// Agent id (the last token of the ingest subject).
+    #[arg(long)]
+    agent: String,
+    /// Edge id; discovered from the edge hub when omitted.
+    #[arg(long)]
+    edge: Option<String>,
+    /// Number of events.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Data size in bytes for generated payloads (ignored when DATA is given).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Events per second (0 = as fast as acks allow).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Events per ingest request.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// ce-type of the events.
+    #[arg(long = "type", default_value = "mesh.pub")]
+    ty: String,
+    /// Seconds to wait for each ack.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Event subject (below mesh.evt.<edge>.).
+    subject: String,
+    /// Data of every event; generated when omitted.
+    data: Option<String>,
+}
+
+struct Tally {
+    acked: u64,
+    failed: u64,
+    errors: BTreeMap<String, u64>,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+}
+
+impl Tally {
+    fn fail(&mut self, n: u64, e: &AgentError) {
+        self.failed += n;
+        let key = match e {
+            AgentError::Refused { code, .. } => code.as_str().to_string(),
+            AgentError::Timeout(_) => "timeout".into(),
+            AgentError::NoEdgeHub { .. } => "no_edge_hub".into(),
+            AgentError::Connect { .. } | AgentError::Discover { .. } => "connect".into(),
+            AgentError::Invalid(_) => "invalid".into(),
+            _ => "request".into(),
+        };
+        *self.errors.entry(key).or_default() += n;
+        if self.failed <= 5 * n {
+            eprintln!("publish failed: {e}");
+        }
+    }
+}
+
+pub async fn run(a: PubArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut t = Tally {
+        acked: 0,
+        failed: 0,
+        errors: BTreeMap::new(),
+        first_seq: None,
+        last_seq: None,
+    };
+    if let Err(e) = publish(&a, &mut t).await {
+        let unsent = a.count.saturating_sub(t.acked + t.failed);
+        t.fail(unsent, &e);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut line = format!(
+        "acked={} failed={} elapsed={:.3}s rate={:.0}/s",
+        t.acked,
+        t.failed,
+        secs,
+        t.acked as f64 / secs.max(1e-9)
+    );
+    if let (Some(f), Some(l)) = (t.first_seq, t.last_seq) {
+        line.push_str(&format!(" first_seq={f} last_seq={l}"));
+    }
+    for (k, n) in &t.errors {
+        line.push_str(&format!(" {k}={n}"));
+    }
+    println!("{line}");
+    Ok(if t.failed == 0 && t.acked == a.count {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn publish(a: &PubArgs, t: &mut Tally) -> Result<(), AgentError> {
+    let timeout = Duration::from_secs_f64(a.timeout.max(0.001));
+    let agent = match &a.edge {
+        Some(edge) => {
+            let client = async_nats::connect(&a.nats)
+                .await
+                .map_err(|e| AgentError::Connect {
+                    url: a.nats.clone(),
+                    reason: e.to_string(),
+                })?;
+            Agent::with_client(client, edge, &a.agent)?
+        }
+        None => Agent::connect(&a.nats, &a.agent).await?,
+    }
+    .with_timeout(timeout);
+    schemas::subject::validate_subject("SUBJECT", &a.subject)?;
+    let data: bytes::Bytes = match &a.data {
+        Some(d) => d.clone().into_bytes().into(),
+        None => (0..a.size)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
+    };
+    let batch = a.batch.max(1) as u64;
+    let window = a.inflight.max(1);
+    let mut pipe = agent.pipeline().await?;
+    let mut sizes = std::collections::HashMap::new();
+    let mut sent = 0u64;
+    let start = tokio::time::Instant::now();
+    while sent < a.count || pipe.in_flight() > 0 {
+        if sent < a.count && pipe.in_flight() < window {
+            if a.rate > 0.0 {
+                let due = start + Duration::from_secs_f64(sent as f64 / a.rate);
+                tokio::time::sleep_until(due).await;
+            }
+            let n = batch.min(a.count - sent);
+            let events = (0..n)
+                .map(|_| NewEvent::new(a.ty.as_str(), a.subject.as_str(), data.clone()))
+                .collect();
+            let token = pipe.send(events).await?;
+            sizes.insert(token, n);
+            sent += n;
+            // Keep sending while the window has room; collect replies that are ready.
+            if a.rate == 0.0 && pipe.in_flight() < window && sent < a.count {
+                continue;
+            }
+        }
+        if pipe.in_flight() >= window || sent >= a.count || a.rate > 0.0 {
+            let wait = if sent >= a.count || pipe.in_flight() >= window {
+                None
+            } else {
+                Some(Duration::from_millis(1))
+            };
+            let next = match wait {
+                None => pipe.next_reply().await,
+                Some(d) => tokio::time::timeout(d, pipe.next_reply())
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            if let Some((token, r)) = next {
+                let n = sizes.remove(&token).unwrap_or(1);
+                match r {
+                    Ok(ack) => {
+                        t.acked += n;
+                        t.first_seq.get_or_insert(ack.first_seq);
+                        t.last_seq = Some(t.last_seq.map_or(ack.last_seq, |l| l.max(ack.last_seq)));
+                    }
+                    Err(e) => t.fail(n, &e),
+                }
+            }
+        }
+    }
+    agent.drain().await
+}
