@@ -1,13 +1,17 @@
-//! Fault injectors for agentmesh.
+//! Fault injection for agentmesh, in the shape of producer + fault schedule + judge.
 //!
-//! This crate holds the tools the chaos and end-to-end tests use to break the mesh on purpose:
-//!
-//! - [`proxy::FaultProxy`]: an in-process TCP proxy placed on the leaf link between an edge and
-//!   the central NATS server, able to black-hole, reset, delay and throttle the link.
-//!
-//! More injectors will join it (a producer/judge harness that drives traffic through a fault
-//! schedule and checks what arrived).
+//! - [`proxy::FaultProxy`]: an in-process TCP proxy on the leaf link between an edge and
+//!   the central nats-server: black hole (both ways or the return path only), reset,
+//!   latency, bandwidth.
+//! - [`producer`]: agents publishing at a set rate, recording every acknowledged `ce-id`
+//!   in order and the data it carried (the oracle).
+//! - [`judge`]: reads what reached `MESH_EVENTS` and checks it against the oracle: lost,
+//!   duplicated, reordered or corrupted events.
 
+pub mod judge;
+pub mod producer;
 pub mod proxy;
 
+pub use judge::{read_stream, Verdict};
+pub use producer::{produce, AgentLog};
 pub use proxy::{FaultProxy, LinkState};

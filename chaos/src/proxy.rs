@@ -71,6 +71,18 @@ pub enum LinkState {
     Cut,
     /// Every connection is reset, new connections are reset on accept.
     Reset,
+    /// One-way black hole: bytes from the connecting side flow upstream, bytes coming back
+    /// are held (an asymmetric partition: requests arrive, answers do not).
+    CutReturn,
+}
+
+/// Which way a pump moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// From the connecting side to the upstream.
+    Forward,
+    /// From the upstream back to the connecting side.
+    Return,
 }
 
 /// What the pumps watch: the state, and a counter bumped by every [`FaultProxy::reset`] so a
@@ -93,8 +105,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn is_up(mode: &Mode) -> bool {
-        mode.state == LinkState::Up
+    /// Whether bytes may move in direction `dir` now.
+    fn flows(mode: &Mode, dir: Dir) -> bool {
+        match mode.state {
+            LinkState::Up => true,
+            LinkState::CutReturn => dir == Dir::Forward,
+            LinkState::Cut | LinkState::Reset => false,
+        }
     }
 
     fn bandwidth(&self) -> Option<u64> {
@@ -228,6 +245,13 @@ impl FaultProxy {
         self.set_state(LinkState::Cut);
     }
 
+    /// One-way black hole: what the connecting side sends still reaches the upstream, what
+    /// the upstream sends back is held until [`heal`](Self::heal). For a leaf link: the
+    /// centre receives and stores bundles but its acks never reach the edge.
+    pub fn cut_return(&self) {
+        self.set_state(LinkState::CutReturn);
+    }
+
     /// Close every current connection abruptly (RST to both peers), and reset every new
     /// connection on accept until [`heal`](Self::heal).
     pub fn reset(&self) {
@@ -352,7 +376,7 @@ async fn serve_connection(
 
     // A connection accepted during a cut is held until heal (or killed by a reset).
     let go = mode
-        .wait_for(|m| m.reset_gen != generation || Shared::is_up(m))
+        .wait_for(|m| m.reset_gen != generation || Shared::flows(m, Dir::Forward))
         .await
         .map(|m| m.reset_gen == generation)
         .unwrap_or(false);
@@ -383,8 +407,18 @@ async fn serve_connection(
     let client = Arc::new(client);
     let server = Arc::new(server);
     let mut pumps = JoinSet::new();
-    pumps.spawn(pump(shared.clone(), client.clone(), server.clone()));
-    pumps.spawn(pump(shared.clone(), server.clone(), client.clone()));
+    pumps.spawn(pump(
+        shared.clone(),
+        client.clone(),
+        server.clone(),
+        Dir::Forward,
+    ));
+    pumps.spawn(pump(
+        shared.clone(),
+        server.clone(),
+        client.clone(),
+        Dir::Return,
+    ));
 
     let abrupt = loop {
         tokio::select! {
@@ -456,7 +490,13 @@ fn closed_error() -> io::Error {
 /// A reader stage reads eagerly (bounded by [`MAX_HELD_BYTES`]) and stamps each chunk with its
 /// delivery time; a writer stage delivers chunks in order, checking the link state right before
 /// every write so nothing moves while the link is not up.
-async fn pump(shared: Arc<Shared>, from: Arc<TcpStream>, to: Arc<TcpStream>) -> io::Result<()> {
+async fn pump(
+    shared: Arc<Shared>,
+    from: Arc<TcpStream>,
+    to: Arc<TcpStream>,
+    dir: Dir,
+) -> io::Result<()> {
+    let flows = move |m: &Mode| Shared::flows(m, dir);
     let held = Semaphore::new(MAX_HELD_BYTES);
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let held = &held;
@@ -490,7 +530,7 @@ async fn pump(shared: Arc<Shared>, from: Arc<TcpStream>, to: Arc<TcpStream>) -> 
             sleep_until(deliver_at).await;
             let mut off = 0;
             while off < data.len() {
-                if mode.wait_for(Shared::is_up).await.is_err() {
+                if mode.wait_for(flows).await.is_err() {
                     return Err(closed_error());
                 }
                 let rate = shared.bandwidth();
@@ -516,7 +556,7 @@ async fn pump(shared: Arc<Shared>, from: Arc<TcpStream>, to: Arc<TcpStream>) -> 
                     }
                     ready = to.writable() => ready?,
                 }
-                if !Shared::is_up(&mode.borrow_and_update()) {
+                if !flows(&mode.borrow_and_update()) {
                     continue;
                 }
                 match to.try_write(&data[off..end]) {
@@ -538,7 +578,7 @@ async fn pump(shared: Arc<Shared>, from: Arc<TcpStream>, to: Arc<TcpStream>) -> 
             held.add_permits(data.len());
         }
         // The source ended: forward the FIN, which a cut holds like any byte.
-        if mode.wait_for(Shared::is_up).await.is_err() {
+        if mode.wait_for(flows).await.is_err() {
             return Err(closed_error());
         }
         shutdown_write(&to)

@@ -226,3 +226,44 @@ async fn drop_closes_connections() {
     let res = read_to_end_within_deadline(&mut client).await;
     assert!(res.is_ok(), "expected EOF, got {res:?}");
 }
+
+/// A one-way cut lets bytes reach the upstream but holds what comes back; heal delivers
+/// the held answer on the same connection.
+#[tokio::test]
+async fn cut_return_delivers_upstream_but_holds_answers() {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    let seen = got.clone();
+    tokio::spawn(async move {
+        if let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = sock.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                let _ = sock.write_all(&buf[..n]).await;
+            }
+        }
+    });
+    let proxy = FaultProxy::start(upstream).await.expect("proxy");
+    let mut sock = TcpStream::connect(proxy.addr()).await.expect("connect");
+    round_trip(&mut sock, b"one").await;
+    proxy.cut_return();
+    assert_eq!(proxy.state(), LinkState::CutReturn);
+    sock.write_all(b"two").await.expect("write");
+    wait_until("upstream to receive during a one-way cut", || {
+        got.lock().unwrap().ends_with(b"two")
+    })
+    .await;
+    let mut buf = [0u8; 3];
+    assert!(
+        timeout(Duration::from_millis(300), sock.read_exact(&mut buf))
+            .await
+            .is_err(),
+        "the answer must be held while the return path is cut"
+    );
+    proxy.heal();
+    assert_eq!(read_exactly(&mut sock, 3).await, b"two");
+}

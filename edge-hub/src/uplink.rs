@@ -57,3 +57,22 @@ pub async fn run_uplink(
         }
     }
 }
+
+/// Whether a reply is the central JetStream's account info, not an error: a server on
+/// this side of a cut link may answer the request itself ("JetStream not enabled").
+fn is_account_info(payload: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(v) => v.get("error").is_none() && v.get("api").is_some(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_account_info_counts_as_up() {
+        assert!(super::is_account_info(br#"{"type":"io.nats.jetstream.api.v1.account_info_response","memory":0,"storage":0,"api":{"total":1,"errors":0}}"#));
+        assert!(!super::is_account_info(br#"{"error":{"code":503,"description":"JetStream not enabled"}}"#));
+        assert!(!super::is_account_info(b""));
+    }
+}

@@ -1,0 +1,90 @@
+//! The producer: one agent publishing at a steady rate, recording the oracle.
+//!
+//! Every event carries a fresh UUIDv7 `ce-id` and a payload that names the agent and
+//! the event's position, so the judge can check identity, order and integrity. An event
+//! is *acked* when the edge acknowledged it (it must arrive, once), *refused* when the
+//! edge said no (it must not arrive), and *unknown* when no answer came (it may arrive,
+//! at most once).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agents::{Agent, AgentError};
+use bytes::Bytes;
+use schemas::NewEvent;
+use uuid::Uuid;
+
+/// What one agent published and what the edge said.
+#[derive(Debug, Clone, Default)]
+pub struct AgentLog {
+    pub agent: String,
+    /// Acknowledged ids, in publish order.
+    pub acked: Vec<Uuid>,
+    /// Refused ids with the error text.
+    pub refused: Vec<(Uuid, String)>,
+    /// Ids whose outcome is unknown (timeout, connection trouble).
+    pub unknown: Vec<Uuid>,
+    /// The data each id carried.
+    pub data: HashMap<Uuid, Bytes>,
+}
+
+impl AgentLog {
+    pub fn new(agent: &str) -> AgentLog {
+        AgentLog {
+            agent: agent.into(),
+            ..AgentLog::default()
+        }
+    }
+
+    /// Records the outcome of one publish.
+    pub fn record(&mut self, id: Uuid, data: Bytes, outcome: &Result<agents::Ack, AgentError>) {
+        self.data.insert(id, data);
+        match outcome {
+            Ok(_) => self.acked.push(id),
+            Err(AgentError::Timeout(_)) | Err(AgentError::Request { .. }) => self.unknown.push(id),
+            Err(e) => self.refused.push((id, e.to_string())),
+        }
+    }
+
+    /// Every publish that did not get an ack.
+    pub fn failures(&self) -> usize {
+        self.refused.len() + self.unknown.len()
+    }
+}
+
+/// The payload of the `n`-th event of `agent`, `size` bytes at least.
+pub fn payload(agent: &str, n: u64, size: usize) -> Bytes {
+    let mut s = format!("{agent}:{n}:").into_bytes();
+    while s.len() < size {
+        s.push(b'a' + (s.len() % 26) as u8);
+    }
+    s.into()
+}
+
+/// Publishes on `subject` at `rate` events/s (sequentially: each waits for its ack) until
+/// `count` events were published or `stop` resolves; returns the log.
+pub async fn produce(
+    agent: Agent,
+    subject: &str,
+    rate: f64,
+    count: u64,
+    size: usize,
+    stop: impl std::future::Future<Output = ()>,
+) -> AgentLog {
+    let mut log = AgentLog::new(agent.id());
+    let start = tokio::time::Instant::now();
+    tokio::pin!(stop);
+    for n in 0..count {
+        let due = start + Duration::from_secs_f64(n as f64 / rate.max(1e-9));
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            _ = &mut stop => break,
+        }
+        let data = payload(agent.id(), n, size);
+        let ev = NewEvent::new("chaos.tick", subject, data.clone());
+        let id = ev.id.unwrap_or_else(Uuid::now_v7);
+        let outcome = agent.publish_event(ev).await;
+        log.record(id, data, &outcome);
+    }
+    log
+}
