@@ -159,6 +159,7 @@ impl Lander {
         let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
         match self.land(&bundle, redelivered).await {
             Ok(Outcome::Landed(n)) => {
+                tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, last = bundle.last_seq, landed = n, "bundle landed");
                 self.metrics.landed(&bundle.edge, n, bundle.last_seq);
                 if let Err(e) = msg.double_ack().await {
                     // The mark is written: a redelivery is recognised and skipped.
@@ -166,7 +167,10 @@ impl Lander {
                 }
             }
             Ok(Outcome::Duplicate) => {
+                tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, last = bundle.last_seq, "bundle already landed");
                 self.metrics.duplicate_bundle(&bundle.edge);
+                self.metrics
+                    .skipped(&bundle.edge, bundle.events.len() as u64);
                 let _ = msg.ack().await;
             }
             Ok(Outcome::Gap(mark)) => {
@@ -227,6 +231,7 @@ impl Lander {
             acks.push((ev.seq, ack.into_future()));
         }
         let n = acks.len() as u64;
+        self.metrics.skipped(&b.edge, b.events.len() as u64 - n);
         for (seq, ack) in acks {
             ack.await.map_err(|e| LandError::Publish {
                 edge: b.edge.clone(),

@@ -20,6 +20,7 @@ pub struct CentralMetrics {
     landed_bundles: Family<Labels, Counter>,
     duplicate_bundles: Family<Labels, Counter>,
     gap_waits: Family<Labels, Counter>,
+    skipped_events: Family<Labels, Counter>,
     mark: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
     bad_bundles: Counter,
@@ -35,6 +36,7 @@ impl CentralMetrics {
             landed_bundles: Family::default(),
             duplicate_bundles: Family::default(),
             gap_waits: Family::default(),
+            skipped_events: Family::default(),
             mark: Family::default(),
             lag: Family::default(),
             bad_bundles: Counter::default(),
@@ -56,6 +58,11 @@ impl CentralMetrics {
                 "duplicate_bundles",
                 "Bundles skipped because already landed, by edge",
                 m.duplicate_bundles.clone(),
+            );
+            r.register(
+                "skipped_events",
+                "Events in bundles at or below the high-water mark, not landed again, by edge",
+                m.skipped_events.clone(),
             );
             r.register(
                 "gap_waits",
@@ -89,6 +96,12 @@ impl CentralMetrics {
         self.landed_bundles.get_or_create(&l).inc();
         self.mark.get_or_create(&l).set(mark as i64);
         self.lag.get_or_create(&l).set(0);
+    }
+
+    pub fn skipped(&self, e: &str, events: u64) {
+        if events > 0 {
+            self.skipped_events.get_or_create(&edge(e)).inc_by(events);
+        }
     }
 
     pub fn duplicate_bundle(&self, e: &str) {

@@ -63,7 +63,8 @@ impl Verdict {
                         }
                         last = Some(p);
                         let ev = &events[p];
-                        if log.data.get(id).is_some_and(|d| *d != ev.data) || ev.agent != log.agent {
+                        if log.data.get(id).is_some_and(|d| *d != ev.data) || ev.agent != log.agent
+                        {
                             v.corrupted.push(*id);
                         }
                     }
@@ -113,7 +114,13 @@ pub async fn read_stream(js: &jetstream::Context) -> Result<Vec<Event>, async_na
         let msg = match next {
             Ok(Some(m)) => m?,
             Ok(None) => break,
-            Err(_) => return Err(format!("read {} of {total} events, then nothing for 10 s", out.len()).into()),
+            Err(_) => {
+                return Err(format!(
+                    "read {} of {total} events, then nothing for 10 s",
+                    out.len()
+                )
+                .into())
+            }
         };
         let headers = msg.headers.clone().unwrap_or_default();
         out.push(Event::from_message(&headers, msg.payload.clone())?);
@@ -158,7 +165,11 @@ mod tests {
     #[test]
     fn clean_history_passes() {
         let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
-        let events: Vec<Event> = ids.iter().enumerate().map(|(i, id)| ev("a", *id, &format!("d{i}"))).collect();
+        let events: Vec<Event> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| ev("a", *id, &format!("d{i}")))
+            .collect();
         let v = Verdict::judge(&[log("a", &ids)], &events);
         assert!(v.ok(), "{v}");
         assert_eq!((v.acked, v.delivered), (4, 4));
@@ -178,7 +189,10 @@ mod tests {
         let v = Verdict::judge(&[log("a", &ids)], &events);
         assert_eq!(v.lost, vec![ids[1]]);
         assert_eq!(v.duplicated, vec![ids[2]]);
-        assert!(v.reordered.contains(&ids[3]) || v.reordered.contains(&ids[4]), "{v:?}");
+        assert!(
+            v.reordered.contains(&ids[3]) || v.reordered.contains(&ids[4]),
+            "{v:?}"
+        );
         assert_eq!(v.corrupted, vec![ids[0]]);
         assert!(!v.ok());
     }

@@ -72,7 +72,9 @@ mod tests {
     #[test]
     fn only_account_info_counts_as_up() {
         assert!(super::is_account_info(br#"{"type":"io.nats.jetstream.api.v1.account_info_response","memory":0,"storage":0,"api":{"total":1,"errors":0}}"#));
-        assert!(!super::is_account_info(br#"{"error":{"code":503,"description":"JetStream not enabled"}}"#));
+        assert!(!super::is_account_info(
+            br#"{"error":{"code":503,"description":"JetStream not enabled"}}"#
+        ));
         assert!(!super::is_account_info(b""));
     }
 }

@@ -48,7 +48,10 @@ impl Proc {
             .expect("open log");
         let child = Command::new(env!("CARGO_BIN_EXE_mesh"))
             .args(&self.args)
-            .env("MESH_LOG", "info,edge_hub=debug,central_hub=debug,async_nats=warn")
+            .env(
+                "MESH_LOG",
+                "info,edge_hub=debug,central_hub=debug,async_nats=warn",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -67,7 +70,9 @@ impl Proc {
 
     /// SIGTERM, then wait for a graceful exit; returns whether it exited with status 0.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return false };
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
@@ -127,6 +132,8 @@ pub struct Mesh {
     pub edge_id: String,
     pub edge_hub: Proc,
     pub central_hubs: Vec<Proc>,
+    /// `--http` address of each central hub.
+    pub central_http: Vec<SocketAddr>,
     pub edge: NatsServer,
     pub proxy: FaultProxy,
     pub central: NatsServer,
@@ -159,8 +166,11 @@ impl Mesh {
         let central_cfg = dir.path().join("central.toml");
         std::fs::write(&central_cfg, &opts.central_toml).unwrap();
         let mut central_hubs = Vec::new();
+        let mut central_http = Vec::new();
         for i in 0..opts.central_hubs {
-            central_hubs.push(spawn_central(dir.path(), &central.client_url(), &central_cfg, i));
+            let (p, http) = spawn_central(dir.path(), &central.client_url(), &central_cfg, i);
+            central_hubs.push(p);
+            central_http.push(http);
         }
         let edge_id = "e1".to_string();
         let edge_cfg = dir.path().join("edge.toml");
@@ -188,6 +198,7 @@ impl Mesh {
             edge_id,
             edge_hub,
             central_hubs,
+            central_http,
             edge,
             proxy,
             central,
@@ -198,19 +209,24 @@ impl Mesh {
         mesh
     }
 
-    pub fn spawn_central(&self, i: usize) -> Proc {
-        spawn_central(self.dir.path(), &self.central.client_url(), &self.dir.path().join("central.toml"), i)
+    /// A central hub's metric summed over all its label sets (e.g. every edge).
+    pub fn central_metric(&self, hub: usize, name: &str) -> f64 {
+        metric_sum(self.central_http[hub], name)
     }
 
     /// A client of the central nats-server.
     pub async fn central_js(&self) -> async_nats::jetstream::Context {
-        let c = async_nats::connect(self.central.client_url()).await.expect("connect central");
+        let c = async_nats::connect(self.central.client_url())
+            .await
+            .expect("connect central");
         async_nats::jetstream::new(c)
     }
 
     /// An agent on the edge.
     pub async fn agent(&self, id: &str) -> Agent {
-        let c = async_nats::connect(self.edge.client_url()).await.expect("connect edge");
+        let c = async_nats::connect(self.edge.client_url())
+            .await
+            .expect("connect edge");
         Agent::with_client(c, &self.edge_id, id).expect("agent")
     }
 
@@ -236,7 +252,11 @@ impl Mesh {
         let js = self.central_js().await;
         wait_for(&format!("{n} events in MESH_EVENTS"), || async {
             match js.get_stream(schemas::subject::STREAM_EVENTS).await {
-                Ok(mut s) => s.info().await.map(|i| i.state.messages as usize >= n).unwrap_or(false),
+                Ok(mut s) => s
+                    .info()
+                    .await
+                    .map(|i| i.state.messages as usize >= n)
+                    .unwrap_or(false),
                 Err(_) => false,
             }
         })
@@ -254,16 +274,23 @@ impl Mesh {
         let js = self.central_js().await;
         // The outbox is empty once bundles are acked into MESH_INGRESS; landing follows.
         wait_for("the lander to catch up", || async {
-            let mut s = js.get_stream(schemas::subject::STREAM_INGRESS).await.unwrap();
-            s.info().await.map(|i| i.state.messages == 0).unwrap_or(false)
+            let mut s = js
+                .get_stream(schemas::subject::STREAM_INGRESS)
+                .await
+                .unwrap();
+            s.info()
+                .await
+                .map(|i| i.state.messages == 0)
+                .unwrap_or(false)
         })
         .await;
         chaos::read_stream(&js).await.expect("read MESH_EVENTS")
     }
 }
 
-fn spawn_central(dir: &Path, url: &str, cfg: &Path, i: usize) -> Proc {
-    Proc::spawn(
+fn spawn_central(dir: &Path, url: &str, cfg: &Path, i: usize) -> (Proc, SocketAddr) {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let p = Proc::spawn(
         &format!("central hub {i}"),
         vec![
             "central".into(),
@@ -273,9 +300,12 @@ fn spawn_central(dir: &Path, url: &str, cfg: &Path, i: usize) -> Proc {
             format!("c{i}"),
             "--config".into(),
             cfg.display().to_string(),
+            "--http".into(),
+            http.to_string(),
         ],
         dir.join(format!("central-hub-{i}.log")),
-    )
+    );
+    (p, http)
 }
 
 /// Polls `cond` every 20 ms until it holds; panics after [`DEADLINE`].
@@ -286,7 +316,10 @@ where
 {
     let deadline = Instant::now() + DEADLINE;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {DEADLINE:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -301,6 +334,16 @@ pub fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The sum of every sample whose name starts with `name` (0 when none).
+pub fn metric_sum(addr: SocketAddr, name: &str) -> f64 {
+    http_get(addr, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -310,18 +353,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }
 
-/// The lander's counters as logged (a short summary for test output).
-pub fn metric_of_log(log: &str) -> String {
-    let gaps = log.matches("ahead of a gap").count();
-    format!("lander gap waits logged: {gaps}")
-}
-
 impl Drop for Mesh {
     /// On a failing test, show the tail of every hub's log.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
+        // Keep the whole test dir (logs, stores, outbox) for a post-mortem.
+        let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+        eprintln!("---- test dir kept at {} ----", kept.display());
         let mut procs: Vec<&Proc> = self.central_hubs.iter().collect();
         procs.push(&self.edge_hub);
         for p in procs {
