@@ -31,14 +31,24 @@ pub async fn run_uplink(
     let mut down_since: Option<std::time::Instant> = Some(std::time::Instant::now());
     loop {
         let started = std::time::Instant::now();
-        let up = matches!(
-            tokio::time::timeout(
-                cfg.probe_timeout,
-                client.request(subject.clone(), "".into())
-            )
-            .await,
-            Ok(Ok(_))
-        );
+        let reply = tokio::time::timeout(
+            cfg.probe_timeout,
+            client.request(subject.clone(), "".into()),
+        )
+        .await;
+        let up = match reply {
+            Ok(Ok(reply)) => {
+                let ok = is_account_info(&reply.payload);
+                if !ok {
+                    tracing::debug!(
+                        reply = %String::from_utf8_lossy(&reply.payload),
+                        "uplink probe answered with an error"
+                    );
+                }
+                ok
+            }
+            _ => false,
+        };
         if up != *state.borrow() {
             if up {
                 let outage = down_since.take().map(|t| t.elapsed());

@@ -1,0 +1,229 @@
+//! Clear refusal (G7) and graceful shutdown: bad input gets an error naming the problem,
+//! nothing accepted before or after is lost, and a SIGTERM loses nothing acked.
+
+mod support;
+
+use std::time::Duration;
+
+use agents::AgentError;
+use chaos::{produce, AgentLog, Verdict};
+use schemas::{ErrorCode, IngestRequest, NewEvent};
+use support::{Mesh, MeshOpts};
+use tokio_util::sync::CancellationToken;
+
+fn refused(r: Result<agents::Ack, AgentError>) -> (ErrorCode, String) {
+    match r {
+        Err(AgentError::Refused { code, message }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A malformed body, an oversized event, invalid subjects and a bad type each get an
+/// error reply naming the problem; the events accepted before and after all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_a_named_reason() {
+    let mesh = Mesh::start(MeshOpts::default()).await;
+    let agent = mesh.agent("a1").await;
+    let mut log = AgentLog::new("a1");
+    let good = |n: u64| {
+        let data = chaos::producer::payload("a1", n, 32);
+        let ev = NewEvent::new("t", "ok.subject", data.clone());
+        (ev.id.unwrap(), data, ev)
+    };
+    let (id, data, ev) = good(0);
+    let r = agent.publish_event(ev).await;
+    log.record(id, data, &r);
+
+    let (code, msg) = refused(
+        agent
+            .request(bytes::Bytes::from_static(b"\xc1 not msgpack"))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::Malformed);
+    assert!(msg.contains("cannot decode ingest request"), "{msg}");
+
+    let big = NewEvent::new("t", "ok.subject", vec![7u8; 600 * 1024]);
+    let (code, msg) = refused(agent.publish_event(big).await);
+    assert_eq!(code, ErrorCode::Oversized);
+    assert!(
+        msg.contains("events[0].data is 614400 bytes, over the limit of 524288"),
+        "{msg}"
+    );
+
+    for (subject, needle) in [
+        ("a..b", "empty token"),
+        ("a.*", "wildcard"),
+        ("a b", "whitespace"),
+        ("", "is empty"),
+    ] {
+        let (code, msg) = refused(agent.publish("t", subject, "x").await);
+        assert_eq!(code, ErrorCode::Invalid, "{subject:?}");
+        assert!(
+            msg.contains("events[0].subject") && msg.contains(needle),
+            "{subject:?}: {msg}"
+        );
+    }
+    // One bad event refuses the whole batch: nothing of it is stored.
+    let batch = vec![
+        NewEvent::new("t", "ok.one", "1"),
+        NewEvent::new("", "ok.two", "2"),
+    ];
+    let ids: Vec<_> = batch.iter().map(|e| e.id.unwrap()).collect();
+    let (code, msg) = refused(agent.publish_batch(batch).await);
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(msg.contains("events[1].ty is empty"), "{msg}");
+    for id in ids {
+        log.refused.push((id, msg.clone()));
+    }
+    let empty = IngestRequest { events: vec![] }.encode().unwrap();
+    let (code, msg) = refused(agent.request(empty.into()).await);
+    assert_eq!(code, ErrorCode::Malformed);
+    assert!(msg.contains("no event"), "{msg}");
+
+    let (id, data, ev) = good(1);
+    let r = agent.publish_event(ev).await;
+    log.record(id, data, &r);
+    let events = mesh.drained_events().await;
+    let v = Verdict::judge(&[log], &events);
+    assert!(v.ok(), "{v}: {v:?}");
+    assert_eq!((v.acked, v.delivered), (2, 2));
+    assert!(
+        mesh.edge_metric("mesh_edge_rejected_requests")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+/// With the link cut, a small outbox fills up: under `reject` the next publish is
+/// refused with `outbox_full` (naming the sizes) and nothing is dropped; after the heal
+/// the backlog drains and publishing works again. Every acked event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_outbox_rejects_and_recovers() {
+    let mesh = Mesh::start(MeshOpts {
+        edge_toml: "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\n".into(),
+        ..MeshOpts::default()
+    })
+    .await;
+    mesh.proxy.cut();
+    mesh.wait_uplink(false).await;
+    let agent = mesh.agent("a1").await;
+    let mut log = AgentLog::new("a1");
+    let mut refusal = None;
+    for n in 0..2_000u64 {
+        let data = chaos::producer::payload("a1", n, 1024);
+        let ev = NewEvent::new("t", "fill.up", data.clone());
+        let id = ev.id.unwrap();
+        let r = agent.publish_event(ev).await;
+        if let Err(AgentError::Refused { code, message }) = &r {
+            refusal = Some((*code, message.clone()));
+            log.record(id, data, &r);
+            break;
+        }
+        log.record(id, data, &r);
+    }
+    let (code, msg) = refusal.expect("the outbox never filled");
+    assert_eq!(code, ErrorCode::OutboxFull);
+    assert!(
+        msg.contains("outbox full") && msg.contains("of 200000 bytes"),
+        "{msg}"
+    );
+    assert!(log.acked.len() > 100, "only {} fitted", log.acked.len());
+    mesh.proxy.heal();
+    support::wait_for("the outbox to drain after the heal", || async {
+        mesh.edge_metric("mesh_edge_outbox_events") == Some(0.0)
+    })
+    .await;
+    let s = CancellationToken::new();
+    let more = produce(
+        mesh.agent("a2").await,
+        "after.heal",
+        500.0,
+        200,
+        64,
+        s.cancelled_owned(),
+    )
+    .await;
+    assert_eq!(more.failures(), 0);
+    let events = mesh.drained_events().await;
+    let v = Verdict::judge(&[log, more], &events);
+    assert!(v.ok(), "{v}: {v:?}");
+    assert_eq!(
+        mesh.edge_metric("mesh_edge_expelled_events_total{edge=\"e1\",reason=\"max_bytes\"}"),
+        Some(0.0)
+    );
+}
+
+/// Under `drop-oldest` a full outbox expels its oldest events to take new ones: no
+/// publish fails, the expulsions are counted in metrics, the lander passes the gap, and
+/// every event not expelled arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_expels_counts_and_moves_on() {
+    let mesh = Mesh::start(MeshOpts {
+        edge_toml: "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\nfull_policy = \"drop-oldest\"\n".into(),
+        ..MeshOpts::default()
+    })
+    .await;
+    mesh.proxy.cut();
+    mesh.wait_uplink(false).await;
+    let s = CancellationToken::new();
+    let log = produce(
+        mesh.agent("a1").await,
+        "fill.up",
+        2_000.0,
+        1_000,
+        1024,
+        s.cancelled_owned(),
+    )
+    .await;
+    assert_eq!(log.failures(), 0, "drop-oldest never refuses");
+    let expelled = mesh
+        .edge_metric("mesh_edge_expelled_events_total{edge=\"e1\",reason=\"max_bytes\"}")
+        .unwrap_or(0.0) as usize;
+    assert!(expelled > 0, "nothing was expelled");
+    mesh.proxy.heal();
+    let events = mesh.drained_events().await;
+    // The expelled ones are the oldest: exactly the first `expelled` acked events.
+    let mut kept = log.clone();
+    kept.acked = log.acked[expelled..].to_vec();
+    let v = Verdict::judge(&[kept], &events);
+    assert!(v.ok(), "{v}: {v:?}");
+    assert_eq!(v.delivered + expelled, 1_000, "{v}, expelled {expelled}");
+}
+
+/// SIGTERM to the edge hub in the middle of a load, with a backlog behind a cut link:
+/// it exits 0, and after a restart and the heal every acked event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_loses_nothing() {
+    let mut mesh = Mesh::start(MeshOpts::default()).await;
+    let stop = CancellationToken::new();
+    let agent = mesh.agent("a1").await.with_timeout(Duration::from_secs(2));
+    let s = stop.clone();
+    let producer = tokio::spawn(async move {
+        produce(
+            agent,
+            "work.item",
+            400.0,
+            u64::MAX,
+            128,
+            s.cancelled_owned(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    mesh.proxy.cut();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        mesh.edge_hub.terminate(),
+        "the edge hub did not exit 0 on SIGTERM"
+    );
+    stop.cancel();
+    let log = producer.await.unwrap();
+    mesh.edge_hub.start();
+    mesh.proxy.heal();
+    mesh.wait_uplink(true).await;
+    let events = mesh.drained_events().await;
+    let v = Verdict::judge(std::slice::from_ref(&log), &events);
+    eprintln!("{v}");
+    assert!(v.acked > 300, "{v}");
+    assert!(v.ok(), "{v}: {v:?}");
+}
