@@ -76,6 +76,7 @@ impl ExpelReason {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutboxStats {
     pub records: u64,
+    /// Events not yet acknowledged by the centre.
     pub events: u64,
     pub bytes: u64,
     pub next_seq: u64,
@@ -232,9 +233,15 @@ impl Outbox {
 
     pub fn stats(&self) -> OutboxStats {
         let st = self.state();
+        // The front record may be partly acknowledged (a bundle ended inside it): those
+        // events are delivered, not held.
+        let delivered_in_front = st
+            .index
+            .front()
+            .map_or(0, |m| st.acked.saturating_sub(m.first - 1).min(m.events()));
         OutboxStats {
             records: st.index.len() as u64,
-            events: st.events,
+            events: st.events - delivered_in_front,
             bytes: st.bytes,
             next_seq: st.next_seq,
             acked: st.acked,

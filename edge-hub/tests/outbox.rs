@@ -1,0 +1,259 @@
+//! The sled outbox against its model (proptest) and against named crash and corruption
+//! cases, on real sled databases in temp dirs.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use edge_hub::config::{FullPolicy, OutboxConfig};
+use edge_hub::outbox::{Outbox, OutboxError, OutboxWriter, ReadCache};
+use proptest::prelude::*;
+use schemas::NewEvent;
+use std::sync::Arc;
+
+fn cfg() -> OutboxConfig {
+    OutboxConfig {
+        max_bytes: 64 << 20,
+        max_age: Duration::from_secs(3600),
+        full_policy: FullPolicy::Reject,
+        cache_bytes: 1 << 20,
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Appends `n` events whose data is their tag; returns the sequences.
+async fn append(w: &mut OutboxWriter, tags: &[u32]) -> Result<(u64, u64), OutboxError> {
+    let bytes: u64 = tags.len() as u64 * 4;
+    let c = w
+        .append(tags.len(), bytes, |first| {
+            tags.iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    NewEvent::new("t", "s", Bytes::copy_from_slice(&t.to_be_bytes())).into_event(
+                        "e",
+                        "a",
+                        first + i as u64,
+                        chrono::Utc::now(),
+                    )
+                })
+                .collect()
+        })
+        .await?;
+    Ok((c.first_seq, c.last_seq))
+}
+
+/// Everything readable from `from`, as (seq, tag), plus the last covered sequence.
+fn read_all(ob: &Outbox, from: u64) -> (u64, Vec<(u64, u32)>) {
+    let mut cache = ReadCache::default();
+    let mut out = Vec::new();
+    let mut cursor = from;
+    let mut covered = from - 1;
+    while let Some((last, evs)) = ob.read_from(cursor, 7, 1 << 20, &mut cache).unwrap() {
+        for e in evs {
+            out.push((e.seq, u32::from_be_bytes(e.data[..4].try_into().unwrap())));
+        }
+        covered = last;
+        cursor = last + 1;
+    }
+    (covered, out)
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<u32>),
+    /// Ack this many of the events the model holds (0..=len).
+    Ack(usize),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec(any::<u32>(), 1..20).prop_map(Op::Append),
+        2 => (0usize..30).prop_map(Op::Ack),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The outbox behaves as a queue of (seq, tag) with gap-free sequences that are never
+    /// reused, across acks and reopenings.
+    #[test]
+    fn outbox_matches_its_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ob");
+        rt().block_on(async {
+            let (mut ob, mut w): (Arc<Outbox>, OutboxWriter) = Outbox::open(&path, cfg()).unwrap();
+            let mut model: Vec<(u64, u32)> = Vec::new();
+            let mut next = 1u64;
+            let mut acked = 0u64;
+            for op in ops {
+                match op {
+                    Op::Append(tags) => {
+                        let (first, last) = append(&mut w, &tags).await.unwrap();
+                        prop_assert_eq!(first, next);
+                        prop_assert_eq!(last, next + tags.len() as u64 - 1);
+                        for (i, t) in tags.iter().enumerate() {
+                            model.push((first + i as u64, *t));
+                        }
+                        next = last + 1;
+                    }
+                    Op::Ack(k) => {
+                        let k = k.min(model.len());
+                        if k > 0 {
+                            acked = model[k - 1].0;
+                            ob.ack_through(acked).unwrap();
+                            model.drain(..k);
+                        }
+                    }
+                    Op::Reopen => {
+                        drop(w);
+                        drop(ob);
+                        let (o, nw) = Outbox::open(&path, cfg()).unwrap();
+                        ob = o;
+                        w = nw;
+                        // Acks are not flushed: a reopen may resurrect acked records,
+                        // which only means resending what the centre has. Re-ack.
+                        ob.ack_through(acked).unwrap();
+                    }
+                }
+                let (_, got) = read_all(&ob, acked + 1);
+                prop_assert_eq!(&got, &model);
+                prop_assert_eq!(ob.stats().events, model.len() as u64);
+                prop_assert_eq!(ob.stats().next_seq, next);
+            }
+            Ok(())
+        })?;
+    }
+}
+
+#[test]
+fn sequences_are_not_reused_after_a_full_drain_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (ob, mut w) = Outbox::open(dir.path(), cfg()).unwrap();
+        let (_, last) = append(&mut w, &[1, 2, 3]).await.unwrap();
+        ob.ack_through(last).unwrap();
+        w.flush().await.unwrap();
+        drop((ob, w));
+        let (ob, mut w) = Outbox::open(dir.path(), cfg()).unwrap();
+        assert_eq!(ob.stats().events, 0);
+        assert_eq!(append(&mut w, &[4]).await.unwrap(), (4, 4));
+    });
+}
+
+#[test]
+fn expiry_expels_counts_and_leaves_a_gap_the_next_bundle_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut c = cfg();
+        c.max_age = Duration::from_millis(50);
+        let (ob, mut w) = Outbox::open(dir.path(), c.clone()).unwrap();
+        append(&mut w, &[1, 2, 3]).await.unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(w.expire().await.unwrap(), 3);
+        assert_eq!(ob.stats().expelled_max_age, 3);
+        // Nothing left, but the range 1..=3 must still be announced to the centre.
+        assert_eq!(read_all(&ob, 1), (3, vec![]));
+        append(&mut w, &[9]).await.unwrap();
+        let (covered, got) = read_all(&ob, 1);
+        assert_eq!((covered, got), (4, vec![(4, 9)]));
+        // After a reopen, the sequence still moves on.
+        w.flush().await.unwrap();
+        drop((ob, w));
+        let (ob, mut w) = Outbox::open(dir.path(), c).unwrap();
+        assert_eq!(ob.stats().next_seq, 5);
+        assert_eq!(append(&mut w, &[10]).await.unwrap(), (5, 5));
+    });
+}
+
+#[test]
+fn reject_policy_refuses_whole_commits_and_keeps_what_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut c = cfg();
+        c.max_bytes = 2_000;
+        let (ob, mut w) = Outbox::open(dir.path(), c).unwrap();
+        let mut stored = 0;
+        let err = loop {
+            match append(&mut w, &[1, 2]).await {
+                Ok(_) => stored += 2,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, OutboxError::Full { max: 2000, .. }), "{err}");
+        assert!(err.to_string().contains("outbox full"), "{err}");
+        assert_eq!(ob.stats().events, stored);
+        assert_eq!(ob.stats().expelled_max_bytes, 0);
+    });
+}
+
+#[test]
+fn drop_oldest_expels_from_the_front() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut c = cfg();
+        c.max_bytes = 2_000;
+        c.full_policy = FullPolicy::DropOldest;
+        let (ob, mut w) = Outbox::open(dir.path(), c).unwrap();
+        for i in 0..100u32 {
+            append(&mut w, &[i]).await.unwrap();
+        }
+        let s = ob.stats();
+        assert!(s.expelled_max_bytes > 0);
+        assert_eq!(s.events + s.expelled_max_bytes, 100);
+        let (covered, got) = read_all(&ob, 1);
+        assert_eq!(covered, 100);
+        assert_eq!(
+            got.first().unwrap().0,
+            s.expelled_max_bytes + 1,
+            "the oldest went first"
+        );
+    });
+}
+
+#[test]
+fn a_corrupt_key_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("records")
+            .unwrap()
+            .insert(b"short", b"x".as_ref())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = Outbox::open(dir.path(), cfg()).err().expect("must refuse");
+    assert!(err.to_string().contains("expected 32"), "{err}");
+}
+
+#[test]
+fn a_corrupt_value_is_reported_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        {
+            let (_ob, mut w) = Outbox::open(dir.path(), cfg()).unwrap();
+            append(&mut w, &[1]).await.unwrap();
+            w.flush().await.unwrap();
+        }
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let t = db.open_tree("records").unwrap();
+            let (k, _) = t.first().unwrap().unwrap();
+            t.insert(k, b"\xc1garbage".as_ref()).unwrap();
+            db.flush().unwrap();
+        }
+        let (ob, _w) = Outbox::open(dir.path(), cfg()).unwrap();
+        let err = ob
+            .read_from(1, 10, 1 << 20, &mut ReadCache::default())
+            .unwrap_err();
+        assert!(matches!(err, OutboxError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("1..=1"), "{err}");
+    });
+}
