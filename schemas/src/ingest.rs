@@ -65,13 +65,13 @@ pub struct NewEvent {
 pub const MAX_ATTR_LEN: usize = 256;
 
 impl NewEvent {
-    /// A new event with a fresh UUIDv7 and no optional attributes.
+    /// A new event with a fresh UUIDv7, `ce-time` now, and no optional attributes.
     pub fn new(ty: impl Into<String>, subject: impl Into<String>, data: impl Into<Bytes>) -> Self {
         NewEvent {
             id: Some(Uuid::now_v7()),
             ty: ty.into(),
             subject: subject.into(),
-            time_ns: None,
+            time_ns: Utc::now().timestamp_nanos_opt(),
             content_type: None,
             dataschema: None,
             correlation_id: None,
