@@ -1,6 +1,7 @@
 //! `mesh`: the agentmesh command line. Parses flags and calls the libraries; see
 //! DESIGN.md for the stable interface (command names and listed flags do not change).
 
+mod bench;
 mod hubs;
 mod publish;
 mod subscribe;
@@ -33,6 +34,8 @@ enum Cmd {
     Pub(publish::PubArgs),
     /// Subscribe: durable (at-least-once from the centre) or live.
     Sub(subscribe::SubArgs),
+    /// Benchmark agentmesh against raw JetStream and native NATS leaf sourcing.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Cmd::Edge(a) => hubs::edge(a).await,
             Cmd::Pub(a) => publish::run(a).await,
             Cmd::Sub(a) => subscribe::run(a).await,
+            Cmd::Bench(a) => bench::run(a).await,
         }
     });
     match result {

@@ -9,9 +9,11 @@
 //!   duplicated, reordered or corrupted events.
 
 pub mod judge;
+pub mod process;
 pub mod producer;
 pub mod proxy;
 
 pub use judge::{read_stream, Verdict};
+pub use process::MeshProcess;
 pub use producer::{produce, AgentLog};
 pub use proxy::{FaultProxy, LinkState};

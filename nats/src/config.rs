@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub binary: Option<PathBuf>,
     /// How long [`crate::NatsServer::start`] waits for readiness.
     pub start_timeout: Duration,
+    /// Edge only: enable JetStream with this domain (plain NATS's own edge design, which
+    /// the benchmark compares agentmesh with). `None` (the default): core NATS only.
+    pub edge_jetstream_domain: Option<String>,
 }
 
 impl ServerConfig {
@@ -73,6 +76,7 @@ impl ServerConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             binary: None,
             start_timeout: DEFAULT_START_TIMEOUT,
+            edge_jetstream_domain: None,
         }
     }
 
@@ -84,6 +88,13 @@ impl ServerConfig {
     /// An edge server: core NATS only, one leafnode remote with the given URLs.
     pub fn edge(name: &str, remotes: Vec<String>) -> Self {
         Self::new(name, Role::Edge { remotes })
+    }
+
+    /// Edge only: run JetStream at the edge with domain `domain` (for the native-NATS
+    /// comparison of `mesh bench`; agentmesh edges never do).
+    pub fn edge_jetstream(mut self, domain: &str) -> Self {
+        self.edge_jetstream_domain = Some(domain.to_string());
+        self
     }
 
     /// Directory for config, store, ports file and log (created if missing; kept on drop).
@@ -189,6 +200,20 @@ impl ServerConfig {
             .replace("{{store_dir}}", &quote(&store_dir(dir).to_string_lossy()))
             .replace("{{ports_file_dir}}", &quote(&dir.to_string_lossy()))
             .replace("{{remotes}}", &remotes)
+            .replace("{{jetstream}}", &self.edge_jetstream_block(dir))
+    }
+}
+
+impl ServerConfig {
+    fn edge_jetstream_block(&self, dir: &Path) -> String {
+        match (&self.role, &self.edge_jetstream_domain) {
+            (Role::Edge { .. }, Some(domain)) => format!(
+                "jetstream {{\n  domain: {}\n  store_dir: {}\n}}\n",
+                quote(domain),
+                quote(&store_dir(dir).to_string_lossy())
+            ),
+            _ => String::new(),
+        }
     }
 }
 

@@ -170,11 +170,15 @@ impl NatsServer {
         &self.log_path
     }
 
-    /// The JetStream store directory (central only).
+    /// The JetStream store directory (central, or an edge with JetStream).
     pub fn store_dir(&self) -> Option<PathBuf> {
         match self.cfg.role {
             Role::Central => Some(store_dir(&self.dir)),
-            Role::Edge { .. } => None,
+            Role::Edge { .. } => self
+                .cfg
+                .edge_jetstream_domain
+                .as_ref()
+                .map(|_| store_dir(&self.dir)),
         }
     }
 
