@@ -1,9 +1,13 @@
 //! `mesh`: the agentmesh command line. Parses flags and calls the libraries; see
 //! DESIGN.md for the stable interface (command names and listed flags do not change).
 
+mod audit_cmd;
 mod bench;
+mod chaos_cmd;
+mod dlq_cmd;
 mod hubs;
 mod publish;
+mod replay_cmd;
 mod subscribe;
 mod up;
 
@@ -36,6 +40,16 @@ enum Cmd {
     Sub(subscribe::SubArgs),
     /// Benchmark agentmesh against raw JetStream and native NATS leaf sourcing.
     Bench(bench::BenchArgs),
+    /// The hash-chained audit log: verify, digest, tail.
+    Audit(audit_cmd::AuditArgs),
+    /// The registry of edges and agents (a projection of the audit log).
+    Registry(audit_cmd::RegistryArgs),
+    /// Dead letters: list, show, redrive, purge.
+    Dlq(dlq_cmd::DlqArgs),
+    /// Replay a stream range (ordered consumer) to stdout or to a subject.
+    Replay(replay_cmd::ReplayArgs),
+    /// Fault-injection scenarios judged against the guarantees: `run`, `list`.
+    Chaos(chaos_cmd::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +79,11 @@ fn main() -> ExitCode {
             Cmd::Pub(a) => publish::run(a).await,
             Cmd::Sub(a) => subscribe::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Audit(a) => audit_cmd::run(a).await,
+            Cmd::Registry(a) => audit_cmd::registry(a).await,
+            Cmd::Dlq(a) => dlq_cmd::run(a).await,
+            Cmd::Replay(a) => replay_cmd::run(a).await,
+            Cmd::Chaos(a) => chaos_cmd::run(a).await,
         }
     });
     match result {

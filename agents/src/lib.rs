@@ -275,6 +275,46 @@ impl Agent {
         Ok(DurableSubscription { messages })
     }
 
+    /// Like [`Agent::subscribe`], with a delivery limit: an event not acked after
+    /// `max_deliver` deliveries (each waiting `ack_wait`, or a [`Delivery::fail`]) is moved
+    /// to `MESH_DLQ` by the central hub.
+    pub async fn subscribe_with(
+        &self,
+        durable: &str,
+        filter: &str,
+        max_deliver: i64,
+        ack_wait: Duration,
+    ) -> Result<DurableSubscription, AgentError> {
+        subject::validate_id("durable", durable)?;
+        subject::validate_filter("filter", filter)?;
+        let full = format!("mesh.evt.*.{filter}");
+        let err = |reason: String| AgentError::Subscribe {
+            filter: full.clone(),
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream(subject::STREAM_EVENTS)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                durable,
+                pull::Config {
+                    durable_name: Some(durable.into()),
+                    filter_subject: full.clone(),
+                    ack_policy: AckPolicy::Explicit,
+                    max_deliver,
+                    ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
+        Ok(DurableSubscription { messages })
+    }
+
     /// Flushes what was sent and closes the connection once pending replies are in.
     pub async fn drain(self) -> Result<(), AgentError> {
         self.client.drain().await.map_err(|e| AgentError::Request {
@@ -388,6 +428,76 @@ impl Delivery {
             subject: "(ack)".into(),
             reason: e.to_string(),
         })
+    }
+
+    fn msg_ref(&self) -> Result<(schemas::dlq::MessageRef, u64), AgentError> {
+        let info = self.msg.info().map_err(|e| AgentError::Request {
+            subject: "(ack info)".into(),
+            reason: e.to_string(),
+        })?;
+        Ok((
+            schemas::dlq::MessageRef {
+                stream: info.stream.to_string(),
+                consumer: info.consumer.to_string(),
+                seq: info.stream_sequence,
+            },
+            info.delivered.max(0) as u64,
+        ))
+    }
+
+    /// Processing failed with `error`: deliver again later. The error text and time are
+    /// reported to the central hub, so a dead letter (after `max_deliver` failures)
+    /// carries them.
+    pub async fn fail(&self, error: &str) -> Result<(), AgentError> {
+        let (msg, deliveries) = self.msg_ref()?;
+        let note = schemas::dlq::FailureNote {
+            msg,
+            deliveries,
+            error: error.into(),
+            time: chrono::Utc::now().to_rfc3339(),
+        };
+        let body = serde_json::to_vec(&note).map_err(|e| AgentError::Payload(e.to_string()))?;
+        let client = self.msg.context.client();
+        let _ = client.publish(subject::HUB_DLQ_FAILURE, body.into()).await;
+        let _ = client.flush().await;
+        self.nak().await
+    }
+
+    /// This event can never be processed: the central hub moves it to `MESH_DLQ` at once
+    /// with `reason`, then it is terminated here. Returns the dead letter's sequence.
+    pub async fn reject(&self, reason: &str) -> Result<u64, AgentError> {
+        let (msg, deliveries) = self.msg_ref()?;
+        let req = schemas::dlq::DeadLetterRequest {
+            msg,
+            deliveries,
+            reason: reason.into(),
+        };
+        let body = serde_json::to_vec(&req).map_err(|e| AgentError::Payload(e.to_string()))?;
+        let err = |reason: String| AgentError::Request {
+            subject: subject::HUB_DLQ_REJECT.into(),
+            reason,
+        };
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.msg
+                .context
+                .client()
+                .request(subject::HUB_DLQ_REJECT, body.into()),
+        )
+        .await
+        .map_err(|_| AgentError::Timeout(Duration::from_secs(5)))?
+        .map_err(|e| err(e.to_string()))?;
+        match serde_json::from_slice(&reply.payload) {
+            Ok(schemas::dlq::DeadLetterReply::Ok { dlq_seq }) => {
+                self.msg
+                    .ack_with(jetstream::AckKind::Term)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                Ok(dlq_seq)
+            }
+            Ok(schemas::dlq::DeadLetterReply::Err { message }) => Err(err(message)),
+            Err(e) => Err(AgentError::Payload(e.to_string())),
+        }
     }
 
     /// Not processed: deliver again later.

@@ -60,6 +60,10 @@ pub struct Lander {
     marks: HashMap<String, Mark>,
     cfg: LanderConfig,
     metrics: Arc<CentralMetrics>,
+    /// Where the agents of landed events are reported (for the registry), if anywhere.
+    agents: Option<tokio::sync::mpsc::Sender<(String, String)>>,
+    /// Where dead letters made while landing are recorded.
+    audit: Option<crate::audit::AuditLog>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +93,33 @@ impl Lander {
             marks: HashMap::new(),
             cfg,
             metrics,
+            agents: None,
+            audit: None,
         })
+    }
+
+    /// Reports `(edge, agent)` of landed events to `tx`; a full channel drops a report
+    /// (the agent's next event reports it again), so landing never waits for it.
+    /// Records dead letters (bad bundles, events the edge dead-lettered) in `log`.
+    pub fn audit_to(mut self, log: crate::audit::AuditLog) -> Lander {
+        self.audit = Some(log);
+        self
+    }
+
+    async fn record_dead_letter(&self, fields: serde_json::Value) {
+        if let Some(log) = &self.audit {
+            if let Err(e) = log
+                .append(crate::audit::kind::DLQ_DEAD_LETTERED, fields)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record a dead letter in the audit log");
+            }
+        }
+    }
+
+    pub fn report_agents(mut self, tx: tokio::sync::mpsc::Sender<(String, String)>) -> Lander {
+        self.agents = Some(tx);
+        self
     }
 
     /// Pulls and lands bundles until `shutdown`.
@@ -161,6 +191,24 @@ impl Lander {
             Ok(Outcome::Landed(n)) => {
                 tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, last = bundle.last_seq, landed = n, "bundle landed");
                 self.metrics.landed(&bundle.edge, n, bundle.last_seq);
+                // An empty bundle over an event the edge dead-lettered says so.
+                if let Some(reason) = msg.headers.as_ref().and_then(|hs| hs.get(h::DLQ_REASON)) {
+                    self.record_dead_letter(serde_json::json!({
+                        "stream": subject::STREAM_INGRESS, "edge": bundle.edge,
+                        "seq": bundle.first_seq, "reason": reason.as_str(),
+                        "by": "edge",
+                    }))
+                    .await;
+                }
+                if let Some(tx) = &self.agents {
+                    let mut agents: Vec<&str> =
+                        bundle.events.iter().map(|e| e.agent.as_str()).collect();
+                    agents.sort_unstable();
+                    agents.dedup();
+                    for a in agents {
+                        let _ = tx.try_send((bundle.edge.clone(), a.to_string()));
+                    }
+                }
                 if let Err(e) = msg.double_ack().await {
                     // The mark is written: a redelivery is recognised and skipped.
                     tracing::warn!(error = %e, edge = %bundle.edge, "cannot ack a landed bundle");
@@ -188,11 +236,55 @@ impl Lander {
         }
     }
 
-    /// A bundle that can never land (undecodable, inconsistent): terminate it so it does
-    /// not block the edges behind it, and say so.
+    /// A bundle that can never land (undecodable, inconsistent): move it to `MESH_DLQ`
+    /// as `mesh.dlq.<edge>._bundle` (reason `bad-bundle: …`) and terminate it, so it does
+    /// not block the edges behind it. If the dead letter cannot be stored, the bundle is
+    /// tried again later rather than dropped.
     async fn refuse(&self, msg: &Message, reason: String) {
         tracing::error!(subject = %msg.subject, %reason, "refusing a bundle");
         self.metrics.bad_bundle();
+        let edge = msg
+            .subject
+            .as_str()
+            .strip_prefix("mesh.up.")
+            .filter(|e| subject::validate_id("edge", e).is_ok())
+            .unwrap_or("_");
+        let (seq, deliveries) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 0));
+        let mut headers = msg.headers.clone().unwrap_or_default();
+        let now = chrono::Utc::now().to_rfc3339();
+        headers.insert(h::DLQ_REASON, format!("bad-bundle: {reason}").as_str());
+        headers.insert(h::DLQ_STREAM, subject::STREAM_INGRESS);
+        headers.insert(h::DLQ_SEQ, seq.to_string().as_str());
+        headers.insert(h::DLQ_SUBJECT, msg.subject.as_str());
+        headers.insert(h::DLQ_CONSUMER, CONSUMER);
+        headers.insert(h::DLQ_DELIVERIES, deliveries.to_string().as_str());
+        headers.insert(h::DLQ_FIRST_FAILURE, now.as_str());
+        headers.insert(h::DLQ_LAST_FAILURE, now.as_str());
+        headers.insert(h::DLQ_ERROR, reason.as_str());
+        headers.insert(h::NATS_MSG_ID, format!("dlq:ingress:{seq}").as_str());
+        let stored = match self
+            .js
+            .publish_with_headers(subject::dlq(edge, "_bundle"), headers, msg.payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "cannot dead-letter a bad bundle; it will be tried again");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+        self.record_dead_letter(serde_json::json!({
+            "stream": subject::STREAM_INGRESS, "seq": seq, "subject": msg.subject.as_str(),
+            "consumer": CONSUMER, "reason": format!("bad-bundle: {reason}"),
+        }))
+        .await;
         let _ = msg.ack_with(AckKind::Term).await;
     }
 

@@ -6,13 +6,19 @@
 //! restarted, or run as several replicas (one lander is pinned, the others stand by),
 //! without losing or duplicating anything.
 //!
-//! The audit log, dead-letter queues and replay build on this crate (issue 4).
+//! Every mesh action is recorded in the hash-chained [`audit`] log; the [`registry`] of
+//! edges and agents is a projection of it, rebuilt on start-up; the [`tracker`] turns
+//! edge heartbeats and landed events into audit records.
 
+pub mod audit;
 pub mod config;
+pub mod dlq;
 pub mod http;
 pub mod lander;
 pub mod metrics;
+pub mod registry;
 pub mod streams;
+pub mod tracker;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +39,9 @@ pub enum CentralError {
     /// Streams, consumer or KV bucket could not be set up or used.
     #[error("JetStream: {0}")]
     JetStream(#[from] async_nats::Error),
+    /// The audit log could not be read or extended.
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
 }
 
 /// Runs a central hub on `client` until `shutdown` resolves.
@@ -51,7 +60,42 @@ pub async fn run(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let lander = lander::Lander::new(js.clone(), kv, cfg.lander.clone(), metrics.clone()).await?;
+    let audit = audit::AuditLog::open(
+        js.clone(),
+        schemas::subject::STREAM_AUDIT,
+        &format!("central:{hub}"),
+    )
+    .await?;
+    let config_hash = audit::sha256_hex(cfg.to_toml().as_bytes());
+    {
+        let (h, c) = (hub.clone(), config_hash.clone());
+        audit
+            .append_if(
+                audit::kind::CONFIG_APPLIED,
+                serde_json::json!({"hub": hub, "sha256": config_hash, "config": cfg.to_toml()}),
+                Some(Box::new(move |r: &registry::Registry| {
+                    r.configs.get(&h) != Some(&c)
+                })),
+            )
+            .await?;
+    }
+    let (agents_tx, agents_rx) = tokio::sync::mpsc::channel(4096);
+    let lander = lander::Lander::new(js.clone(), kv, cfg.lander.clone(), metrics.clone())
+        .await?
+        .report_agents(agents_tx)
+        .audit_to(audit.clone());
+    tasks.spawn(tracker::run_links(
+        client.clone(),
+        audit.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(tracker::run_agents(agents_rx, audit.clone(), stop.clone()));
+    tasks.spawn(tracker::serve_registry(
+        client.clone(),
+        audit.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(dlq::DeadLetters::new(js.clone(), audit.clone()).run(client.clone(), stop.clone()));
     let lander_task = tokio::spawn(lander.run(stop.clone()));
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%hub, "central hub ready");

@@ -3,6 +3,8 @@
 //!
 //! * `MESH_INGRESS` — `mesh.up.>`, work queue: a bundle leaves once a lander acked it.
 //! * `MESH_EVENTS` — `mesh.evt.>`, limits retention, `Nats-Msg-Id` de-duplication.
+//! * `MESH_AUDIT` — `mesh.audit.>`, the hash-chained audit log; denies deletes and purges.
+//! * `MESH_DLQ` — `mesh.dlq.>`, dead letters.
 //! * `MESH_LANDER` — KV, one key per edge: the highest edge sequence landed.
 
 use async_nats::jetstream::{self, kv, stream};
@@ -34,6 +36,30 @@ pub async fn ensure(
         max_age: cfg.events.max_age,
         max_bytes: cfg.events.max_bytes,
         duplicate_window: cfg.events.duplicate_window,
+        num_replicas: cfg.events.replicas,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await?;
+    js.create_or_update_stream(stream::Config {
+        name: s::STREAM_AUDIT.into(),
+        description: Some("agentmesh: hash-chained audit log".into()),
+        subjects: vec![s::AUDIT_ALL.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.events.replicas,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await?;
+    js.create_or_update_stream(stream::Config {
+        name: s::STREAM_DLQ.into(),
+        description: Some("agentmesh: dead letters with their reason headers".into()),
+        subjects: vec![s::DLQ_ALL.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
         num_replicas: cfg.events.replicas,
         allow_direct: true,
         ..Default::default()

@@ -14,6 +14,10 @@
 //!   bundle in flight is forgotten and sending restarts from the oldest unacknowledged
 //!   sequence (go-back-N). Bundles the centre stored twice are skipped by the lander's
 //!   per-edge high-water mark, not by the stream's duplicate window alone (G3).
+//! * A bundle the centre refuses permanently (too large for the server or the stream) is
+//!   sent again one event per bundle; a single event still refused is dead-lettered to
+//!   `mesh.dlq.<edge>.<subject>` (reason `refused-by-centre: …`), and an empty bundle
+//!   covering its sequence lets the lander pass it — it never blocks the events behind it.
 
 use std::collections::VecDeque;
 use std::future::IntoFuture;
@@ -66,6 +70,8 @@ pub async fn run_forwarder(
     let subject = schemas::subject::up(&edge);
     let mut cache = ReadCache::default();
     let mut backoff = Duration::from_millis(50);
+    // Bundles up to this sequence go one event at a time (after a permanent refusal).
+    let mut single_until = 0u64;
     'session: loop {
         // Wait for the link.
         while !*uplink.borrow_and_update() {
@@ -80,19 +86,20 @@ pub async fn run_forwarder(
         loop {
             // Fill the window.
             while inflight.len() < cfg.max_inflight && !shutdown.is_cancelled() {
-                let read = match outbox.read_from(
-                    cursor,
-                    cfg.bundle_max_events,
-                    cfg.bundle_max_bytes,
-                    &mut cache,
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, cursor, "cannot read the outbox");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue 'session;
-                    }
+                let max_events = if cursor <= single_until {
+                    1
+                } else {
+                    cfg.bundle_max_events
                 };
+                let read =
+                    match outbox.read_from(cursor, max_events, cfg.bundle_max_bytes, &mut cache) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, cursor, "cannot read the outbox");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue 'session;
+                        }
+                    };
                 let Some((last, events)) = read else { break };
                 let n = events.len() as u64;
                 let bundle = Bundle {
@@ -121,6 +128,28 @@ pub async fn run_forwarder(
                             ack: Box::pin(ack.into_future()),
                         });
                         cursor = last + 1;
+                    }
+                    Err(e) if permanent(&e) => {
+                        if inflight.is_empty() {
+                            let settled = refused(
+                                &js,
+                                &outbox,
+                                &edge,
+                                &subject,
+                                cursor,
+                                last,
+                                &e,
+                                &mut single_until,
+                                &mut cache,
+                            )
+                            .await;
+                            if !settled {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            continue 'session;
+                        }
+                        // Settle the bundles before it first; then it is the oldest.
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "bundle publish failed; resending from the oldest unacknowledged");
@@ -158,6 +187,27 @@ pub async fn run_forwarder(
                     metrics.forwarded(done.events);
                     backoff = Duration::from_millis(50);
                 }
+                Step::Acked(Err(e)) if permanent(&e) => {
+                    let last = inflight.front().map_or(0, |f| f.last_seq);
+                    metrics.inflight(0);
+                    let first = outbox.acked() + 1;
+                    let settled = refused(
+                        &js,
+                        &outbox,
+                        &edge,
+                        &subject,
+                        first,
+                        last,
+                        &e,
+                        &mut single_until,
+                        &mut cache,
+                    )
+                    .await;
+                    if !settled {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue 'session;
+                }
                 Step::Acked(Err(e)) => {
                     tracing::warn!(error = %e, inflight = inflight.len(), "bundle not acknowledged; resending from the oldest unacknowledged");
                     metrics.inflight(0);
@@ -193,4 +243,117 @@ pub async fn run_forwarder(
             }
         }
     }
+}
+
+/// Whether the centre will never accept this bundle as it is.
+fn permanent(e: &jetstream::context::PublishError) -> bool {
+    use std::error::Error as _;
+    if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded {
+        return true;
+    }
+    e.source()
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|je| je.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
+}
+
+/// The centre refused the bundle `first..=last` for good (`first` is the oldest
+/// unacknowledged sequence). Several events: send them one by one from now on. One
+/// event: dead-letter it and send an empty bundle over its sequence. Transient failures
+/// on the way leave everything as it was: the next session meets the refusal again.
+#[allow(clippy::too_many_arguments)]
+async fn refused(
+    js: &jetstream::Context,
+    outbox: &Outbox,
+    edge: &str,
+    up_subject: &str,
+    first: u64,
+    last: u64,
+    why: &jetstream::context::PublishError,
+    single_until: &mut u64,
+    cache: &mut ReadCache,
+) -> bool {
+    use schemas::headers as h;
+    if first < last {
+        tracing::warn!(first, last, error = %why, "the centre refused a bundle; sending its events one by one");
+        *single_until = (*single_until).max(last);
+        return true;
+    }
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(seq = first, error = %e, "cannot {what} of a refused event; retrying");
+    };
+    let events = match outbox.read_from(first, 1, usize::MAX, cache) {
+        Ok(Some((_, events))) => events,
+        Ok(None) => return true,
+        Err(e) => {
+            failed("read the outbox", &e);
+            return false;
+        }
+    };
+    let reason = format!("refused-by-centre: {why}");
+    for ev in &events {
+        let mut headers = ev.to_headers();
+        headers.insert(h::DLQ_REASON, reason.as_str());
+        headers.insert(h::DLQ_STREAM, schemas::subject::STREAM_INGRESS);
+        headers.insert(h::DLQ_SEQ, ev.seq.to_string().as_str());
+        headers.insert(h::DLQ_SUBJECT, ev.evt_subject().as_str());
+        headers.insert(h::DLQ_CONSUMER, "");
+        headers.insert(h::DLQ_DELIVERIES, "1");
+        let now = chrono::Utc::now().to_rfc3339();
+        headers.insert(h::DLQ_FIRST_FAILURE, now.as_str());
+        headers.insert(h::DLQ_LAST_FAILURE, now.as_str());
+        headers.insert(h::DLQ_ERROR, why.to_string().as_str());
+        headers.insert(h::NATS_MSG_ID, format!("dlq:{edge}:{}", ev.seq).as_str());
+        let subject = schemas::subject::dlq(edge, &ev.subject);
+        let mut sent = publish(js, &subject, headers.clone(), ev.data.clone()).await;
+        if sent.as_ref().is_err_and(permanent) {
+            // Too large for the DLQ as well: keep the attributes, say what was left out.
+            headers.insert(
+                h::DLQ_ERROR,
+                format!("{why}; data of {} bytes left out", ev.data.len()).as_str(),
+            );
+            sent = publish(js, &subject, headers, bytes::Bytes::new()).await;
+        }
+        if let Err(e) = sent {
+            failed("dead-letter", &e);
+            return false;
+        }
+        tracing::warn!(seq = ev.seq, id = %ev.id, %reason, "dead-lettered an event the centre refuses");
+    }
+    let tombstone = Bundle {
+        version: BUNDLE_VERSION,
+        edge: edge.to_string(),
+        first_seq: first,
+        last_seq: first,
+        events: Vec::new(),
+    };
+    let payload = match tombstone.encode() {
+        Ok(p) => p,
+        Err(e) => {
+            failed("encode the empty bundle", &e);
+            return false;
+        }
+    };
+    // The header tells the lander to record the dead letter in the audit log.
+    let mut headers = tombstone.headers();
+    headers.insert(h::DLQ_REASON, reason.as_str());
+    if let Err(e) = publish(js, up_subject, headers, payload.into()).await {
+        failed("send the empty bundle", &e);
+        return false;
+    }
+    if let Err(e) = outbox.ack_through(first) {
+        failed("record the ack", &e);
+        return false;
+    }
+    true
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    js.publish_with_headers(subject.to_string(), headers, payload)
+        .await?
+        .await
 }

@@ -74,6 +74,7 @@ pub async fn run(
     let tasks = TaskTracker::new();
 
     let (uplink_tx, uplink_rx) = watch::channel(false);
+    let uplink_rx_status = uplink_rx.clone();
     metrics.uplink(false);
     tasks.spawn(uplink::run_uplink(
         client.clone(),
@@ -127,6 +128,13 @@ pub async fn run(
         cfg.id.clone(),
         stop_rest.clone(),
     ));
+    tasks.spawn(status_heartbeat(
+        client.clone(),
+        cfg.id.clone(),
+        outbox.clone(),
+        uplink_rx_status,
+        stop_rest.clone(),
+    ));
     if let Some(listener) = http {
         tasks.spawn(http::serve(
             listener,
@@ -165,5 +173,44 @@ pub async fn run(
     match ingest_result {
         Some(Ok(Err(e))) => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+/// Publishes a [`schemas::EdgeStatus`] on `mesh.hub.edge.<edge>` every second while the
+/// uplink is up (and once when it changes), so the centre can record link events,
+/// backlogs and expulsions in its audit log.
+async fn status_heartbeat(
+    client: async_nats::Client,
+    edge: String,
+    outbox: Arc<Outbox>,
+    mut uplink: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    let subject = schemas::subject::hub_edge(&edge);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = uplink.changed() => if r.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+        let up = *uplink.borrow();
+        let s = outbox.stats();
+        let status = schemas::EdgeStatus {
+            edge: edge.clone(),
+            uplink_up: up,
+            outbox_events: s.events,
+            outbox_bytes: s.bytes,
+            expelled: [
+                ("max_age".to_string(), s.expelled_max_age),
+                ("max_bytes".to_string(), s.expelled_max_bytes),
+            ]
+            .into_iter()
+            .collect(),
+            time: chrono::Utc::now().to_rfc3339(),
+        };
+        if let Ok(body) = serde_json::to_vec(&status) {
+            let _ = client.publish(subject.clone(), body.into()).await;
+        }
     }
 }

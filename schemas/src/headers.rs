@@ -29,3 +29,23 @@ pub const MESH_LAST_SEQ: &str = "mesh-last-seq";
 
 /// The CloudEvents version the mesh speaks.
 pub const SPECVERSION_1_0: &str = "1.0";
+
+/// Dead letters in `MESH_DLQ` carry the event's own headers plus these.
+/// Why it was dead-lettered: `max-deliveries`, `rejected`, `refused-by-centre`.
+pub const DLQ_REASON: &str = "mesh-dlq-reason";
+/// Stream, sequence and subject of the original message.
+pub const DLQ_STREAM: &str = "mesh-dlq-stream";
+pub const DLQ_SEQ: &str = "mesh-dlq-seq";
+pub const DLQ_SUBJECT: &str = "mesh-dlq-subject";
+/// The durable consumer that failed it (empty for events the centre refused).
+pub const DLQ_CONSUMER: &str = "mesh-dlq-consumer";
+/// How many times it was delivered.
+pub const DLQ_DELIVERIES: &str = "mesh-dlq-deliveries";
+/// RFC 3339 times of the first and the last reported failure.
+pub const DLQ_FIRST_FAILURE: &str = "mesh-dlq-first-failure";
+pub const DLQ_LAST_FAILURE: &str = "mesh-dlq-last-failure";
+/// The consumer's last error text.
+pub const DLQ_ERROR: &str = "mesh-dlq-error";
+/// On a redriven or replayed message: where it came from.
+pub const ORIGIN_STREAM: &str = "mesh-origin-stream";
+pub const ORIGIN_SEQ: &str = "mesh-origin-seq";

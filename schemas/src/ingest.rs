@@ -325,3 +325,20 @@ pub struct EdgeHello {
     pub server_id: String,
     pub server_name: String,
 }
+
+/// An edge hub's status heartbeat on `mesh.hub.edge.<edge>` (JSON), every second: the
+/// centre learns from it when a link is up, how big the backlog is, and what the outbox
+/// limits expelled (G2: each expulsion is written to the audit log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeStatus {
+    pub edge: String,
+    /// Whether the edge hub's uplink probe reaches the centre's JetStream.
+    pub uplink_up: bool,
+    /// Events in the outbox not yet acked by the centre (the backlog).
+    pub outbox_events: u64,
+    pub outbox_bytes: u64,
+    /// Events expelled by the outbox limits since the edge hub started, per reason.
+    pub expelled: std::collections::BTreeMap<String, u64>,
+    /// RFC 3339, UTC.
+    pub time: String,
+}

@@ -12,6 +12,7 @@
 //! Every decoding or validation failure is a [`SchemaError`] naming the field and value.
 
 pub mod bundle;
+pub mod dlq;
 pub mod error;
 pub mod event;
 pub mod headers;
@@ -21,4 +22,4 @@ pub mod subject;
 pub use bundle::{Bundle, OutboxRecord};
 pub use error::SchemaError;
 pub use event::Event;
-pub use ingest::{EdgeHello, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent};
+pub use ingest::{EdgeHello, EdgeStatus, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent};

@@ -36,6 +36,14 @@ pub const UP_ALL: &str = "mesh.up.>";
 pub const EVT_ALL: &str = "mesh.evt.>";
 pub const LIVE_ALL: &str = "mesh.live.>";
 pub const HUB_HEARTBEAT_ALL: &str = "mesh.hub.heartbeat.>";
+/// Every audit record (stream `MESH_AUDIT`).
+pub const AUDIT_ALL: &str = "mesh.audit.>";
+/// Every dead letter (stream `MESH_DLQ`).
+pub const DLQ_ALL: &str = "mesh.dlq.>";
+/// Edge hubs' status heartbeats (JSON [`crate::ingest::EdgeStatus`]), one subject per edge.
+pub const HUB_EDGE_ALL: &str = "mesh.hub.edge.*";
+/// Central hubs answer requests here with the registry projection (JSON).
+pub const HUB_REGISTRY: &str = "mesh.hub.registry";
 /// Edge hubs answer requests here with an [`crate::ingest::EdgeHello`], so an agent
 /// connected to an edge's nats-server can learn the edge id.
 pub const HUB_DISCOVER: &str = "mesh.hub.discover";
@@ -86,6 +94,34 @@ pub fn dlq(edge: &str, subject: &str) -> String {
 /// `mesh.audit.<kind>`
 pub fn audit(kind: &str) -> String {
     format!("mesh.audit.{kind}")
+}
+
+/// `mesh.hub.edge.<edge>`: the edge hub's status heartbeat.
+pub fn hub_edge(edge: &str) -> String {
+    format!("mesh.hub.edge.{edge}")
+}
+
+/// The edge id of a `mesh.hub.edge.<edge>` subject.
+pub fn edge_of_hub_edge(subject: &str) -> Option<&str> {
+    let edge = subject.strip_prefix("mesh.hub.edge.")?;
+    (!edge.is_empty() && !edge.contains('.')).then_some(edge)
+}
+
+/// Agents report a failed delivery here (JSON [`crate::dlq::FailureNote`]), so the
+/// dead letter can carry the consumer's error text and failure times.
+pub const HUB_DLQ_FAILURE: &str = "mesh.hub.dlq.failure";
+/// Request (JSON [`crate::dlq::DeadLetterRequest`]): dead-letter one message now.
+pub const HUB_DLQ_REJECT: &str = "mesh.hub.dlq.reject";
+
+/// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.*`: JetStream's advisory when a
+/// message of `stream` reached a consumer's `max_deliver`.
+pub fn max_deliveries_advisory(stream: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*")
+}
+
+/// `mesh.dlq.<filter>`: dead letters matching an `<edge>.<subject…>` filter.
+pub fn dlq_filter(filter: &str) -> String {
+    format!("mesh.dlq.{filter}")
 }
 
 /// `mesh.hub.heartbeat.<hub>`

@@ -1,0 +1,243 @@
+//! Dead-letter queues: messages that cannot be processed move to `MESH_DLQ`.
+//!
+//! Sources:
+//! * JetStream's max-deliveries advisory for a consumer of `MESH_EVENTS`
+//!   (`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MESH_EVENTS.*`), received by one hub of
+//!   a queue group, reason `max-deliveries`;
+//! * a [`DeadLetterRequest`] from an agent (`Delivery::reject`), reason `rejected: …`.
+//!
+//! A dead letter is published on `mesh.dlq.<edge>.<subject…>` with the event's own
+//! headers (so `ce-id` is kept and any tool reads it as an event) plus the `mesh-dlq-*`
+//! headers of [`schemas::headers`]. `Nats-Msg-Id` is `dlq:<stream>:<consumer>:<seq>`, so a
+//! repeated advisory or request does not dead-letter twice within the duplicate window.
+//! Each dead letter is recorded in the audit log.
+//!
+//! Failure times and error text come from [`FailureNote`]s agents send when they fail a
+//! delivery; every hub keeps the latest per message in a bounded in-memory cache (a
+//! diagnostic, not state: without it the headers say `unknown`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use schemas::dlq::{DeadLetterReply, DeadLetterRequest, FailureNote, MessageRef};
+use schemas::{headers as h, subject};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{kind, AuditLog};
+
+/// Queue group of the hubs' advisory subscriptions: one hub handles each advisory.
+pub const QUEUE: &str = "mesh-dlq";
+const CACHE_MAX: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("reading {stream} seq {seq}: {reason}")]
+    Read {
+        stream: String,
+        seq: u64,
+        reason: String,
+    },
+    #[error("storing the dead letter of {stream} seq {seq}: {reason}")]
+    Store {
+        stream: String,
+        seq: u64,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Failures {
+    first: String,
+    last: String,
+    error: String,
+}
+
+/// Moves messages to `MESH_DLQ`.
+#[derive(Clone)]
+pub struct DeadLetters {
+    js: jetstream::Context,
+    audit: AuditLog,
+    failures: Arc<Mutex<HashMap<MessageRef, Failures>>>,
+}
+
+#[derive(Deserialize)]
+struct MaxDeliveries {
+    stream: String,
+    consumer: String,
+    stream_seq: u64,
+    deliveries: u64,
+}
+
+impl DeadLetters {
+    pub fn new(js: jetstream::Context, audit: AuditLog) -> DeadLetters {
+        DeadLetters {
+            js,
+            audit,
+            failures: Arc::default(),
+        }
+    }
+
+    /// Copies message `m` to `MESH_DLQ` with the reason headers; returns its DLQ sequence.
+    pub async fn dead_letter(
+        &self,
+        m: &MessageRef,
+        deliveries: u64,
+        reason: &str,
+    ) -> Result<u64, DlqError> {
+        let read = |reason: String| DlqError::Read {
+            stream: m.stream.clone(),
+            seq: m.seq,
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream(&m.stream)
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        let msg = stream
+            .get_raw_message(m.seq)
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        let mut headers = msg.headers.clone();
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default()
+        };
+        let edge = Some(get(h::MESH_EDGE)).filter(|e| !e.is_empty());
+        let ce_subject = Some(get(h::SUBJECT)).filter(|s| !s.is_empty());
+        let (edge, ce_subject) = match (edge, ce_subject) {
+            (Some(e), Some(s)) => (e, s),
+            // Not a mesh event: file it under its raw subject.
+            _ => ("_".to_string(), msg.subject.to_string()),
+        };
+        let ce_id = get(h::ID);
+        let f = self.failures.lock().expect("failure cache").get(m).cloned();
+        let unknown = "unknown".to_string();
+        let now = chrono::Utc::now().to_rfc3339();
+        let (first, last, error) = match &f {
+            Some(f) => (f.first.clone(), f.last.clone(), f.error.clone()),
+            None => (unknown.clone(), now.clone(), unknown.clone()),
+        };
+        headers.insert(h::DLQ_REASON, reason);
+        headers.insert(h::DLQ_STREAM, m.stream.as_str());
+        headers.insert(h::DLQ_SEQ, m.seq.to_string().as_str());
+        headers.insert(h::DLQ_SUBJECT, msg.subject.as_str());
+        headers.insert(h::DLQ_CONSUMER, m.consumer.as_str());
+        headers.insert(h::DLQ_DELIVERIES, deliveries.to_string().as_str());
+        headers.insert(h::DLQ_FIRST_FAILURE, first.as_str());
+        headers.insert(h::DLQ_LAST_FAILURE, last.as_str());
+        headers.insert(h::DLQ_ERROR, error.as_str());
+        headers.insert(
+            h::NATS_MSG_ID,
+            format!("dlq:{}:{}:{}", m.stream, m.consumer, m.seq).as_str(),
+        );
+        let store = |reason: String| DlqError::Store {
+            stream: m.stream.clone(),
+            seq: m.seq,
+            reason,
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject::dlq(&edge, &ce_subject), headers, msg.payload)
+            .await
+            .map_err(|e| store(e.to_string()))?
+            .await
+            .map_err(|e| store(e.to_string()))?;
+        self.failures.lock().expect("failure cache").remove(m);
+        if !ack.duplicate {
+            let r = self
+                .audit
+                .append(
+                    kind::DLQ_DEAD_LETTERED,
+                    serde_json::json!({
+                        "stream": m.stream, "seq": m.seq, "consumer": m.consumer,
+                        "subject": msg.subject.as_str(), "ce_id": ce_id, "reason": reason,
+                        "deliveries": deliveries, "error": error, "dlq_seq": ack.sequence,
+                    }),
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot record a dead letter in the audit log");
+            }
+        }
+        tracing::info!(stream = %m.stream, seq = m.seq, consumer = %m.consumer, reason, dlq_seq = ack.sequence, "dead-lettered");
+        Ok(ack.sequence)
+    }
+
+    fn note(&self, n: FailureNote) {
+        let mut cache = self.failures.lock().expect("failure cache");
+        if cache.len() >= CACHE_MAX && !cache.contains_key(&n.msg) {
+            cache.clear();
+        }
+        let e = cache.entry(n.msg).or_insert_with(|| Failures {
+            first: n.time.clone(),
+            last: n.time.clone(),
+            error: String::new(),
+        });
+        e.last = n.time;
+        e.error = n.error;
+    }
+
+    /// Serves advisories, failure notes and reject requests until `stop`.
+    pub async fn run(self, client: async_nats::Client, stop: CancellationToken) {
+        let subs = async {
+            Ok::<_, async_nats::SubscribeError>((
+                client
+                    .queue_subscribe(
+                        subject::max_deliveries_advisory(subject::STREAM_EVENTS),
+                        QUEUE.into(),
+                    )
+                    .await?,
+                client.subscribe(subject::HUB_DLQ_FAILURE).await?,
+                client
+                    .queue_subscribe(subject::HUB_DLQ_REJECT, QUEUE.into())
+                    .await?,
+            ))
+        };
+        let (mut adv, mut notes, mut rejects) = match subs.await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot subscribe for dead-lettering");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                Some(m) = adv.next() => {
+                    let a: MaxDeliveries = match serde_json::from_slice(&m.payload) {
+                        Ok(a) => a,
+                        Err(e) => { tracing::warn!(error = %e, "undecodable advisory"); continue }
+                    };
+                    let r = MessageRef { stream: a.stream, consumer: a.consumer, seq: a.stream_seq };
+                    if let Err(e) = self.dead_letter(&r, a.deliveries, "max-deliveries").await {
+                        tracing::error!(error = %e, "cannot dead-letter");
+                    }
+                }
+                Some(m) = notes.next() => {
+                    if let Ok(n) = serde_json::from_slice::<FailureNote>(&m.payload) {
+                        self.note(n);
+                    }
+                }
+                Some(m) = rejects.next() => {
+                    let Some(reply) = m.reply else { continue };
+                    let answer = match serde_json::from_slice::<DeadLetterRequest>(&m.payload) {
+                        Ok(req) => match self.dead_letter(&req.msg, req.deliveries, &format!("rejected: {}", req.reason)).await {
+                            Ok(dlq_seq) => DeadLetterReply::Ok { dlq_seq },
+                            Err(e) => DeadLetterReply::Err { message: e.to_string() },
+                        },
+                        Err(e) => DeadLetterReply::Err { message: format!("cannot decode dead-letter request: {e}") },
+                    };
+                    let body = serde_json::to_vec(&answer).unwrap_or_default();
+                    let _ = client.publish(reply, body.into()).await;
+                }
+                _ = stop.cancelled() => return,
+                else => return,
+            }
+        }
+    }
+}
