@@ -51,7 +51,14 @@ pub async fn run(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let lander = lander::Lander::new(js.clone(), kv, cfg.lander.clone(), metrics.clone()).await?;
+    let lander = lander::Lander::new(
+        client.clone(),
+        js.clone(),
+        kv,
+        cfg.lander.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let lander_task = tokio::spawn(lander.run(stop.clone()));
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%hub, "central hub ready");
