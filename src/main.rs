@@ -2,6 +2,7 @@
 //! DESIGN.md for the stable interface (command names and listed flags do not change).
 
 mod bench;
+mod chaos_cmd;
 mod hubs;
 mod publish;
 mod subscribe;
@@ -36,6 +37,8 @@ enum Cmd {
     Sub(subscribe::SubArgs),
     /// Benchmark agentmesh against raw JetStream and native NATS leaf sourcing.
     Bench(bench::BenchArgs),
+    /// Fault-injection scenarios judged against the guarantees: `run`, `list`.
+    Chaos(chaos_cmd::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
             Cmd::Pub(a) => publish::run(a).await,
             Cmd::Sub(a) => subscribe::run(a).await,
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Chaos(a) => chaos_cmd::run(a).await,
         }
     });
     match result {

@@ -7,12 +7,19 @@
 //!   in order and the data it carried (the oracle).
 //! - [`judge`]: reads what reached `MESH_EVENTS` and checks it against the oracle: lost,
 //!   duplicated, reordered or corrupted events.
+//! - [`harness`]: a whole mesh of real processes (central nats-server and hubs, N edge
+//!   sites each behind its own proxy), with waits on metrics and the streams.
+//! - [`scenarios`]: seeded fault schedules run against a [`harness::Mesh`] under load,
+//!   judged and reported (what `mesh chaos run` prints).
 
+pub mod harness;
 pub mod judge;
 pub mod process;
 pub mod producer;
 pub mod proxy;
+pub mod scenarios;
 
+pub use harness::{Mesh, MeshSpec};
 pub use judge::{read_stream, Verdict};
 pub use process::MeshProcess;
 pub use producer::{produce, AgentLog};
