@@ -134,6 +134,19 @@ struct State {
     expelled_through: u64,
     expelled_max_age: u64,
     expelled_max_bytes: u64,
+    /// Highest sequence sent in a bundle that is still in flight (`acked` when none is).
+    inflight_through: u64,
+    /// Expelled while in flight: lost only if their bundle is not acknowledged.
+    pending_expel: Vec<(u64, u64, ExpelReason)>,
+}
+
+impl State {
+    fn count_expelled(&mut self, reason: ExpelReason, n: u64) {
+        match reason {
+            ExpelReason::MaxAge => self.expelled_max_age += n,
+            ExpelReason::MaxBytes => self.expelled_max_bytes += n,
+        }
+    }
 }
 
 /// The shared side of the outbox: reading for the forwarder, acknowledging, stats.
@@ -283,6 +296,23 @@ impl Outbox {
         self.appended.notified().await
     }
 
+    /// The forwarder sent a bundle covering up to `last` (in flight until acknowledged).
+    pub fn mark_sent(&self, last: u64) {
+        let mut st = self.state();
+        st.inflight_through = st.inflight_through.max(last);
+    }
+
+    /// The forwarder forgot every bundle in flight and starts again from `acked + 1`:
+    /// events expelled while they were in flight and never acknowledged are lost now.
+    pub fn reset_inflight(&self) {
+        let mut st = self.state();
+        let pending = std::mem::take(&mut st.pending_expel);
+        for (first, last, reason) in pending {
+            st.count_expelled(reason, last - first + 1);
+        }
+        st.inflight_through = st.acked;
+    }
+
     /// Reads the events with sequence `>= from`, in order, up to `max_events` events or
     /// about `max_bytes` of data (at least one event). Returns `(last_covered, events)`:
     /// `last_covered` is the last sequence the read speaks for, including sequences
@@ -374,6 +404,11 @@ impl Outbox {
             batch.remove(&m.key()[..]);
         }
         st.acked = seq;
+        // Events expelled while in flight and now acknowledged were delivered.
+        st.pending_expel.retain_mut(|(first, last, _)| {
+            *first = (*first).max(seq + 1);
+            first <= last
+        });
         self.records
             .apply_batch(batch)
             .map_err(|e| self.storage(e))?;
@@ -401,19 +436,21 @@ impl Outbox {
             st.index.pop_front();
             st.bytes -= m.bytes;
             st.events -= m.events();
-            // Events the centre already acknowledged were delivered, not lost.
-            let lost = m.last.saturating_sub(st.acked.max(m.first - 1));
-            n += lost;
+            // Events the centre already acknowledged were delivered, not lost; events in
+            // a bundle still in flight are lost only if that bundle is not acknowledged.
+            let first_unacked = st.acked.max(m.first - 1) + 1;
+            let inflight_end = st.inflight_through.min(m.last);
+            if first_unacked <= inflight_end {
+                st.pending_expel.push((first_unacked, inflight_end, reason));
+            }
+            n += m.last.saturating_sub(inflight_end.max(first_unacked - 1));
             through = through.max(m.last);
             batch.remove(&m.key()[..]);
         }
-        if n == 0 && through == st.expelled_through {
+        if through == st.expelled_through {
             return Ok(0);
         }
-        match reason {
-            ExpelReason::MaxAge => st.expelled_max_age += n,
-            ExpelReason::MaxBytes => st.expelled_max_bytes += n,
-        }
+        st.count_expelled(reason, n);
         st.expelled_through = through;
         self.records
             .apply_batch(batch)
@@ -570,7 +607,8 @@ impl OutboxWriter {
         })
     }
 
-    /// Expels every record older than `outbox.max_age`. Returns the events expelled.
+    /// Expels every record older than `outbox.max_age`. Returns the events counted as
+    /// expelled now (events in a bundle in flight are counted once its fate is known).
     pub async fn expire(&mut self) -> Result<u64, OutboxError> {
         let ob = &self.outbox;
         let max_age = i64::try_from(ob.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);
@@ -578,11 +616,14 @@ impl OutboxWriter {
             .timestamp_nanos_opt()
             .unwrap_or(i64::MAX)
             .saturating_sub(max_age);
-        let n = {
+        let (n, moved) = {
             let mut st = ob.state();
-            ob.expel_while(&mut st, ExpelReason::MaxAge, |_, m| m.accepted_ns < cutoff)?
+            let before = st.expelled_through;
+            let n = ob.expel_while(&mut st, ExpelReason::MaxAge, |_, m| m.accepted_ns < cutoff)?;
+            (n, st.expelled_through != before)
         };
-        if n > 0 {
+        if moved {
+            // The forwarder announces the expelled range to the centre.
             ob.appended.notify_one();
         }
         Ok(n)
