@@ -12,7 +12,8 @@
 //!   with a delay so it waits for the missing one (the edge resends from its oldest
 //!   unacknowledged bundle anyway).
 //! * otherwise land the events with `seq > mark`, pipelined, wait for every store ack,
-//!   write the mark (compare-and-set on the KV revision), then ack the bundle.
+//!   write the mark (compare-and-set on the KV revision), then ack the bundle (a lost
+//!   ack only brings the bundle back, and the mark skips it).
 //!
 //! The cached mark is re-read from the centre whenever it might be stale: on the first
 //! bundle of an edge, on a redelivered bundle (another lander may have landed part of
@@ -167,8 +168,10 @@ impl Lander {
             Ok(Outcome::Landed(n)) => {
                 tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, last = bundle.last_seq, landed = n, "bundle landed");
                 self.metrics.landed(&bundle.edge, n, bundle.last_seq);
-                if let Err(e) = msg.double_ack().await {
-                    // The mark is written: a redelivery is recognised and skipped.
+                // A plain ack: if it is lost, the bundle comes back and the mark (already
+                // written) skips it. Waiting for the server's confirmation would stall
+                // the lander for the whole ack timeout after a restart of the server.
+                if let Err(e) = msg.ack().await {
                     tracing::warn!(error = %e, edge = %bundle.edge, "cannot ack a landed bundle");
                 }
             }
