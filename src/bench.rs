@@ -66,6 +66,12 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// TOML configuration for the agentmesh edge hub (e.g. to try forwarder settings).
+    #[arg(long)]
+    edge_config: Option<PathBuf>,
+    /// Which systems to run (comma-separated): limit, native, agentmesh.
+    #[arg(long, value_delimiter = ',', default_value = "limit,native,agentmesh")]
+    systems: Vec<String>,
     /// Keep servers' and hubs' directories and logs here (default: a temp dir, removed).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -85,6 +91,10 @@ struct SystemResult {
     throughput_per_s: Option<f64>,
     drain_per_s: Option<f64>,
     latency: Vec<Latency>,
+    /// CPU microseconds per event by process, in the throughput run.
+    cpu_throughput: Option<CpuProfile>,
+    /// The same in the drain run.
+    cpu_drain: Option<CpuProfile>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -159,15 +169,34 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .unwrap_or_default();
     let mut p = Progress::new();
 
-    let limit = bench_limit(&a, &dir.join("limit"), &bin, &mut p)
-        .await
-        .context("limit")?;
-    let native = bench_native(&a, &dir.join("native"), &bin, &mut p)
-        .await
-        .context("native")?;
-    let (agentmesh, extra) = bench_agentmesh(&a, &dir.join("agentmesh"), &bin, &mut p)
-        .await
-        .context("agentmesh")?;
+    for s in &a.systems {
+        anyhow::ensure!(
+            ["limit", "native", "agentmesh"].contains(&s.as_str()),
+            "unknown system {s:?} in --systems; use limit, native, agentmesh"
+        );
+    }
+    let run = |name: &str| a.systems.iter().any(|s| s == name);
+    let limit = if run("limit") {
+        bench_limit(&a, &dir.join("limit"), &bin, &mut p)
+            .await
+            .context("limit")?
+    } else {
+        SystemResult::default()
+    };
+    let native = if run("native") {
+        bench_native(&a, &dir.join("native"), &bin, &mut p)
+            .await
+            .context("native")?
+    } else {
+        SystemResult::default()
+    };
+    let (agentmesh, extra) = if run("agentmesh") {
+        bench_agentmesh(&a, &dir.join("agentmesh"), &bin, &mut p)
+            .await
+            .context("agentmesh")?
+    } else {
+        (SystemResult::default(), MeshExtra::default())
+    };
     p.say("done\n");
 
     let report = Report {
@@ -390,9 +419,12 @@ async fn bench_limit(
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     p.say("limit: throughput");
+    let pids = [None, None, None, srv.pid()];
+    let cpu0 = cpu_now(pids);
     let t = Instant::now();
     js_publish_all(&clients, None, "limit.x", a.count, a.size).await?;
     let throughput = a.count as f64 / t.elapsed().as_secs_f64();
+    let cpu = cpu_profile(cpu0, cpu_now(pids), a.count);
     let mut latency = Vec::new();
     for &rate in &a.rates {
         p.say(&format!("limit: latency at {rate}/s"));
@@ -403,6 +435,8 @@ async fn bench_limit(
         throughput_per_s: Some(throughput),
         drain_per_s: None,
         latency,
+        cpu_throughput: Some(cpu),
+        cpu_drain: None,
     })
 }
 
@@ -469,6 +503,8 @@ async fn bench_native(
         }
     }
     p.say("native: throughput");
+    let pids = [None, None, edge.pid(), central.pid()];
+    let cpu0 = cpu_now(pids);
     let t = Instant::now();
     js_publish_all(&clients, None, "native.x", a.count, a.size).await?;
     wait_count(
@@ -481,6 +517,7 @@ async fn bench_native(
     )
     .await?;
     let throughput = a.count as f64 / t.elapsed().as_secs_f64();
+    let cpu = cpu_profile(cpu0, cpu_now(pids), a.count);
     let mut latency = Vec::new();
     for &rate in &a.rates {
         p.say(&format!("native: latency at {rate}/s"));
@@ -510,6 +547,7 @@ async fn bench_native(
     proxy.cut();
     js_publish_all(&clients, None, "native.x", a.backlog, a.size).await?;
     let total = stream_count(&edge_js, "NATIVE_EDGE").await;
+    let cpu0 = cpu_now(pids);
     let t = Instant::now();
     proxy.heal();
     wait_count(
@@ -522,11 +560,14 @@ async fn bench_native(
     )
     .await?;
     let drain = a.backlog as f64 / t.elapsed().as_secs_f64();
+    let drain_cpu = cpu_profile(cpu0, cpu_now(pids), a.backlog);
     drop(edge);
     Ok(SystemResult {
         throughput_per_s: Some(throughput),
         drain_per_s: Some(drain),
         latency,
+        cpu_throughput: Some(cpu),
+        cpu_drain: Some(drain_cpu),
     })
 }
 
@@ -540,6 +581,52 @@ struct MeshSite {
     edge_http: std::net::SocketAddr,
     js: jetstream::Context,
     dir: PathBuf,
+}
+
+/// CPU time (user + system) a process used so far, in microseconds.
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat: indices 11 and 12 here.
+    let hz = 100; // USER_HZ on Linux
+    (ticks(11) + ticks(12)) * 1_000_000 / hz
+}
+
+/// CPU time of (edge hub, central hub, edge nats-server, central nats-server, this
+/// process) now; a missing process counts 0.
+fn cpu_now(pids: [Option<u32>; 4]) -> [u64; 5] {
+    let c = |p: Option<u32>| p.map(cpu_us).unwrap_or(0);
+    [
+        c(pids[0]),
+        c(pids[1]),
+        c(pids[2]),
+        c(pids[3]),
+        cpu_us(std::process::id()),
+    ]
+}
+
+fn cpu_profile(before: [u64; 5], after: [u64; 5], events: u64) -> CpuProfile {
+    let d = |i: usize| after[i].saturating_sub(before[i]) as f64 / events.max(1) as f64;
+    CpuProfile {
+        edge_hub: d(0),
+        central_hub: d(1),
+        edge_nats: d(2),
+        central_nats: d(3),
+        agents: d(4),
+    }
+}
+
+/// CPU microseconds per event spent by each part during a run.
+#[derive(Debug, Clone, Default, Serialize)]
+struct CpuProfile {
+    edge_hub: f64,
+    central_hub: f64,
+    edge_nats: f64,
+    central_nats: f64,
+    agents: f64,
 }
 
 fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
@@ -560,7 +647,16 @@ fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
 }
 
 impl MeshSite {
-    async fn start(dir: &Path, bin: &Path) -> anyhow::Result<MeshSite> {
+    fn cpu(&self) -> [u64; 5] {
+        cpu_now([
+            self.edge_hub.pid(),
+            self._central_hub.pid(),
+            self.edge.pid(),
+            self._central.pid(),
+        ])
+    }
+
+    async fn start(dir: &Path, bin: &Path, edge_config: Option<&Path>) -> anyhow::Result<MeshSite> {
         let exe = std::env::current_exe()?;
         let central = start(
             ServerConfig::central("bench-mesh-central")
@@ -601,7 +697,15 @@ impl MeshSite {
                 dir.join("edge-data").display().to_string(),
                 "--http".into(),
                 edge_http.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                edge_config
+                    .map(|c| ["--config".to_string(), c.display().to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect(),
             dir.join("edge-hub.log"),
         )?;
         let js = jetstream::new(connect(&central.client_url()).await?);
@@ -760,11 +864,12 @@ async fn bench_agentmesh(
     p: &mut Progress,
 ) -> anyhow::Result<(SystemResult, MeshExtra)> {
     p.say("agentmesh: starting");
-    let mut site = MeshSite::start(dir, bin).await?;
+    let mut site = MeshSite::start(dir, bin, a.edge_config.as_deref()).await?;
     let agents = site.agents(a.agents).await?;
     let events = schemas::subject::STREAM_EVENTS;
 
     p.say("agentmesh: throughput");
+    let cpu0 = site.cpu();
     let t = Instant::now();
     mesh_publish_all(&agents, a.count, a.batch, a.size).await?;
     wait_count(
@@ -777,6 +882,7 @@ async fn bench_agentmesh(
     )
     .await?;
     let throughput = a.count as f64 / t.elapsed().as_secs_f64();
+    let cpu = cpu_profile(cpu0, site.cpu(), a.count);
 
     let mut latency = Vec::new();
     for &rate in &a.rates {
@@ -799,6 +905,7 @@ async fn bench_agentmesh(
     site.wait_uplink(false).await?;
     mesh_publish_all(&agents, a.backlog, a.batch, a.size).await?;
     landed += a.backlog;
+    let cpu0 = site.cpu();
     let t = Instant::now();
     site.proxy.heal();
     wait_count(
@@ -811,6 +918,7 @@ async fn bench_agentmesh(
     )
     .await?;
     let drain = a.backlog as f64 / t.elapsed().as_secs_f64();
+    let drain_cpu = cpu_profile(cpu0, site.cpu(), a.backlog);
 
     // Memory with the outbox full: a fresh edge hub process, so its peak is this run's.
     p.say("agentmesh: edge hub memory with a full outbox");
@@ -879,6 +987,8 @@ async fn bench_agentmesh(
             throughput_per_s: Some(throughput),
             drain_per_s: Some(drain),
             latency,
+            cpu_throughput: Some(cpu),
+            cpu_drain: Some(drain_cpu),
         },
         extra,
     ))
@@ -949,6 +1059,25 @@ fn table(r: &Report) -> String {
         mib(e.outbox_payload_full_bytes),
         e.outbox_disk_full_bytes as f64 / e.outbox_payload_full_bytes.max(1) as f64
     ));
+    s.push_str("\nCPU µs per event (edge hub / central hub / edge nats-server / central nats-server / publishers):\n");
+    for (name, sys) in [("limit", l), ("native", n), ("agentmesh", m)] {
+        for (what, c) in [
+            ("throughput", &sys.cpu_throughput),
+            ("drain", &sys.cpu_drain),
+        ] {
+            if let Some(c) = c {
+                s.push_str(&format!(
+                    "  {name:<10} {what:<10} {:>5.1} {:>5.1} {:>5.1} {:>5.1} {:>5.1}  = {:.1}\n",
+                    c.edge_hub,
+                    c.central_hub,
+                    c.edge_nats,
+                    c.central_nats,
+                    c.agents,
+                    c.edge_hub + c.central_hub + c.edge_nats + c.central_nats + c.agents
+                ));
+            }
+        }
+    }
     if !e.outbox_disk_after_cycles.is_empty() {
         let list: Vec<String> = e
             .outbox_disk_after_cycles

@@ -50,7 +50,7 @@ async fn kill9_edge_hub_under_load() {
     let v = Verdict::judge(&logs, &events);
     let failed: usize = logs.iter().map(AgentLog::failures).sum();
     eprintln!("{v}; publishes not acked while the hub was down: {failed}");
-    assert!(v.acked > 1000, "too little load: {v}");
+    assert!(v.acked > 200, "too little load: {v}");
     assert!(
         failed > 0,
         "the kills did not interrupt publishing; the test proves nothing"

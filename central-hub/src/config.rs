@@ -101,9 +101,11 @@ impl Default for IngressConfig {
 impl Default for LanderConfig {
     fn default() -> Self {
         LanderConfig {
-            ack_wait: Duration::from_secs(10),
+            // A bundle held by a lander that died comes back after this; landing a pulled
+            // batch takes about a second, so 5 s leaves room and bounds the stall.
+            ack_wait: Duration::from_secs(5),
             pin_timeout: Duration::from_secs(3),
-            batch: 32,
+            batch: 16,
             gap_retry: Duration::from_millis(200),
         }
     }

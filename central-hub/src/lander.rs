@@ -12,7 +12,8 @@
 //!   with a delay so it waits for the missing one (the edge resends from its oldest
 //!   unacknowledged bundle anyway).
 //! * otherwise land the events with `seq > mark`, pipelined, wait for every store ack,
-//!   write the mark (compare-and-set on the KV revision), then ack the bundle.
+//!   write the mark (compare-and-set on the KV revision), then ack the bundle (a lost
+//!   ack only brings the bundle back, and the mark skips it).
 //!
 //! The cached mark is re-read from the centre whenever it might be stale: on the first
 //! bundle of an edge, on a redelivered bundle (another lander may have landed part of
@@ -36,7 +37,7 @@ use async_nats::jetstream::message::Message;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use schemas::{headers as h, subject, Bundle};
+use schemas::{headers as h, subject, Bundle, Event};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LanderConfig;
@@ -54,7 +55,10 @@ struct Mark {
 }
 
 pub struct Lander {
+    client: async_nats::Client,
     js: jetstream::Context,
+    /// Last `MESH_EVENTS` sequence this lander stored, when it knows it for sure.
+    stream_seq: Option<u64>,
     events: jetstream::stream::Stream,
     kv: kv::Store,
     marks: HashMap<String, Mark>,
@@ -80,6 +84,7 @@ pub enum LandError {
 
 impl Lander {
     pub async fn new(
+        client: async_nats::Client,
         js: jetstream::Context,
         kv: kv::Store,
         cfg: LanderConfig,
@@ -87,7 +92,9 @@ impl Lander {
     ) -> Result<Lander, async_nats::Error> {
         let events = js.get_stream(subject::STREAM_EVENTS).await?;
         Ok(Lander {
+            client,
             js,
+            stream_seq: None,
             events,
             kv,
             marks: HashMap::new(),
@@ -209,8 +216,10 @@ impl Lander {
                         let _ = tx.try_send((bundle.edge.clone(), a.to_string()));
                     }
                 }
-                if let Err(e) = msg.double_ack().await {
-                    // The mark is written: a redelivery is recognised and skipped.
+                // A plain ack: if it is lost, the bundle comes back and the mark (already
+                // written) skips it. Waiting for the server's confirmation would stall
+                // the lander for the whole ack timeout after a restart of the server.
+                if let Err(e) = msg.ack().await {
                     tracing::warn!(error = %e, edge = %bundle.edge, "cannot ack a landed bundle");
                 }
             }
@@ -229,6 +238,7 @@ impl Lander {
             Err(e) => {
                 tracing::warn!(error = %e, "landing failed; the bundle will be tried again");
                 self.marks.remove(&bundle.edge);
+                self.stream_seq = None;
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
                     .await;
@@ -307,29 +317,12 @@ impl Lander {
         if b.first_seq > mark.seq + 1 {
             return Ok(Outcome::Gap(mark.seq));
         }
-        // Pipelined: every publish is written before the first ack is awaited. One
-        // connection keeps them in order in the stream.
-        let mut acks = Vec::with_capacity(b.events.len());
-        for ev in b.events.iter().filter(|e| e.seq > mark.seq) {
-            let ack = self
-                .js
-                .publish_with_headers(ev.evt_subject(), ev.to_headers(), ev.data.clone())
-                .await
-                .map_err(|e| LandError::Publish {
-                    edge: b.edge.clone(),
-                    seq: ev.seq,
-                    reason: e.to_string(),
-                })?;
-            acks.push((ev.seq, ack.into_future()));
-        }
-        let n = acks.len() as u64;
+        let to_land: Vec<&Event> = b.events.iter().filter(|e| e.seq > mark.seq).collect();
+        let n = to_land.len() as u64;
         self.metrics.skipped(&b.edge, b.events.len() as u64 - n);
-        for (seq, ack) in acks {
-            ack.await.map_err(|e| LandError::Publish {
-                edge: b.edge.clone(),
-                seq,
-                reason: e.to_string(),
-            })?;
+        if !to_land.is_empty() && !self.store_fast(&b.edge, &to_land).await? {
+            self.metrics.slow_path(&b.edge);
+            self.store_acked(&b.edge, &to_land).await?;
         }
         let value = bytes::Bytes::copy_from_slice(&b.last_seq.to_be_bytes());
         let written = match mark.revision {
@@ -362,6 +355,89 @@ impl Lander {
             }
         }
         Ok(Outcome::Landed(n))
+    }
+
+    /// Fast path: every event but the last is published without a reply, the last with
+    /// one. One connection keeps them in order, so the stream sequence in that one ack
+    /// proves all of them were stored when it is exactly `events.len()` past the last
+    /// sequence this lander saw. Returns `false` when it cannot prove it (another writer
+    /// in between, a duplicate, a lost message); the caller then lands the events again
+    /// with one ack each, which `Nats-Msg-Id` de-duplication makes idempotent.
+    async fn store_fast(&mut self, edge: &str, events: &[&Event]) -> Result<bool, LandError> {
+        let publish_err = |seq: u64, e: String| LandError::Publish {
+            edge: edge.to_string(),
+            seq,
+            reason: e,
+        };
+        let before = match self.stream_seq.take() {
+            Some(s) => s,
+            None => {
+                self.events
+                    .info()
+                    .await
+                    .map_err(|e| publish_err(events[0].seq, e.to_string()))?
+                    .state
+                    .last_sequence
+            }
+        };
+        let Some((last, rest)) = events.split_last() else {
+            return Ok(true);
+        };
+        for ev in rest {
+            self.client
+                .publish_with_headers(ev.evt_subject(), ev.to_headers(), ev.data.clone())
+                .await
+                .map_err(|e| publish_err(ev.seq, e.to_string()))?;
+        }
+        let ack = self
+            .js
+            .publish_with_headers(last.evt_subject(), last.to_headers(), last.data.clone())
+            .await
+            .map_err(|e| publish_err(last.seq, e.to_string()))?
+            .await
+            .map_err(|e| publish_err(last.seq, e.to_string()))?;
+        if !ack.duplicate && ack.sequence == before + events.len() as u64 {
+            self.stream_seq = Some(ack.sequence);
+            return Ok(true);
+        }
+        tracing::info!(
+            edge,
+            expected = before + events.len() as u64,
+            got = ack.sequence,
+            duplicate = ack.duplicate,
+            "fast-path landing not proven; landing again with an ack per event"
+        );
+        Ok(false)
+    }
+
+    /// Slow path: one ack per event, pipelined (every publish is written before the first
+    /// ack is awaited).
+    async fn store_acked(&mut self, edge: &str, events: &[&Event]) -> Result<(), LandError> {
+        let publish_err = |seq: u64, e: String| LandError::Publish {
+            edge: edge.to_string(),
+            seq,
+            reason: e,
+        };
+        let mut acks = Vec::with_capacity(events.len());
+        for ev in events {
+            let ack = self
+                .js
+                .publish_with_headers(ev.evt_subject(), ev.to_headers(), ev.data.clone())
+                .await
+                .map_err(|e| publish_err(ev.seq, e.to_string()))?;
+            acks.push((ev.seq, ack.into_future()));
+        }
+        let mut last = None;
+        for (seq, ack) in acks {
+            last = Some(
+                ack.await
+                    .map_err(|e| publish_err(seq, e.to_string()))?
+                    .sequence,
+            );
+        }
+        // Only this lander's next fast path may rely on it: another writer may follow.
+        self.stream_seq = last;
+        Ok(())
     }
 
     /// The edge's mark as the centre holds it: max of the KV key and the last landed event.

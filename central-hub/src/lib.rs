@@ -80,10 +80,16 @@ pub async fn run(
             .await?;
     }
     let (agents_tx, agents_rx) = tokio::sync::mpsc::channel(4096);
-    let lander = lander::Lander::new(js.clone(), kv, cfg.lander.clone(), metrics.clone())
-        .await?
-        .report_agents(agents_tx)
-        .audit_to(audit.clone());
+    let lander = lander::Lander::new(
+        client.clone(),
+        js.clone(),
+        kv,
+        cfg.lander.clone(),
+        metrics.clone(),
+    )
+    .await?
+    .report_agents(agents_tx)
+    .audit_to(audit.clone());
     tasks.spawn(tracker::run_links(
         client.clone(),
         audit.clone(),

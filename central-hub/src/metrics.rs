@@ -21,6 +21,7 @@ pub struct CentralMetrics {
     duplicate_bundles: Family<Labels, Counter>,
     gap_waits: Family<Labels, Counter>,
     skipped_events: Family<Labels, Counter>,
+    slow_path: Family<Labels, Counter>,
     mark: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
     bad_bundles: Counter,
@@ -37,6 +38,7 @@ impl CentralMetrics {
             duplicate_bundles: Family::default(),
             gap_waits: Family::default(),
             skipped_events: Family::default(),
+            slow_path: Family::default(),
             mark: Family::default(),
             lag: Family::default(),
             bad_bundles: Counter::default(),
@@ -63,6 +65,11 @@ impl CentralMetrics {
                 "skipped_events",
                 "Events in bundles at or below the high-water mark, not landed again, by edge",
                 m.skipped_events.clone(),
+            );
+            r.register(
+                "slow_path_bundles",
+                "Bundles landed again with an ack per event because the fast path was not proven",
+                m.slow_path.clone(),
             );
             r.register(
                 "gap_waits",
@@ -102,6 +109,10 @@ impl CentralMetrics {
         if events > 0 {
             self.skipped_events.get_or_create(&edge(e)).inc_by(events);
         }
+    }
+
+    pub fn slow_path(&self, e: &str) {
+        self.slow_path.get_or_create(&edge(e)).inc();
     }
 
     pub fn duplicate_bundle(&self, e: &str) {

@@ -1053,9 +1053,8 @@ async fn outbox_reject(
 /// `drop-oldest`: a first agent publishes with the link up and everything drains; the
 /// link is cut and noticed; a second agent overfills the 200 kB outbox with 1 KiB events
 /// (never refused); the link heals and a third agent publishes while the outbox is still
-/// full. The missing events must be the oldest of the second agent's, and no more than
-/// `mesh_edge_expelled_events_total` says (it may say more: an event expelled while in
-/// flight in a bundle still arrives); everything else arrives once, in order.
+/// full. The missing events must be the oldest of the second agent's, exactly as many as
+/// `mesh_edge_expelled_events_total` says; everything else arrives once, in order.
 async fn outbox_drop_oldest(
     opts: &RunOpts,
     t: &Timeline,
@@ -1118,18 +1117,11 @@ async fn outbox_drop_oldest(
             .violations
             .push("not exercised: nothing was expelled".into());
     }
-    // Every missing event must be counted. The count may be higher than what is missing:
-    // drop-oldest can expel an event that already left in a bundle (it was expelled from
-    // the outbox, and still arrives); those are the ones right after the missing prefix.
-    if missing > expelled {
+    // The count is exact: an event expelled while in flight in a bundle is counted only
+    // if that bundle is not acknowledged (then it is missing too).
+    if missing != expelled {
         report.violations.push(format!(
-            "G2: {} events of the overfilling agent are missing, but mesh_edge_expelled_events_total says {expelled}",
-            missing
-        ));
-    } else if missing < expelled {
-        report.notes.push(format!(
-            "{} events counted as expelled arrived anyway (expelled while in flight in a bundle)",
-            expelled - missing
+            "G2: {missing} events of the overfilling agent are missing, but mesh_edge_expelled_events_total says {expelled}"
         ));
     }
     let mut kept = o.clone();

@@ -80,6 +80,7 @@ pub async fn run_forwarder(
                 _ = shutdown.cancelled() => return,
             }
         }
+        outbox.reset_inflight();
         let mut cursor = outbox.acked() + 1;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         tracing::debug!(cursor, "forwarding session starts");
@@ -127,6 +128,7 @@ pub async fn run_forwarder(
                             events: n,
                             ack: Box::pin(ack.into_future()),
                         });
+                        outbox.mark_sent(last);
                         cursor = last + 1;
                     }
                     Err(e) if permanent(&e) => {

@@ -1,12 +1,14 @@
 //! The edge outbox: a durable, ordered, bounded queue of accepted events in `sled`.
 //!
 //! # Format
-//! Tree `records`, one entry per group commit:
+//! Tree `records`, one or more entries per group commit (a commit is split into records
+//! of at most ~32 KiB, written in one batch with one flush, so sled keeps them inline in
+//! its log segments rather than as blob files):
 //! * key (32 bytes): `first_seq`, `last_seq`, `accepted_ns` (i64), `value_len`, each
 //!   8 bytes big-endian. Keys sort by `first_seq`, so a range scan from an 8-byte
 //!   `first_seq` prefix finds the record holding a sequence, and start-up rebuilds the
 //!   in-memory index from keys alone, without decoding a value.
-//! * value: a MessagePack [`OutboxRecord`] holding every event of that commit.
+//! * value: a MessagePack [`OutboxRecord`] holding consecutive events of one commit.
 //!
 //! Tree `meta`: `acked` = the centre confirmed every sequence up to it; `expelled` = the
 //! highest sequence the outbox limits expelled. Both 8 bytes big-endian.
@@ -132,6 +134,19 @@ struct State {
     expelled_through: u64,
     expelled_max_age: u64,
     expelled_max_bytes: u64,
+    /// Highest sequence sent in a bundle that is still in flight (`acked` when none is).
+    inflight_through: u64,
+    /// Expelled while in flight: lost only if their bundle is not acknowledged.
+    pending_expel: Vec<(u64, u64, ExpelReason)>,
+}
+
+impl State {
+    fn count_expelled(&mut self, reason: ExpelReason, n: u64) {
+        match reason {
+            ExpelReason::MaxAge => self.expelled_max_age += n,
+            ExpelReason::MaxBytes => self.expelled_max_bytes += n,
+        }
+    }
 }
 
 /// The shared side of the outbox: reading for the forwarder, acknowledging, stats.
@@ -151,6 +166,14 @@ pub struct OutboxWriter {
 }
 
 const META_ACKED: &[u8] = b"acked";
+/// Largest record the outbox writes, in bytes (about). sled stores a page over a quarter
+/// of its 512 KiB segment as a separate blob file, which it deletes only long after the
+/// record is gone (measured: 8.7x the payload on disk with one record per commit);
+/// 32 KiB records stay inline: 1.9x at full, flat across fill/drain cycles
+/// (`examples/outbox_probe.rs`, see docs/BENCHMARKS.md).
+const RECORD_TARGET_BYTES: usize = 32 << 10;
+/// Estimated MessagePack size of an event beyond its data (ids, subject, type, time…).
+const EVENT_OVERHEAD_BYTES: usize = 160;
 const META_EXPELLED: &[u8] = b"expelled";
 
 impl Outbox {
@@ -273,6 +296,23 @@ impl Outbox {
         self.appended.notified().await
     }
 
+    /// The forwarder sent a bundle covering up to `last` (in flight until acknowledged).
+    pub fn mark_sent(&self, last: u64) {
+        let mut st = self.state();
+        st.inflight_through = st.inflight_through.max(last);
+    }
+
+    /// The forwarder forgot every bundle in flight and starts again from `acked + 1`:
+    /// events expelled while they were in flight and never acknowledged are lost now.
+    pub fn reset_inflight(&self) {
+        let mut st = self.state();
+        let pending = std::mem::take(&mut st.pending_expel);
+        for (first, last, reason) in pending {
+            st.count_expelled(reason, last - first + 1);
+        }
+        st.inflight_through = st.acked;
+    }
+
     /// Reads the events with sequence `>= from`, in order, up to `max_events` events or
     /// about `max_bytes` of data (at least one event). Returns `(last_covered, events)`:
     /// `last_covered` is the last sequence the read speaks for, including sequences
@@ -364,6 +404,11 @@ impl Outbox {
             batch.remove(&m.key()[..]);
         }
         st.acked = seq;
+        // Events expelled while in flight and now acknowledged were delivered.
+        st.pending_expel.retain_mut(|(first, last, _)| {
+            *first = (*first).max(seq + 1);
+            first <= last
+        });
         self.records
             .apply_batch(batch)
             .map_err(|e| self.storage(e))?;
@@ -391,19 +436,21 @@ impl Outbox {
             st.index.pop_front();
             st.bytes -= m.bytes;
             st.events -= m.events();
-            // Events the centre already acknowledged were delivered, not lost.
-            let lost = m.last.saturating_sub(st.acked.max(m.first - 1));
-            n += lost;
+            // Events the centre already acknowledged were delivered, not lost; events in
+            // a bundle still in flight are lost only if that bundle is not acknowledged.
+            let first_unacked = st.acked.max(m.first - 1) + 1;
+            let inflight_end = st.inflight_through.min(m.last);
+            if first_unacked <= inflight_end {
+                st.pending_expel.push((first_unacked, inflight_end, reason));
+            }
+            n += m.last.saturating_sub(inflight_end.max(first_unacked - 1));
             through = through.max(m.last);
             batch.remove(&m.key()[..]);
         }
-        if n == 0 && through == st.expelled_through {
+        if through == st.expelled_through {
             return Ok(0);
         }
-        match reason {
-            ExpelReason::MaxAge => st.expelled_max_age += n,
-            ExpelReason::MaxBytes => st.expelled_max_bytes += n,
-        }
+        st.count_expelled(reason, n);
         st.expelled_through = through;
         self.records
             .apply_batch(batch)
@@ -496,45 +543,72 @@ impl OutboxWriter {
         };
         let events = build(first);
         debug_assert_eq!(events.len(), count);
-        let rec = OutboxRecord {
-            first_seq: first,
-            accepted_ns: now_ns,
-            events,
-        };
-        let value = rec.encode().map_err(|e| OutboxError::Corrupt {
-            key: format!("{first}"),
-            reason: e.to_string(),
-        })?;
-        let meta = RecMeta {
-            first,
-            last: rec.last_seq(),
-            accepted_ns: now_ns,
-            bytes: value.len() as u64,
-        };
-        let key = meta.key();
-        ob.records
-            .insert(&key[..], value)
-            .map_err(|e| ob.storage(e))?;
+        // One commit, several records: each stays under RECORD_TARGET_BYTES so sled keeps
+        // it inline in its log segments (which it compacts) instead of a blob file per
+        // value (which it reclaims late); still one write batch and one flush.
+        let mut metas = Vec::new();
+        let mut batch = sled::Batch::default();
+        let mut stored = Vec::with_capacity(count);
+        let mut pending = events.into_iter().peekable();
+        let mut seq = first;
+        while pending.peek().is_some() {
+            let mut chunk = Vec::new();
+            let mut size = 0usize;
+            while let Some(ev) = pending.peek() {
+                let est = ev.data.len() + EVENT_OVERHEAD_BYTES;
+                if !chunk.is_empty() && size + est > RECORD_TARGET_BYTES {
+                    break;
+                }
+                size += est;
+                chunk.extend(pending.next());
+            }
+            let rec = OutboxRecord {
+                first_seq: seq,
+                accepted_ns: now_ns,
+                events: chunk,
+            };
+            let value = rec.encode().map_err(|e| OutboxError::Corrupt {
+                key: format!("{seq}"),
+                reason: e.to_string(),
+            })?;
+            let meta = RecMeta {
+                first: seq,
+                last: rec.last_seq(),
+                accepted_ns: now_ns,
+                bytes: value.len() as u64,
+            };
+            seq = meta.last + 1;
+            batch.insert(&meta.key()[..], value);
+            metas.push(meta);
+            stored.extend(rec.events);
+        }
+        ob.records.apply_batch(batch).map_err(|e| ob.storage(e))?;
         if let Err(e) = ob.db.flush_async().await {
             // Not durable, not acknowledged: make sure it is not forwarded after a restart.
-            let _ = ob.records.remove(&key[..]);
+            for m in &metas {
+                let _ = ob.records.remove(&m.key()[..]);
+            }
             return Err(ob.storage(e));
         }
+        let last = seq - 1;
         {
             let mut st = ob.state();
-            st.bytes += meta.bytes;
-            st.events += meta.events();
-            st.index.push_back(meta);
+            for m in metas {
+                st.bytes += m.bytes;
+                st.events += m.events();
+                st.index.push_back(m);
+            }
         }
         ob.appended.notify_one();
         Ok(Committed {
             first_seq: first,
-            last_seq: meta.last,
-            events: rec.events,
+            last_seq: last,
+            events: stored,
         })
     }
 
-    /// Expels every record older than `outbox.max_age`. Returns the events expelled.
+    /// Expels every record older than `outbox.max_age`. Returns the events counted as
+    /// expelled now (events in a bundle in flight are counted once its fate is known).
     pub async fn expire(&mut self) -> Result<u64, OutboxError> {
         let ob = &self.outbox;
         let max_age = i64::try_from(ob.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);
@@ -542,11 +616,14 @@ impl OutboxWriter {
             .timestamp_nanos_opt()
             .unwrap_or(i64::MAX)
             .saturating_sub(max_age);
-        let n = {
+        let (n, moved) = {
             let mut st = ob.state();
-            ob.expel_while(&mut st, ExpelReason::MaxAge, |_, m| m.accepted_ns < cutoff)?
+            let before = st.expelled_through;
+            let n = ob.expel_while(&mut st, ExpelReason::MaxAge, |_, m| m.accepted_ns < cutoff)?;
+            (n, st.expelled_through != before)
         };
-        if n > 0 {
+        if moved {
+            // The forwarder announces the expelled range to the centre.
             ob.appended.notify_one();
         }
         Ok(n)

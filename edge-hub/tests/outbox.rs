@@ -257,3 +257,29 @@ fn a_corrupt_value_is_reported_when_read() {
         assert!(err.to_string().contains("1..=1"), "{err}");
     });
 }
+
+/// Events expelled while their bundle is in flight are not counted as lost when that
+/// bundle is acknowledged, and are counted when the forwarder gives up on it.
+#[test]
+fn expelled_while_in_flight_counts_only_what_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut c = cfg();
+        c.max_age = Duration::from_millis(30);
+        let (ob, mut w) = Outbox::open(dir.path(), c).unwrap();
+        append(&mut w, &[1, 2, 3, 4]).await.unwrap();
+        ob.mark_sent(2); // a bundle with 1..=2 is in flight
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(w.expire().await.unwrap(), 2, "3 and 4 were not in flight");
+        ob.ack_through(2).unwrap(); // the bundle landed: 1 and 2 were delivered
+        ob.reset_inflight();
+        assert_eq!(ob.stats().expelled_max_age, 2);
+
+        append(&mut w, &[5, 6]).await.unwrap();
+        ob.mark_sent(6);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(w.expire().await.unwrap(), 0, "both in flight");
+        ob.reset_inflight(); // the bundle failed; the forwarder starts over without them
+        assert_eq!(ob.stats().expelled_max_age, 4);
+    });
+}

@@ -61,32 +61,34 @@ impl Event {
 
     /// The binary-mode headers of this event.
     pub fn to_headers(&self) -> HeaderMap {
+        // Header names are built at compile time: this runs once per event on the edge
+        // (live copy) and once per event in the lander.
         let mut m = HeaderMap::new();
         let id = self.id.to_string();
-        m.insert(h::SPECVERSION, h::SPECVERSION_1_0);
-        m.insert(h::ID, id.as_str());
-        m.insert(h::SOURCE, self.source());
-        m.insert(h::TYPE, self.ty.as_str());
-        m.insert(h::SUBJECT, self.subject.as_str());
+        m.insert(names::SPECVERSION, h::SPECVERSION_1_0);
+        m.insert(names::ID, id.as_str());
+        m.insert(names::SOURCE, self.source());
+        m.insert(names::TYPE, self.ty.as_str());
+        m.insert(names::SUBJECT, self.subject.as_str());
         m.insert(
-            h::TIME,
+            names::TIME,
             self.time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         );
-        m.insert(h::CONTENT_TYPE, self.content_type.as_str());
+        m.insert(names::CONTENT_TYPE, self.content_type.as_str());
         for (name, value) in [
-            (h::DATASCHEMA, &self.dataschema),
-            (h::CORRELATION_ID, &self.correlation_id),
-            (h::CAUSATION_ID, &self.causation_id),
-            (h::TRACEPARENT, &self.traceparent),
-            (h::TRACESTATE, &self.tracestate),
+            (names::DATASCHEMA, &self.dataschema),
+            (names::CORRELATION_ID, &self.correlation_id),
+            (names::CAUSATION_ID, &self.causation_id),
+            (names::TRACEPARENT, &self.traceparent),
+            (names::TRACESTATE, &self.tracestate),
         ] {
             if let Some(v) = value {
                 m.insert(name, v.as_str());
             }
         }
-        m.insert(h::MESH_EDGE, self.edge.as_str());
-        m.insert(h::MESH_SEQ, self.seq.to_string());
-        m.insert(h::NATS_MSG_ID, id);
+        m.insert(names::MESH_EDGE, self.edge.as_str());
+        m.insert(names::MESH_SEQ, self.seq.to_string());
+        m.insert(names::NATS_MSG_ID, id);
         m
     }
 
@@ -136,6 +138,28 @@ impl Event {
             data: payload,
         })
     }
+}
+
+/// The header names of [`crate::headers`] as ready-made [`async_nats::HeaderName`]s.
+mod names {
+    use crate::headers as h;
+    use async_nats::HeaderName;
+
+    pub const SPECVERSION: HeaderName = HeaderName::from_static(h::SPECVERSION);
+    pub const ID: HeaderName = HeaderName::from_static(h::ID);
+    pub const SOURCE: HeaderName = HeaderName::from_static(h::SOURCE);
+    pub const TYPE: HeaderName = HeaderName::from_static(h::TYPE);
+    pub const SUBJECT: HeaderName = HeaderName::from_static(h::SUBJECT);
+    pub const TIME: HeaderName = HeaderName::from_static(h::TIME);
+    pub const CONTENT_TYPE: HeaderName = HeaderName::from_static(h::CONTENT_TYPE);
+    pub const DATASCHEMA: HeaderName = HeaderName::from_static(h::DATASCHEMA);
+    pub const CORRELATION_ID: HeaderName = HeaderName::from_static(h::CORRELATION_ID);
+    pub const CAUSATION_ID: HeaderName = HeaderName::from_static(h::CAUSATION_ID);
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static(h::TRACEPARENT);
+    pub const TRACESTATE: HeaderName = HeaderName::from_static(h::TRACESTATE);
+    pub const MESH_EDGE: HeaderName = HeaderName::from_static(h::MESH_EDGE);
+    pub const MESH_SEQ: HeaderName = HeaderName::from_static(h::MESH_SEQ);
+    pub const NATS_MSG_ID: HeaderName = HeaderName::from_static(h::NATS_MSG_ID);
 }
 
 /// Splits `mesh://<edge>/<agent>` into its two ids.

@@ -1,0 +1,98 @@
+//! Profiling aid for the outbox alone (no NATS): fills it with N events in group
+//! commits, drains it, repeats, and prints disk use and this process's peak RSS.
+//!
+//! `cargo run --release -p edge-hub --example outbox_probe -- EVENTS CYCLES [SIZE]`
+
+use std::time::{Duration, Instant};
+
+use edge_hub::config::{FullPolicy, OutboxConfig};
+use edge_hub::outbox::{Outbox, ReadCache};
+use schemas::NewEvent;
+
+fn rss() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (kb("VmHWM:"), kb("VmRSS:"))
+}
+
+fn du(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += md.blocks() * 512;
+            }
+        }
+    }
+    total / (1 << 20)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let (events, cycles, size) = (args[0], args[1], *args.get(2).unwrap_or(&256) as usize);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = OutboxConfig {
+        max_bytes: 4 << 30,
+        max_age: Duration::from_secs(3600),
+        full_policy: FullPolicy::Reject,
+        cache_bytes: 16 << 20,
+    };
+    let (ob, mut w) = Outbox::open(dir.path(), cfg).unwrap();
+    let data = bytes::Bytes::from(vec![b'x'; size]);
+    let commit = 2048u64;
+    for c in 0..cycles {
+        let t = Instant::now();
+        let mut n = 0;
+        while n < events {
+            let k = commit.min(events - n);
+            w.append(k as usize, k * size as u64, |first| {
+                (0..k)
+                    .map(|i| {
+                        NewEvent::new("t", "a.b", data.clone()).into_event(
+                            "e",
+                            "agent",
+                            first + i,
+                            chrono::Utc::now(),
+                        )
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap();
+            n += k;
+        }
+        let fill = t.elapsed();
+        let full = du(dir.path());
+        let (peak, now) = rss();
+        let t = Instant::now();
+        let mut cache = ReadCache::default();
+        let mut cursor = ob.acked() + 1;
+        while let Some((last, _evs)) = ob.read_from(cursor, 1024, 128 << 10, &mut cache).unwrap() {
+            ob.ack_through(last).unwrap();
+            cursor = last + 1;
+        }
+        w.flush().await.unwrap();
+        println!(
+            "cycle {c}: fill {:.0} ev/s, drain {:.0} ev/s, disk full {full} MiB, after drain {} MiB, payload {} MiB, rss peak {peak} MiB now {now} MiB",
+            events as f64 / fill.as_secs_f64(),
+            events as f64 / t.elapsed().as_secs_f64(),
+            du(dir.path()),
+            (events * size as u64) >> 20
+        );
+    }
+}
