@@ -18,8 +18,9 @@
 //!    (G3), reordered (G4), corrupted, refused-but-present (G7), plus the checks of the
 //!    scenario (no failed publish inside a partition (G6), a cut noticed within 3 s (G5
 //!    allows 1 s, with margin for a loaded machine; the same for noticing the heal), every
-//!    missing event accounted for by `mesh_edge_expelled_events_total` and the oldest of
-//!    the outbox, the fault really exercised what it targets).
+//!    missing event accounted for by `mesh_edge_expelled_events_total` and by the audit
+//!    log's `outbox.expelled` records and the oldest of the outbox, `MESH_DLQ` empty, the
+//!    fault really exercised what it targets).
 //!
 //! A background monitor scrapes every edge hub's `/metrics` every 50 ms for the outbox
 //! depth (its peak is reported) and the uplink state (when a cut was noticed).
@@ -846,8 +847,29 @@ async fn judge(
         ));
     }
     report.expelled_metric = expelled_metric(mesh).await;
+    // Nothing a scenario publishes is poison and the centre refuses nothing: a dead
+    // letter would be an event that left the normal path.
+    let dead = dead_letters(mesh).await;
+    if dead > 0 {
+        report.violations.push(format!(
+            "{dead} messages in {} (no scenario should dead-letter anything)",
+            schemas::subject::STREAM_DLQ
+        ));
+    }
     cut_noticed(faults, &seen, report);
     Ok(v)
+}
+
+/// Messages in `MESH_DLQ` (0 when the stream does not exist).
+async fn dead_letters(mesh: &Mesh) -> u64 {
+    match mesh
+        .central_js()
+        .get_stream(schemas::subject::STREAM_DLQ)
+        .await
+    {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 fn fill(report: &mut Report, v: &Verdict, logs: &[AgentLog]) {
@@ -872,6 +894,41 @@ fn fill(report: &mut Report, v: &Verdict, logs: &[AgentLog]) {
     add("G4 reordered", &v.reordered);
     add("corrupted", &v.corrupted);
     add("G7 refused but present", &v.refused_present);
+}
+
+/// The expelled events `MESH_AUDIT` records (the latest `total` of each edge and reason
+/// in `outbox.expelled` records), once it reaches `want` or after 10 s.
+async fn wait_audited_expelled(mesh: &Mesh, want: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = audited_expelled(mesh).await;
+        if got >= want || tokio::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn audited_expelled(mesh: &Mesh) -> u64 {
+    let Ok(records) =
+        central_hub::audit::read_all(mesh.central_js(), schemas::subject::STREAM_AUDIT).await
+    else {
+        return 0;
+    };
+    let mut totals: std::collections::HashMap<(String, String), u64> = Default::default();
+    for (_, payload) in records {
+        let Ok(r) = serde_json::from_slice::<central_hub::audit::AuditRecord>(&payload) else {
+            continue;
+        };
+        if r.kind != central_hub::audit::kind::OUTBOX_EXPELLED {
+            continue;
+        }
+        let field = |k: &str| r.fields.get(k).cloned().unwrap_or_default();
+        let key = (field("edge").to_string(), field("reason").to_string());
+        let total = field("total").as_u64().unwrap_or(0);
+        totals.insert(key, total);
+    }
+    totals.values().sum()
 }
 
 async fn expelled_metric(mesh: &Mesh) -> u64 {
@@ -1054,7 +1111,8 @@ async fn outbox_reject(
 /// link is cut and noticed; a second agent overfills the 200 kB outbox with 1 KiB events
 /// (never refused); the link heals and a third agent publishes while the outbox is still
 /// full. The missing events must be the oldest of the second agent's, exactly as many as
-/// `mesh_edge_expelled_events_total` says; everything else arrives once, in order.
+/// `mesh_edge_expelled_events_total` says and as the audit log records
+/// (`outbox.expelled`); everything else arrives once, in order.
 async fn outbox_drop_oldest(
     opts: &RunOpts,
     t: &Timeline,
@@ -1122,6 +1180,18 @@ async fn outbox_drop_oldest(
     if missing != expelled {
         report.violations.push(format!(
             "G2: {missing} events of the overfilling agent are missing, but mesh_edge_expelled_events_total says {expelled}"
+        ));
+    }
+    // G2: each expulsion is also written to the audit log (the edge reports its counters
+    // in its status heartbeat, every second; the central hub records the increase).
+    let audited = wait_audited_expelled(&mesh, expelled as u64).await;
+    if audited != expelled as u64 {
+        report.violations.push(format!(
+            "G2: the audit log records {audited} expelled events (outbox.expelled), the metric says {expelled}"
+        ));
+    } else {
+        report.notes.push(format!(
+            "the audit log records the {audited} expelled events"
         ));
     }
     let mut kept = o.clone();
