@@ -46,6 +46,9 @@ pub mod kind {
     pub const EDGE_CONNECTED: &str = "edge.connected";
     pub const EDGE_LOST: &str = "edge.lost";
     pub const EDGE_RESTORED: &str = "edge.restored";
+    /// The first event of an agent the registry has never seen.
+    pub const AGENT_REGISTERED: &str = "agent.registered";
+    /// An agent that had gone quiet publishes again.
     pub const AGENT_SEEN: &str = "agent.seen";
     pub const AGENT_QUIET: &str = "agent.quiet";
     pub const OUTBOX_EXPELLED: &str = "outbox.expelled";

@@ -96,7 +96,7 @@ impl Registry {
                 let e = self.edge(s("edge"), &r.time);
                 e.expelled.insert(s("reason").to_string(), n("total"));
             }
-            kind::AGENT_SEEN => {
+            kind::AGENT_REGISTERED | kind::AGENT_SEEN => {
                 let (edge, agent) = (s("edge").to_string(), s("agent").to_string());
                 let time = r.time.clone();
                 let a = self

@@ -14,8 +14,9 @@
 //!   and the backlog waiting in its outbox.
 //! * `outbox.expelled` — the edge's cumulative expulsion counter of a reason differs
 //!   from the one recorded, with the difference and the total.
-//! * `agent.seen` / `agent.quiet` — the lander landed an event of an agent not recorded
-//!   active / an agent this hub saw was idle for [`AGENT_QUIET_AFTER`]. Only the hub
+//! * `agent.registered` / `agent.seen` / `agent.quiet` — the lander landed an event of an
+//!   agent never recorded / of one recorded quiet / an agent this hub saw was idle for
+//!   [`AGENT_QUIET_AFTER`]. Only the hub
 //!   that saw an agent marks it quiet, so a standby hub never declares agents quiet.
 
 use std::collections::HashMap;
@@ -186,24 +187,29 @@ pub async fn run_agents(
                 let Some((edge, agent)) = m else { return };
                 let key = agent_key(&edge, &agent);
                 last.insert(key.clone(), (edge.clone(), agent.clone(), Instant::now(), now()));
-                let active = audit
-                    .registry()
-                    .agents
-                    .get(&key)
-                    .is_some_and(|a| a.state == AgentState::Active);
-                if active {
-                    continue;
-                }
+                let known = audit.registry().agents.get(&key).map(|a| a.state == AgentState::Active);
                 let k = key.clone();
-                let r = audit
-                    .append_if(
-                        kind::AGENT_SEEN,
-                        json!({"edge": edge, "agent": agent}),
-                        Some(Box::new(move |r: &Registry| {
-                            !r.agents.get(&k).is_some_and(|a| a.state == AgentState::Active)
-                        })),
-                    )
-                    .await;
+                let r = match known {
+                    Some(true) => continue,
+                    // First sight of this agent anywhere: it joins the registry.
+                    None => audit
+                        .append_if(
+                            kind::AGENT_REGISTERED,
+                            json!({"edge": edge, "agent": agent}),
+                            Some(Box::new(move |r: &Registry| !r.agents.contains_key(&k))),
+                        )
+                        .await,
+                    // Known but quiet: it is back.
+                    Some(false) => audit
+                        .append_if(
+                            kind::AGENT_SEEN,
+                            json!({"edge": edge, "agent": agent}),
+                            Some(Box::new(move |r: &Registry| {
+                                r.agents.get(&k).is_some_and(|a| a.state != AgentState::Active)
+                            })),
+                        )
+                        .await,
+                };
                 if let Err(e) = r {
                     tracing::warn!(%key, error = %e, "cannot record an agent");
                 }
