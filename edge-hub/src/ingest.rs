@@ -192,6 +192,12 @@ pub async fn run_committer(
     let mut expiry = tokio::time::interval(Duration::from_secs(1));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<Job> = None;
+    let (live_tx, live_task) = if live {
+        let (tx, rx) = mpsc::channel(64);
+        (Some(tx), Some(tokio::spawn(run_live(client.clone(), rx))))
+    } else {
+        (None, None)
+    };
     loop {
         let first = match pending.take() {
             Some(j) => j,
@@ -222,10 +228,22 @@ pub async fn run_committer(
                 Err(_) => break,
             }
         }
-        commit(&client, &edge, &mut writer, batch, live, &metrics).await;
+        commit(
+            &client,
+            &edge,
+            &mut writer,
+            batch,
+            live_tx.as_ref(),
+            &metrics,
+        )
+        .await;
     }
     if let Err(e) = writer.flush().await {
         tracing::error!(error = %e, "final outbox flush failed");
+    }
+    drop(live_tx);
+    if let Some(t) = live_task {
+        let _ = t.await;
     }
 }
 
@@ -234,7 +252,7 @@ async fn commit(
     edge: &str,
     writer: &mut OutboxWriter,
     batch: Vec<Job>,
-    live: bool,
+    live: Option<&mpsc::Sender<Vec<schemas::Event>>>,
     metrics: &EdgeMetrics,
 ) {
     let count: usize = batch.iter().map(|j| j.events.len()).sum();
@@ -277,17 +295,10 @@ async fn commit(
                     }
                 }
             }
-            if live {
-                for ev in c.events {
-                    let subj = ev.live_subject();
-                    if let Err(e) = client
-                        .publish_with_headers(subj, ev.to_headers(), ev.data)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot publish a live copy");
-                        break;
-                    }
-                }
+            if let Some(live) = live {
+                // Live copies go out from their own task, so the next group commit does
+                // not wait behind thousands of publishes; a full queue slows commits.
+                let _ = live.send(c.events).await;
             }
         }
         Err(e) => {
@@ -300,6 +311,23 @@ async fn commit(
             }
             for (reply, _) in parts {
                 reply_err(client, reply, code, e.to_string(), metrics).await;
+            }
+        }
+    }
+}
+
+/// Publishes the live copy of every committed event, in commit order, on
+/// `mesh.live.<edge>.<subject>` (core NATS), until the committer closes the queue.
+async fn run_live(client: async_nats::Client, mut commits: mpsc::Receiver<Vec<schemas::Event>>) {
+    while let Some(events) = commits.recv().await {
+        for ev in events {
+            let subj = ev.live_subject();
+            if let Err(e) = client
+                .publish_with_headers(subj, ev.to_headers(), ev.data)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot publish a live copy");
+                break;
             }
         }
     }

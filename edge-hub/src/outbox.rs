@@ -184,10 +184,15 @@ impl Outbox {
             path: path.clone(),
             source,
         };
+        // No background flusher: every group commit flushes before it acks, and a
+        // periodic flush beside it only makes commits wait for each other. What is not
+        // flushed yet (acks, expulsions) is safe to lose in a crash: a record that
+        // reappears is resent and skipped by the lander's mark; sequences never go back.
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cfg.cache_bytes)
             .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()
             .map_err(storage)?;
         let records = db.open_tree("records").map_err(storage)?;
