@@ -247,32 +247,8 @@ impl Agent {
         durable: &str,
         filter: &str,
     ) -> Result<DurableSubscription, AgentError> {
-        subject::validate_id("durable", durable)?;
-        subject::validate_filter("filter", filter)?;
-        let full = format!("mesh.evt.*.{filter}");
-        let err = |reason: String| AgentError::Subscribe {
-            filter: full.clone(),
-            reason,
-        };
-        let stream = self
-            .js
-            .get_stream(subject::STREAM_EVENTS)
+        self.open_durable(durable, filter, pull::Config::default())
             .await
-            .map_err(|e| err(e.to_string()))?;
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                durable,
-                pull::Config {
-                    durable_name: Some(durable.into()),
-                    filter_subject: full.clone(),
-                    ack_policy: AckPolicy::Explicit,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
-        Ok(DurableSubscription { messages })
     }
 
     /// Like [`Agent::subscribe`], with a delivery limit: an event not acked after
@@ -284,6 +260,22 @@ impl Agent {
         filter: &str,
         max_deliver: i64,
         ack_wait: Duration,
+    ) -> Result<DurableSubscription, AgentError> {
+        let base = pull::Config {
+            max_deliver,
+            ack_wait,
+            ..Default::default()
+        };
+        self.open_durable(durable, filter, base).await
+    }
+
+    /// Creates (or reuses) the consumer `durable` on `MESH_EVENTS` for `filter`, with
+    /// explicit acks and the other settings of `base`, and starts reading it.
+    async fn open_durable(
+        &self,
+        durable: &str,
+        filter: &str,
+        base: pull::Config,
     ) -> Result<DurableSubscription, AgentError> {
         subject::validate_id("durable", durable)?;
         subject::validate_filter("filter", filter)?;
@@ -304,9 +296,7 @@ impl Agent {
                     durable_name: Some(durable.into()),
                     filter_subject: full.clone(),
                     ack_policy: AckPolicy::Explicit,
-                    max_deliver,
-                    ack_wait,
-                    ..Default::default()
+                    ..base
                 },
             )
             .await
