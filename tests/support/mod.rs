@@ -7,97 +7,48 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agents::Agent;
-use chaos::FaultProxy;
+use chaos::{FaultProxy, MeshProcess};
 use mesh_nats::{NatsServer, ServerConfig};
 use schemas::Event;
 
 /// Upper bound for anything a test waits for.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A `mesh` child process, restartable, killed on drop.
-pub struct Proc {
-    name: String,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-}
+/// A `mesh` child process, restartable, killed on drop: [`chaos::MeshProcess`] with the
+/// test binary and panics instead of errors.
+pub struct Proc(MeshProcess);
 
 impl Proc {
     pub fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Proc {
-        let mut p = Proc {
-            name: name.into(),
-            args,
-            log,
-            child: None,
-        };
-        p.start();
-        p
+        let exe = Path::new(env!("CARGO_BIN_EXE_mesh"));
+        Proc(MeshProcess::spawn(name, exe, args, log).expect("spawn mesh"))
     }
 
     /// Starts the process again with the same arguments (after a kill).
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open log");
-        let child = Command::new(env!("CARGO_BIN_EXE_mesh"))
-            .args(&self.args)
-            .env(
-                "MESH_LOG",
-                "info,edge_hub=debug,central_hub=debug,async_nats=warn",
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn mesh");
-        self.child = Some(child);
+        assert!(!self.0.is_running(), "{} is already running", self.0.name());
+        self.0.start().expect("start mesh");
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.kill();
     }
 
     /// SIGTERM, then wait for a graceful exit; returns whether it exited with status 0.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.terminate(Duration::from_secs(20))
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.name()
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
+        self.0.log_text()
     }
 }
 
@@ -367,7 +318,7 @@ impl Drop for Mesh {
         for p in procs {
             let text = p.log_text();
             let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("---- last lines of {} ----", p.name);
+            eprintln!("---- last lines of {} ----", p.name());
             for l in tail.iter().rev() {
                 eprintln!("{l}");
             }
