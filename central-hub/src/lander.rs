@@ -59,6 +59,8 @@ pub struct Lander {
     js: jetstream::Context,
     /// Last `MESH_EVENTS` sequence this lander stored, when it knows it for sure.
     stream_seq: Option<u64>,
+    /// Subjects and headers of the events it stores, built per event shape.
+    build: schemas::MessageBuilder,
     events: jetstream::stream::Stream,
     kv: kv::Store,
     marks: HashMap<String, Mark>,
@@ -95,6 +97,7 @@ impl Lander {
             client,
             js,
             stream_seq: None,
+            build: schemas::MessageBuilder::new(),
             events,
             kv,
             marks: HashMap::new(),
@@ -384,14 +387,16 @@ impl Lander {
             return Ok(true);
         };
         for ev in rest {
+            let (subj, headers) = self.build.evt(ev);
             self.client
-                .publish_with_headers(ev.evt_subject(), ev.to_headers(), ev.data.clone())
+                .publish_with_headers(subj, headers, ev.data.clone())
                 .await
                 .map_err(|e| publish_err(ev.seq, e.to_string()))?;
         }
+        let (subj, headers) = self.build.evt(last);
         let ack = self
             .js
-            .publish_with_headers(last.evt_subject(), last.to_headers(), last.data.clone())
+            .publish_with_headers(subj, headers, last.data.clone())
             .await
             .map_err(|e| publish_err(last.seq, e.to_string()))?
             .await
@@ -420,9 +425,10 @@ impl Lander {
         };
         let mut acks = Vec::with_capacity(events.len());
         for ev in events {
+            let (subj, headers) = self.build.evt(ev);
             let ack = self
                 .js
-                .publish_with_headers(ev.evt_subject(), ev.to_headers(), ev.data.clone())
+                .publish_with_headers(subj, headers, ev.data.clone())
                 .await
                 .map_err(|e| publish_err(ev.seq, e.to_string()))?;
             acks.push((ev.seq, ack.into_future()));

@@ -322,13 +322,11 @@ async fn commit(
 /// Publishes the live copy of every committed event, in commit order, on
 /// `mesh.live.<edge>.<subject>` (core NATS), until the committer closes the queue.
 async fn run_live(client: async_nats::Client, mut commits: mpsc::Receiver<Vec<schemas::Event>>) {
+    let mut build = schemas::MessageBuilder::new();
     while let Some(events) = commits.recv().await {
         for ev in events {
-            let subj = ev.live_subject();
-            if let Err(e) = client
-                .publish_with_headers(subj, ev.to_headers(), ev.data)
-                .await
-            {
+            let (subj, headers) = build.live(&ev);
+            if let Err(e) = client.publish_with_headers(subj, headers, ev.data).await {
                 tracing::warn!(error = %e, "cannot publish a live copy");
                 break;
             }

@@ -6,6 +6,8 @@
 //! always equals `ce-id`. In the edge outbox and in bundles it is MessagePack (array
 //! encoding, fields in declaration order: append new optional fields at the end only).
 
+use std::collections::HashMap;
+
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -140,6 +142,147 @@ impl Event {
     }
 }
 
+/// Builds the NATS messages of many events: their subjects and binary-mode headers.
+///
+/// The paths that send one message per event (the edge's live copies, the lander) call
+/// this for every event, and building a [`HeaderMap`] from scratch was about a third of
+/// each hub's CPU. Events of one *shape* (edge, agent, subject, type, content type,
+/// data schema) share seven headers and both subjects, so those are built once per
+/// shape and cloned; only `ce-id`, `ce-time`, `ce-meshseq`, `Nats-Msg-Id` and the
+/// per-event trace attributes are filled in per event. The result equals
+/// [`Event::to_headers`] (tested). At most [`MessageBuilder::MAX_SHAPES`] shapes are
+/// kept; past that the cache starts over.
+#[derive(Default)]
+pub struct MessageBuilder {
+    shapes: HashMap<u64, Vec<Shape>>,
+    len: usize,
+}
+
+struct Shape {
+    edge: String,
+    agent: String,
+    subject: String,
+    ty: String,
+    content_type: String,
+    dataschema: Option<String>,
+    /// The shared headers, plus empty placeholders for the per-event ones, so a clone
+    /// already has room for them (inserting into a full map would rehash it).
+    headers: HeaderMap,
+    evt: async_nats::Subject,
+    live: async_nats::Subject,
+}
+
+impl Shape {
+    fn matches(&self, ev: &Event) -> bool {
+        self.edge == ev.edge
+            && self.agent == ev.agent
+            && self.subject == ev.subject
+            && self.ty == ev.ty
+            && self.content_type == ev.content_type
+            && self.dataschema == ev.dataschema
+    }
+}
+
+impl MessageBuilder {
+    /// Shapes kept before the cache is cleared.
+    pub const MAX_SHAPES: usize = 4096;
+
+    pub fn new() -> MessageBuilder {
+        MessageBuilder::default()
+    }
+
+    /// The `MESH_EVENTS` subject and headers of `ev`.
+    pub fn evt(&mut self, ev: &Event) -> (async_nats::Subject, HeaderMap) {
+        let shape = self.shape(ev);
+        (shape.evt.clone(), Self::fill(&shape.headers, ev))
+    }
+
+    /// The live-copy subject and headers of `ev`.
+    pub fn live(&mut self, ev: &Event) -> (async_nats::Subject, HeaderMap) {
+        let shape = self.shape(ev);
+        (shape.live.clone(), Self::fill(&shape.headers, ev))
+    }
+
+    fn shape(&mut self, ev: &Event) -> &Shape {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (
+            &ev.edge,
+            &ev.agent,
+            &ev.subject,
+            &ev.ty,
+            &ev.content_type,
+            &ev.dataschema,
+        )
+            .hash(&mut hasher);
+        let key = hasher.finish();
+        if self.len >= Self::MAX_SHAPES && !self.shapes.contains_key(&key) {
+            self.shapes.clear();
+            self.len = 0;
+        }
+        let bucket = self.shapes.entry(key).or_default();
+        let i = match bucket.iter().position(|s| s.matches(ev)) {
+            Some(i) => i,
+            None => {
+                let mut headers = HeaderMap::new();
+                headers.insert(names::SPECVERSION, h::SPECVERSION_1_0);
+                headers.insert(names::SOURCE, ev.source());
+                headers.insert(names::TYPE, ev.ty.as_str());
+                headers.insert(names::SUBJECT, ev.subject.as_str());
+                headers.insert(names::CONTENT_TYPE, ev.content_type.as_str());
+                if let Some(v) = &ev.dataschema {
+                    headers.insert(names::DATASCHEMA, v.as_str());
+                }
+                headers.insert(names::MESH_EDGE, ev.edge.as_str());
+                for name in [names::ID, names::TIME, names::MESH_SEQ, names::NATS_MSG_ID] {
+                    headers.insert(name, String::new());
+                }
+                bucket.push(Shape {
+                    edge: ev.edge.clone(),
+                    agent: ev.agent.clone(),
+                    subject: ev.subject.clone(),
+                    ty: ev.ty.clone(),
+                    content_type: ev.content_type.clone(),
+                    dataschema: ev.dataschema.clone(),
+                    headers,
+                    evt: ev.evt_subject().into(),
+                    live: ev.live_subject().into(),
+                });
+                self.len += 1;
+                bucket.len() - 1
+            }
+        };
+        &bucket[i]
+    }
+
+    fn fill(shared: &HeaderMap, ev: &Event) -> HeaderMap {
+        let mut m = shared.clone();
+        let id = ev
+            .id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .to_owned();
+        m.insert(names::NATS_MSG_ID, id.clone());
+        m.insert(names::ID, id);
+        m.insert(
+            names::TIME,
+            ev.time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        );
+        m.insert(names::MESH_SEQ, ev.seq.to_string());
+        for (name, value) in [
+            (names::CORRELATION_ID, &ev.correlation_id),
+            (names::CAUSATION_ID, &ev.causation_id),
+            (names::TRACEPARENT, &ev.traceparent),
+            (names::TRACESTATE, &ev.tracestate),
+        ] {
+            if let Some(v) = value {
+                m.insert(name, v.as_str());
+            }
+        }
+        m
+    }
+}
+
 /// The header names of [`crate::headers`] as ready-made [`async_nats::HeaderName`]s.
 mod names {
     use crate::headers as h;
@@ -235,6 +378,20 @@ pub(crate) mod tests {
     }
 
     proptest! {
+        /// The cached shapes must not change a single header or subject.
+        #[test]
+        fn message_builder_equals_to_headers(evs in proptest::collection::vec(arb_event(), 1..8)) {
+            let mut b = MessageBuilder::new();
+            for ev in evs.iter().chain(evs.iter()) {
+                let (subj, hm) = b.evt(ev);
+                prop_assert_eq!(subj.as_str(), ev.evt_subject());
+                prop_assert_eq!(&hm, &ev.to_headers());
+                let (subj, hm) = b.live(ev);
+                prop_assert_eq!(subj.as_str(), ev.live_subject());
+                prop_assert_eq!(&hm, &ev.to_headers());
+            }
+        }
+
         #[test]
         fn headers_round_trip(ev in arb_event()) {
             let back = Event::from_message(&ev.to_headers(), ev.data.clone()).unwrap();

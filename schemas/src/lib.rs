@@ -21,5 +21,5 @@ pub mod subject;
 
 pub use bundle::{Bundle, OutboxRecord};
 pub use error::SchemaError;
-pub use event::Event;
+pub use event::{Event, MessageBuilder};
 pub use ingest::{EdgeHello, EdgeStatus, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent};
