@@ -69,6 +69,8 @@ pub async fn run_forwarder(
 ) {
     let subject = schemas::subject::up(&edge);
     let mut cache = ReadCache::default();
+    // The encoded events of the bundle being built (reused).
+    let mut raw = Vec::new();
     let mut backoff = Duration::from_millis(50);
     // Bundles up to this sequence go one event at a time (after a permanent refusal).
     let mut single_until = 0u64;
@@ -92,34 +94,30 @@ pub async fn run_forwarder(
                 } else {
                     cfg.bundle_max_events
                 };
-                let read =
-                    match outbox.read_from(cursor, max_events, cfg.bundle_max_bytes, &mut cache) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::error!(error = %e, cursor, "cannot read the outbox");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            continue 'session;
-                        }
-                    };
-                let Some((last, events)) = read else { break };
-                let n = events.len() as u64;
-                let bundle = Bundle {
-                    version: BUNDLE_VERSION,
-                    edge: edge.clone(),
-                    first_seq: cursor,
-                    last_seq: last,
-                    events,
-                };
-                let payload = match bundle.encode() {
-                    Ok(p) => p,
+                raw.clear();
+                let read = match outbox.read_raw_from(
+                    cursor,
+                    max_events,
+                    cfg.bundle_max_bytes,
+                    &mut cache,
+                    &mut raw,
+                ) {
+                    Ok(r) => r,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot encode a bundle");
+                        tracing::error!(error = %e, cursor, "cannot read the outbox");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue 'session;
                     }
                 };
+                let Some((last, n)) = read else { break };
+                let payload = Bundle::encode_raw(&edge, cursor, last, n, &raw);
+                let n = u64::from(n);
                 match js
-                    .publish_with_headers(subject.clone(), bundle.headers(), payload.into())
+                    .publish_with_headers(
+                        subject.clone(),
+                        Bundle::headers_for(&edge, cursor, last),
+                        payload.into(),
+                    )
                     .await
                 {
                     Ok(ack) => {

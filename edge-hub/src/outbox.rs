@@ -31,6 +31,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use schemas::bundle::RawRecord;
 use schemas::{Event, OutboxRecord};
 
 use crate::config::{FullPolicy, OutboxConfig};
@@ -329,29 +330,11 @@ impl Outbox {
         max_bytes: usize,
         cache: &mut ReadCache,
     ) -> Result<Option<(u64, Vec<Event>)>, OutboxError> {
-        let (metas, tail) = {
-            let st = self.state();
-            let tail = st
-                .index
-                .back()
-                .map_or(0, |m| m.last)
-                .max(st.expelled_through);
-            if from > tail {
-                return Ok(None);
-            }
-            let start = st.index.partition_point(|m| m.last < from);
-            let metas: Vec<RecMeta> = st.index.iter().skip(start).take(64).copied().collect();
-            (metas, tail)
+        let Some((metas, mut last_covered)) = self.read_plan(from) else {
+            return Ok(None);
         };
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let mut last_covered = if metas.first().is_some_and(|m| m.first > from) || metas.is_empty()
-        {
-            // Everything from `from` up to the next record (or the tail) was expelled.
-            metas.first().map_or(tail, |m| m.first - 1)
-        } else {
-            from - 1
-        };
         'records: for m in metas {
             let rec = cache.get(self, m)?;
             for ev in rec
@@ -372,6 +355,94 @@ impl Outbox {
             return Ok(None);
         }
         Ok(Some((last_covered, out)))
+    }
+
+    /// [`Outbox::read_from`] for the forwarder: the events stay MessagePack-encoded and
+    /// are appended back to back to `out`, ready for [`schemas::Bundle::encode_raw`];
+    /// `max_bytes` bounds their encoded size. Returns `(last_covered, events)`.
+    pub fn read_raw_from(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+        cache: &mut ReadCache,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(u64, u32)>, OutboxError> {
+        let Some((metas, mut last_covered)) = self.read_plan(from) else {
+            return Ok(None);
+        };
+        let mut count = 0usize;
+        for m in metas {
+            let rec = cache.get_raw(self, m)?;
+            let skip = from.saturating_sub(m.first) as usize;
+            let mut end = skip;
+            let mut size = out.len();
+            while end < rec.len() {
+                let len = rec.event_len(end);
+                if count > 0 && (count >= max_events || size + len > max_bytes) {
+                    break;
+                }
+                size += len;
+                count += 1;
+                end += 1;
+            }
+            if end > skip {
+                out.extend_from_slice(rec.events(skip..end));
+                last_covered = m.first + end as u64 - 1;
+            }
+            if end < rec.len() {
+                break;
+            }
+        }
+        if last_covered < from {
+            return Ok(None);
+        }
+        Ok(Some((last_covered, count as u32)))
+    }
+
+    /// The records a read from `from` looks at (at most 64), and the last sequence it
+    /// covers before the first of their events: `from - 1`, or up to the next record
+    /// (or the tail) when the sequences from `from` on were expelled. `None` when
+    /// nothing beyond `from - 1` exists.
+    fn read_plan(&self, from: u64) -> Option<(Vec<RecMeta>, u64)> {
+        let st = self.state();
+        let tail = st
+            .index
+            .back()
+            .map_or(0, |m| m.last)
+            .max(st.expelled_through);
+        if from > tail {
+            return None;
+        }
+        let start = st.index.partition_point(|m| m.last < from);
+        let metas: Vec<RecMeta> = st.index.iter().skip(start).take(64).copied().collect();
+        let covered = match metas.first() {
+            Some(m) if m.first <= from => from - 1,
+            Some(m) => m.first - 1,
+            None => tail,
+        };
+        Some((metas, covered))
+    }
+
+    fn load_raw(&self, m: RecMeta) -> Result<RawRecord<sled::IVec>, OutboxError> {
+        let corrupt = |reason: String| OutboxError::Corrupt {
+            key: format!("{}..={}", m.first, m.last),
+            reason,
+        };
+        let v = self
+            .records
+            .get(m.key())
+            .map_err(|e| self.storage(e))?
+            .ok_or_else(|| corrupt("in the index but not in the tree".into()))?;
+        let rec = RawRecord::parse(v).map_err(|e| corrupt(e.to_string()))?;
+        if rec.first_seq != m.first || rec.first_seq + rec.len() as u64 - 1 != m.last {
+            return Err(corrupt(format!(
+                "holds {} events from {}",
+                rec.len(),
+                rec.first_seq
+            )));
+        }
+        Ok(rec)
     }
 
     fn load(&self, m: RecMeta) -> Result<OutboxRecord, OutboxError> {
@@ -478,6 +549,7 @@ impl Outbox {
 #[derive(Default)]
 pub struct ReadCache {
     last: Option<(RecMeta, Arc<OutboxRecord>)>,
+    raw: Option<(RecMeta, Arc<RawRecord<sled::IVec>>)>,
 }
 
 impl ReadCache {
@@ -489,6 +561,21 @@ impl ReadCache {
         }
         let rec = Arc::new(outbox.load(m)?);
         self.last = Some((m, rec.clone()));
+        Ok(rec)
+    }
+
+    fn get_raw(
+        &mut self,
+        outbox: &Outbox,
+        m: RecMeta,
+    ) -> Result<Arc<RawRecord<sled::IVec>>, OutboxError> {
+        if let Some((cm, rec)) = &self.raw {
+            if *cm == m {
+                return Ok(rec.clone());
+            }
+        }
+        let rec = Arc::new(outbox.load_raw(m)?);
+        self.raw = Some((m, rec.clone()));
         Ok(rec)
     }
 }

@@ -63,6 +63,32 @@ fn read_all(ob: &Outbox, from: u64) -> (u64, Vec<(u64, u32)>) {
     (covered, out)
 }
 
+/// [`read_all`] through the forwarder's path: raw reads spliced into bundles, decoded
+/// as the lander decodes them. Bundle ranges must also chain without a hole.
+fn read_all_raw(ob: &Outbox, from: u64) -> (u64, Vec<(u64, u32)>) {
+    let mut cache = ReadCache::default();
+    let mut out = Vec::new();
+    let mut cursor = from;
+    let mut covered = from - 1;
+    let mut raw = Vec::new();
+    while let Some((last, n)) = ob
+        .read_raw_from(cursor, 7, 1 << 20, &mut cache, &mut raw)
+        .unwrap()
+    {
+        let b = schemas::Bundle::decode(&schemas::Bundle::encode_raw("e", cursor, last, n, &raw))
+            .unwrap();
+        assert_eq!(b.events.len(), n as usize);
+        assert!(n <= 7);
+        for e in b.events {
+            out.push((e.seq, u32::from_be_bytes(e.data[..4].try_into().unwrap())));
+        }
+        covered = last;
+        cursor = last + 1;
+        raw.clear();
+    }
+    (covered, out)
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(Vec<u32>),
@@ -123,8 +149,9 @@ proptest! {
                         ob.ack_through(acked).unwrap();
                     }
                 }
-                let (_, got) = read_all(&ob, acked + 1);
+                let (covered, got) = read_all(&ob, acked + 1);
                 prop_assert_eq!(&got, &model);
+                prop_assert_eq!(read_all_raw(&ob, acked + 1), (covered, got));
                 prop_assert_eq!(ob.stats().events, model.len() as u64);
                 prop_assert_eq!(ob.stats().next_seq, next);
             }
@@ -161,9 +188,11 @@ fn expiry_expels_counts_and_leaves_a_gap_the_next_bundle_covers() {
         assert_eq!(ob.stats().expelled_max_age, 3);
         // Nothing left, but the range 1..=3 must still be announced to the centre.
         assert_eq!(read_all(&ob, 1), (3, vec![]));
+        assert_eq!(read_all_raw(&ob, 1), (3, vec![]));
         append(&mut w, &[9]).await.unwrap();
         let (covered, got) = read_all(&ob, 1);
         assert_eq!((covered, got), (4, vec![(4, 9)]));
+        assert_eq!(read_all_raw(&ob, 1), (4, vec![(4, 9)]));
         // After a reopen, the sequence still moves on.
         w.flush().await.unwrap();
         drop((ob, w));
@@ -209,6 +238,7 @@ fn drop_oldest_expels_from_the_front() {
         assert!(s.expelled_max_bytes > 0);
         assert_eq!(s.events + s.expelled_max_bytes, 100);
         let (covered, got) = read_all(&ob, 1);
+        assert_eq!(read_all_raw(&ob, 1), (covered, got.clone()));
         assert_eq!(covered, 100);
         assert_eq!(
             got.first().unwrap().0,
@@ -252,6 +282,11 @@ fn a_corrupt_value_is_reported_when_read() {
         let (ob, _w) = Outbox::open(dir.path(), cfg()).unwrap();
         let err = ob
             .read_from(1, 10, 1 << 20, &mut ReadCache::default())
+            .unwrap_err();
+        assert!(matches!(err, OutboxError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("1..=1"), "{err}");
+        let err = ob
+            .read_raw_from(1, 10, 1 << 20, &mut ReadCache::default(), &mut Vec::new())
             .unwrap_err();
         assert!(matches!(err, OutboxError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("1..=1"), "{err}");
