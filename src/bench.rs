@@ -84,7 +84,16 @@ struct Latency {
     p50_us: u64,
     p99_us: u64,
     p999_us: u64,
+    /// agentmesh: the edge hub's group-commit time (sled write + flush) during the run,
+    /// p50 and p99, as the upper bound of the histogram bucket (µs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit_p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit_p99_us: Option<f64>,
 }
+
+/// The edge hub's group-commit histogram on its `/metrics` page.
+const COMMIT_HISTOGRAM: &str = "mesh_edge_commit_seconds";
 
 #[derive(Debug, Clone, Default, Serialize)]
 struct SystemResult {
@@ -396,6 +405,8 @@ fn percentiles(rate: u64, mut v: Vec<u64>) -> Latency {
         p50_us: at(0.50),
         p99_us: at(0.99),
         p999_us: at(0.999),
+        commit_p50_us: None,
+        commit_p99_us: None,
     }
 }
 
@@ -802,59 +813,88 @@ async fn mesh_publish_all(
 }
 
 /// Open-loop single-event requests at `rate` for `secs`: each request's ack latency.
+/// Open-loop ack latency through the edge hub. Replies are taken the moment they arrive
+/// (a `select!` on the reply stream and the send schedule), like `js_latency`'s collector
+/// task: waking on a timer to look for replies would add up to a timer tick (1 ms in
+/// tokio) to every sample.
 async fn mesh_latency(agent: &Agent, rate: u64, secs: f64, size: usize) -> anyhow::Result<Latency> {
     let mut pipe = agent.pipeline().await?;
     let total = (rate as f64 * secs) as u64;
     let payload = data(size);
-    let mut sent_at = std::collections::HashMap::new();
+    let mut sent_at: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
     let mut lat = Vec::with_capacity(total as usize);
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < total || pipe.in_flight() > 0 {
-        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
-        while sent < due {
-            let token = pipe
-                .send(vec![NewEvent::new("bench", "bench.lat", payload.clone())])
-                .await?;
-            sent_at.insert(token, Instant::now());
-            sent += 1;
-        }
-        let wait = if sent < total {
-            Duration::from_micros(500)
-        } else {
-            Duration::from_secs(30)
-        };
-        // Take every answer that is in; then go back to sending on schedule.
-        while let Ok(Some((token, r))) = tokio::time::timeout(
-            if pipe.in_flight() > 0 {
-                Duration::ZERO
-            } else {
-                wait
-            },
-            pipe.next_reply(),
-        )
-        .await
-        {
-            r.map_err(|e| anyhow::anyhow!("latency publish refused: {e}"))?;
-            if let Some(t) = sent_at.remove(&token) {
-                lat.push(t.elapsed().as_micros() as u64);
-            }
-            if pipe.in_flight() == 0 {
-                break;
-            }
-        }
-        if sent < total {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        } else if pipe.in_flight() > 0 {
-            if let Some((token, r)) = pipe.next_reply().await {
+        let next_due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+        tokio::select! {
+            biased;
+            r = pipe.next_reply(), if pipe.in_flight() > 0 => {
+                let Some((token, r)) = r else { break };
                 r.map_err(|e| anyhow::anyhow!("latency publish refused: {e}"))?;
                 if let Some(t) = sent_at.remove(&token) {
                     lat.push(t.elapsed().as_micros() as u64);
                 }
             }
+            _ = tokio::time::sleep_until(next_due.into()), if sent < total => {
+                let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
+                while sent < due {
+                    let t = Instant::now();
+                    let token = pipe
+                        .send(vec![NewEvent::new("bench", "bench.lat", payload.clone())])
+                        .await?;
+                    sent_at.insert(token, t);
+                    sent += 1;
+                }
+            }
         }
     }
     Ok(percentiles(rate, lat))
+}
+
+/// Cumulative buckets `(le, count)` of a Prometheus histogram on a `/metrics` page.
+fn histogram(addr: std::net::SocketAddr, name: &str) -> Vec<(f64, f64)> {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return Vec::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let prefix = format!("{name}_bucket{{");
+    out.lines()
+        .filter_map(|l| {
+            let (labels, count) = l.strip_prefix(&prefix)?.split_once("} ")?;
+            let le = labels.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `q` quantile of the observations between two scrapes of one histogram, as the
+/// upper bound of the bucket it falls in (µs).
+fn histogram_quantile_us(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, c)| {
+            let b = before.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
+            (le, c - b)
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    delta
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| le * 1e6)
 }
 
 async fn bench_agentmesh(
@@ -887,7 +927,12 @@ async fn bench_agentmesh(
     let mut latency = Vec::new();
     for &rate in &a.rates {
         p.say(&format!("agentmesh: latency at {rate}/s"));
-        latency.push(mesh_latency(&agents[0], rate, a.latency_secs, a.size).await?);
+        let before = histogram(site.edge_http, COMMIT_HISTOGRAM);
+        let mut l = mesh_latency(&agents[0], rate, a.latency_secs, a.size).await?;
+        let after = histogram(site.edge_http, COMMIT_HISTOGRAM);
+        l.commit_p50_us = histogram_quantile_us(&before, &after, 0.5);
+        l.commit_p99_us = histogram_quantile_us(&before, &after, 0.99);
+        latency.push(l);
     }
     let mut landed = a.count + latency.iter().map(|l| l.samples as u64).sum::<u64>();
     wait_count(
@@ -1048,6 +1093,14 @@ fn table(r: &Report) -> String {
             f(n),
             f(m)
         ));
+    }
+    for lat in &m.latency {
+        if let (Some(p50), Some(p99)) = (lat.commit_p50_us, lat.commit_p99_us) {
+            s.push_str(&format!(
+                "agentmesh group commit (sled write + flush) @{}/s: p50 <= {p50:.0} µs, p99 <= {p99:.0} µs\n",
+                lat.offered_per_s
+            ));
+        }
     }
     let e = &r.agentmesh_extra;
     let mib = |b: u64| b as f64 / 1048576.0;
