@@ -13,10 +13,6 @@ mod up;
 
 use std::process::ExitCode;
 
-/// Every hub runs in this binary; see the note on the dependency in Cargo.toml.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
