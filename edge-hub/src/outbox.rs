@@ -158,6 +158,7 @@ pub struct Outbox {
     state: Mutex<State>,
     cfg: OutboxConfig,
     appended: tokio::sync::Notify,
+    churn: std::sync::atomic::AtomicU64,
 }
 
 /// The single writer: appends (group commits) and limit expiry.
@@ -173,6 +174,12 @@ const META_ACKED: &[u8] = b"acked";
 /// (`examples/outbox_probe.rs`, see docs/BENCHMARKS.md).
 const RECORD_TARGET_BYTES: usize = 32 << 10;
 /// Estimated MessagePack size of an event beyond its data (ids, subject, type, time…).
+fn xrecord() -> usize {
+    std::env::var("OUTBOX_X_RECORD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RECORD_TARGET_BYTES)
+}
 const EVENT_OVERHEAD_BYTES: usize = 160;
 const META_EXPELLED: &[u8] = b"expelled";
 
@@ -188,13 +195,20 @@ impl Outbox {
         // periodic flush beside it only makes commits wait for each other. What is not
         // flushed yet (acks, expulsions) is safe to lose in a crash: a record that
         // reappears is resent and skipped by the lander's mark; sequences never go back.
-        let db = sled::Config::new()
+        let xenv = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let mut sc = sled::Config::new()
             .path(dir)
             .cache_capacity(cfg.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(storage)?;
+            .mode(if xenv("OUTBOX_X_LOWSPACE").is_some() {
+                sled::Mode::LowSpace
+            } else {
+                sled::Mode::HighThroughput
+            })
+            .flush_every_ms(None);
+        if let Some(seg) = xenv("OUTBOX_X_SEGMENT") {
+            sc = sc.segment_size(seg as usize);
+        }
+        let db = sc.open().map_err(storage)?;
         let records = db.open_tree("records").map_err(storage)?;
         let meta = db.open_tree("meta").map_err(storage)?;
         let read_meta = |k: &[u8]| -> Result<u64, OutboxError> {
@@ -242,8 +256,30 @@ impl Outbox {
             state: Mutex::new(st),
             cfg,
             appended: tokio::sync::Notify::new(),
+            churn: std::sync::atomic::AtomicU64::new(0),
         });
         Ok((outbox.clone(), OutboxWriter { outbox }))
+    }
+
+    fn churned(&self, bytes: u64) {
+        let Some(every) = std::env::var("OUTBOX_X_TRIM")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let c = self
+            .churn
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            + bytes;
+        if c >= every {
+            self.churn.store(0, std::sync::atomic::Ordering::Relaxed);
+            let t = std::time::Instant::now();
+            unsafe { libc::malloc_trim(0) };
+            if std::env::var("OUTBOX_X_TRIM_LOG").is_ok() {
+                eprintln!("trim {:?}", t.elapsed());
+            }
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -399,10 +435,12 @@ impl Outbox {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
+        let mut freed = 0;
         while let Some(m) = st.index.front().copied() {
             if m.last > seq {
                 break;
             }
+            freed += m.bytes;
             st.index.pop_front();
             st.bytes -= m.bytes;
             st.events -= m.events();
@@ -420,6 +458,8 @@ impl Outbox {
         self.meta
             .insert(META_ACKED, &seq.to_be_bytes())
             .map_err(|e| self.storage(e))?;
+        drop(st);
+        self.churned(freed);
         Ok(())
     }
 
@@ -561,7 +601,7 @@ impl OutboxWriter {
             let mut size = 0usize;
             while let Some(ev) = pending.peek() {
                 let est = ev.data.len() + EVENT_OVERHEAD_BYTES;
-                if !chunk.is_empty() && size + est > RECORD_TARGET_BYTES {
+                if !chunk.is_empty() && size + est > xrecord() {
                     break;
                 }
                 size += est;
@@ -588,7 +628,12 @@ impl OutboxWriter {
             stored.extend(rec.events);
         }
         ob.records.apply_batch(batch).map_err(|e| ob.storage(e))?;
-        if let Err(e) = ob.db.flush_async().await {
+        let fr = if std::env::var("OUTBOX_X_SYNC_FLUSH").is_ok() {
+            ob.db.flush().map(|_| 0)
+        } else {
+            ob.db.flush_async().await
+        };
+        if let Err(e) = fr {
             // Not durable, not acknowledged: make sure it is not forwarded after a restart.
             for m in &metas {
                 let _ = ob.records.remove(&m.key()[..]);
@@ -596,6 +641,16 @@ impl OutboxWriter {
             return Err(ob.storage(e));
         }
         let last = seq - 1;
+        if let Some(n) = std::env::var("OUTBOX_X_TOUCH")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            for _ in 0..n {
+                for m in &metas {
+                    let _ = ob.records.get(&m.key()[..]);
+                }
+            }
+        }
         {
             let mut st = ob.state();
             for m in metas {
@@ -604,6 +659,7 @@ impl OutboxWriter {
                 st.index.push_back(m);
             }
         }
+        ob.churned((seq - first) * 400);
         ob.appended.notify_one();
         Ok(Committed {
             first_seq: first,
