@@ -2,6 +2,11 @@
 //! commits, drains it, repeats, and prints disk use and this process's peak RSS.
 //!
 //! `cargo run --release -p edge-hub --example outbox_probe -- EVENTS CYCLES [SIZE]`
+//!
+//! Env: `CACHE=<bytes>` sets `outbox.cache_bytes` (16 MiB); `TRIM=1` calls `malloc_trim`
+//! after each drain. Per cycle it prints the records and encoded MiB at full, glibc's heap
+//! in use and free (`mallinfo2`), RSS after the drain (and after the trim), files and MiB
+//! under sled's `blobs/`, disk at full and after the drain, and peak RSS (`VmHWM`).
 
 use std::time::{Duration, Instant};
 

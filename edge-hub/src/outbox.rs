@@ -2,8 +2,7 @@
 //!
 //! # Format
 //! Tree `records`, one or more entries per group commit (a commit is split into records
-//! of at most ~32 KiB, written in one batch with one flush, so sled keeps them inline in
-//! its log segments rather than as blob files):
+//! of about 4 KiB, written in one batch with one flush; see "Memory" for why so small):
 //! * key (32 bytes): `first_seq`, `last_seq`, `accepted_ns` (i64), `value_len`, each
 //!   8 bytes big-endian. Keys sort by `first_seq`, so a range scan from an 8-byte
 //!   `first_seq` prefix finds the record holding a sequence, and start-up rebuilds the
@@ -26,9 +25,28 @@
 //!   `drop-oldest`). Each expelled event is counted by reason.
 //! * One writer ([`OutboxWriter`], not `Clone`) appends and expires; readers and the ack
 //!   path share [`Outbox`]. The state mutex is never held across an `.await`.
+//!
+//! # Memory
+//! sled 0.34 keeps every page it wrote in memory until its LRU pages it out, and that LRU
+//! does not follow `cache_bytes` closely: it has 256 shards (by page id), each with a
+//! 256th of the capacity but always keeping at least the page it saw last, and a shard
+//! learns of accesses only in batches of 64. So what stays resident is about one leaf
+//! page per shard, plus every page whose shard has not yet seen 64 accesses since it was
+//! written. A leaf holds up to 17 records, and a leaf over a quarter of a segment
+//! (~128 KiB) is written as a blob, which the LRU counts as ~32 bytes. Hence:
+//! * records of ~4 KiB: a leaf stays ~70 KiB, inline, and counted at its size;
+//! * after each commit, each new record is read a few times ([`TOUCH_READS`]), so the
+//!   shards holding the new leaves get their 64 accesses and page out older leaves;
+//! * glibc keeps the holes freed pages leave in its heaps: every [`TRIM_EVERY_BYTES`] of
+//!   records written or removed, `malloc_trim` gives them back.
+//!
+//! Measured with `examples/outbox_probe.rs`, 1,000,000 events of 256 B: peak RSS 34 MiB
+//! (154 MiB with 32 KiB records and none of the above), disk flat across fill/drain
+//! cycles.
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use schemas::{Event, OutboxRecord};
@@ -158,7 +176,8 @@ pub struct Outbox {
     state: Mutex<State>,
     cfg: OutboxConfig,
     appended: tokio::sync::Notify,
-    churn: std::sync::atomic::AtomicU64,
+    /// Record bytes written or removed since the last `malloc_trim`.
+    churn: AtomicU64,
 }
 
 /// The single writer: appends (group commits) and limit expiry.
@@ -167,19 +186,19 @@ pub struct OutboxWriter {
 }
 
 const META_ACKED: &[u8] = b"acked";
-/// Largest record the outbox writes, in bytes (about). sled stores a page over a quarter
-/// of its 512 KiB segment as a separate blob file, which it deletes only long after the
-/// record is gone (measured: 8.7x the payload on disk with one record per commit);
-/// 32 KiB records stay inline: 1.9x at full, flat across fill/drain cycles
-/// (`examples/outbox_probe.rs`, see docs/BENCHMARKS.md).
-const RECORD_TARGET_BYTES: usize = 32 << 10;
+/// Largest record the outbox writes, in bytes (about). A sled leaf holds up to 17 entries
+/// and is stored as a blob file once over a quarter of its 512 KiB segment; blob pages
+/// are deleted late (8.7x the payload on disk with one record per commit) and count as
+/// ~32 bytes in sled's cache, so they are never paged out (RSS grew with the payload with
+/// 32 KiB records). 17 records of 4 KiB stay well under that (module doc, "Memory").
+const RECORD_TARGET_BYTES: usize = 4 << 10;
+/// Reads of each new record after its commit, so that sled's cache sees enough accesses
+/// to page out older leaves (module doc, "Memory"). 1 read: 40 MiB peak RSS at 1M
+/// events, 4: 34 MiB, 16: 34 MiB.
+const TOUCH_READS: usize = 4;
+/// Record bytes written or removed between two `malloc_trim`s (~1.5 ms each).
+const TRIM_EVERY_BYTES: u64 = 16 << 20;
 /// Estimated MessagePack size of an event beyond its data (ids, subject, type, time…).
-fn xrecord() -> usize {
-    std::env::var("OUTBOX_X_RECORD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(RECORD_TARGET_BYTES)
-}
 const EVENT_OVERHEAD_BYTES: usize = 160;
 const META_EXPELLED: &[u8] = b"expelled";
 
@@ -195,20 +214,13 @@ impl Outbox {
         // periodic flush beside it only makes commits wait for each other. What is not
         // flushed yet (acks, expulsions) is safe to lose in a crash: a record that
         // reappears is resent and skipped by the lander's mark; sequences never go back.
-        let xenv = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-        let mut sc = sled::Config::new()
+        let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cfg.cache_bytes)
-            .mode(if xenv("OUTBOX_X_LOWSPACE").is_some() {
-                sled::Mode::LowSpace
-            } else {
-                sled::Mode::HighThroughput
-            })
-            .flush_every_ms(None);
-        if let Some(seg) = xenv("OUTBOX_X_SEGMENT") {
-            sc = sc.segment_size(seg as usize);
-        }
-        let db = sc.open().map_err(storage)?;
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(storage)?;
         let records = db.open_tree("records").map_err(storage)?;
         let meta = db.open_tree("meta").map_err(storage)?;
         let read_meta = |k: &[u8]| -> Result<u64, OutboxError> {
@@ -256,28 +268,28 @@ impl Outbox {
             state: Mutex::new(st),
             cfg,
             appended: tokio::sync::Notify::new(),
-            churn: std::sync::atomic::AtomicU64::new(0),
+            churn: AtomicU64::new(0),
         });
         Ok((outbox.clone(), OutboxWriter { outbox }))
     }
 
+    /// Counts record bytes written or removed; every `TRIM_EVERY_BYTES` returns the heap
+    /// memory sled freed to the system (glibc keeps it otherwise).
     fn churned(&self, bytes: u64) {
-        let Some(every) = std::env::var("OUTBOX_X_TRIM")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        else {
+        if self.churn.fetch_add(bytes, Ordering::Relaxed) + bytes < TRIM_EVERY_BYTES {
             return;
-        };
-        let c = self
-            .churn
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
-            + bytes;
-        if c >= every {
-            self.churn.store(0, std::sync::atomic::Ordering::Relaxed);
-            let t = std::time::Instant::now();
-            unsafe { libc::malloc_trim(0) };
-            if std::env::var("OUTBOX_X_TRIM_LOG").is_ok() {
-                eprintln!("trim {:?}", t.elapsed());
+        }
+        self.churn.store(0, Ordering::Relaxed);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            fn trim() {
+                // SAFETY: malloc_trim only releases free heap pages; it is thread-safe.
+                unsafe { libc::malloc_trim(0) };
+            }
+            // Off the caller's thread when there is a runtime: a trim takes ~1.5 ms.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(trim)),
+                Err(_) => trim(),
             }
         }
     }
@@ -435,12 +447,12 @@ impl Outbox {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        let mut freed = 0;
+        let mut removed = 0;
         while let Some(m) = st.index.front().copied() {
             if m.last > seq {
                 break;
             }
-            freed += m.bytes;
+            removed += m.bytes;
             st.index.pop_front();
             st.bytes -= m.bytes;
             st.events -= m.events();
@@ -459,7 +471,7 @@ impl Outbox {
             .insert(META_ACKED, &seq.to_be_bytes())
             .map_err(|e| self.storage(e))?;
         drop(st);
-        self.churned(freed);
+        self.churned(removed);
         Ok(())
     }
 
@@ -472,12 +484,14 @@ impl Outbox {
         mut pred: impl FnMut(&State, &RecMeta) -> bool,
     ) -> Result<u64, OutboxError> {
         let mut batch = sled::Batch::default();
+        let mut removed = 0;
         let mut n = 0;
         let mut through = st.expelled_through;
         while let Some(m) = st.index.front().copied() {
             if !pred(st, &m) {
                 break;
             }
+            removed += m.bytes;
             st.index.pop_front();
             st.bytes -= m.bytes;
             st.events -= m.events();
@@ -503,6 +517,7 @@ impl Outbox {
         self.meta
             .insert(META_EXPELLED, &through.to_be_bytes())
             .map_err(|e| self.storage(e))?;
+        self.churned(removed);
         tracing::warn!(
             events = n,
             through,
@@ -588,9 +603,9 @@ impl OutboxWriter {
         };
         let events = build(first);
         debug_assert_eq!(events.len(), count);
-        // One commit, several records: each stays under RECORD_TARGET_BYTES so sled keeps
-        // it inline in its log segments (which it compacts) instead of a blob file per
-        // value (which it reclaims late); still one write batch and one flush.
+        // One commit, several records: each stays under RECORD_TARGET_BYTES so that sled's
+        // leaves stay inline in its log segments and can be paged out (module doc,
+        // "Memory"); still one write batch and one flush.
         let mut metas = Vec::new();
         let mut batch = sled::Batch::default();
         let mut stored = Vec::with_capacity(count);
@@ -601,7 +616,7 @@ impl OutboxWriter {
             let mut size = 0usize;
             while let Some(ev) = pending.peek() {
                 let est = ev.data.len() + EVENT_OVERHEAD_BYTES;
-                if !chunk.is_empty() && size + est > xrecord() {
+                if !chunk.is_empty() && size + est > RECORD_TARGET_BYTES {
                     break;
                 }
                 size += est;
@@ -628,12 +643,7 @@ impl OutboxWriter {
             stored.extend(rec.events);
         }
         ob.records.apply_batch(batch).map_err(|e| ob.storage(e))?;
-        let fr = if std::env::var("OUTBOX_X_SYNC_FLUSH").is_ok() {
-            ob.db.flush().map(|_| 0)
-        } else {
-            ob.db.flush_async().await
-        };
-        if let Err(e) = fr {
+        if let Err(e) = ob.db.flush_async().await {
             // Not durable, not acknowledged: make sure it is not forwarded after a restart.
             for m in &metas {
                 let _ = ob.records.remove(&m.key()[..]);
@@ -641,16 +651,15 @@ impl OutboxWriter {
             return Err(ob.storage(e));
         }
         let last = seq - 1;
-        if let Some(n) = std::env::var("OUTBOX_X_TOUCH")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            for _ in 0..n {
-                for m in &metas {
-                    let _ = ob.records.get(&m.key()[..]);
-                }
+        // Reads only pages just written (in memory): they feed sled's cache the accesses
+        // it needs to page out older leaves (module doc, "Memory"). The commit is durable
+        // already, so a failed read must not fail it.
+        for _ in 0..TOUCH_READS {
+            for m in &metas {
+                let _ = ob.records.get(&m.key()[..]);
             }
         }
+        let written = metas.iter().map(|m| m.bytes).sum();
         {
             let mut st = ob.state();
             for m in metas {
@@ -659,7 +668,7 @@ impl OutboxWriter {
                 st.index.push_back(m);
             }
         }
-        ob.churned((seq - first) * 400);
+        ob.churned(written);
         ob.appended.notify_one();
         Ok(Committed {
             first_seq: first,
