@@ -101,6 +101,22 @@ async fn main() {
         }
         let fill = t.elapsed();
         let full = du(dir.path());
+        if env("LS").is_some() {
+            for e in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                use std::os::unix::fs::MetadataExt;
+                let Ok(md) = e.metadata() else { continue };
+                println!(
+                    "  {:?}: {} MiB allocated, {} MiB length",
+                    e.file_name(),
+                    (md.blocks() * 512) >> 20,
+                    md.len() >> 20
+                );
+            }
+        }
         let (peak, now) = rss();
         let (hu, hf) = heap();
         let st = ob.stats();
