@@ -388,7 +388,8 @@ impl Outbox {
                 return Ok(None);
             }
             let start = st.index.partition_point(|m| m.last < from);
-            let metas: Vec<RecMeta> = st.index.iter().skip(start).take(64).copied().collect();
+            // 128 records of ~4 KiB cover a full bundle (1024 events or 128 KiB of data).
+            let metas: Vec<RecMeta> = st.index.iter().skip(start).take(128).copied().collect();
             (metas, tail)
         };
         let mut out = Vec::new();
