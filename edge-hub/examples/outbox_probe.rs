@@ -2,6 +2,11 @@
 //! commits, drains it, repeats, and prints disk use and this process's peak RSS.
 //!
 //! `cargo run --release -p edge-hub --example outbox_probe -- EVENTS CYCLES [SIZE]`
+//!
+//! Env: `CACHE=<bytes>` sets `outbox.cache_bytes` (16 MiB); `TRIM=1` calls `malloc_trim`
+//! after each drain. Per cycle it prints the records and encoded MiB at full, glibc's heap
+//! in use and free (`mallinfo2`), RSS after the drain (and after the trim), files and MiB
+//! under sled's `blobs/`, disk at full and after the drain, and peak RSS (`VmHWM`).
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +32,7 @@ fn du(dir: &std::path::Path) -> u64 {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let md = e.metadata().unwrap();
+            let Ok(md) = e.metadata() else { continue };
             if md.is_dir() {
                 stack.push(e.path());
             } else {
@@ -36,6 +41,24 @@ fn du(dir: &std::path::Path) -> u64 {
         }
     }
     total / (1 << 20)
+}
+
+/// Bytes glibc's malloc hands out now (MiB) and holds free (MiB).
+fn heap() -> (usize, usize) {
+    // SAFETY: mallinfo2 only reads allocator statistics.
+    let mi = unsafe { libc::mallinfo2() };
+    (mi.uordblks >> 20, mi.fordblks >> 20)
+}
+
+fn env(k: &str) -> Option<u64> {
+    std::env::var(k).ok().and_then(|v| v.parse().ok())
+}
+
+/// Files and MiB under `dir/blobs` (sled's separately stored large pages).
+fn blobs(dir: &std::path::Path) -> (usize, u64) {
+    let b = dir.join("blobs");
+    let n = std::fs::read_dir(&b).map(|r| r.count()).unwrap_or(0);
+    (n, du(&b))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -50,7 +73,7 @@ async fn main() {
         max_bytes: 4 << 30,
         max_age: Duration::from_secs(3600),
         full_policy: FullPolicy::Reject,
-        cache_bytes: 16 << 20,
+        cache_bytes: env("CACHE").unwrap_or(16 << 20),
     };
     let (ob, mut w) = Outbox::open(dir.path(), cfg).unwrap();
     let data = bytes::Bytes::from(vec![b'x'; size]);
@@ -78,7 +101,30 @@ async fn main() {
         }
         let fill = t.elapsed();
         let full = du(dir.path());
+        if env("LS").is_some() {
+            for e in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                use std::os::unix::fs::MetadataExt;
+                let Ok(md) = e.metadata() else { continue };
+                println!(
+                    "  {:?}: {} MiB allocated, {} MiB length",
+                    e.file_name(),
+                    (md.blocks() * 512) >> 20,
+                    md.len() >> 20
+                );
+            }
+        }
         let (peak, now) = rss();
+        let (hu, hf) = heap();
+        let st = ob.stats();
+        println!(
+            "cycle {c}: at full {} records, {} MiB encoded, heap used {hu} MiB free {hf} MiB",
+            st.records,
+            st.bytes >> 20
+        );
         let t = Instant::now();
         let mut cache = ReadCache::default();
         let mut cursor = ob.acked() + 1;
@@ -87,6 +133,17 @@ async fn main() {
             cursor = last + 1;
         }
         w.flush().await.unwrap();
+        let (_, after_drain) = rss();
+        if env("TRIM").is_some() {
+            // SAFETY: malloc_trim only returns free heap memory to the kernel.
+            unsafe { libc::malloc_trim(0) };
+        }
+        let (bn, bmib) = blobs(dir.path());
+        let (used, free) = heap();
+        let (_, trimmed) = rss();
+        println!(
+            "cycle {c}: rss after drain {after_drain} MiB, after trim {trimmed} MiB, heap used {used} MiB free {free} MiB, blobs {bn} files {bmib} MiB"
+        );
         println!(
             "cycle {c}: fill {:.0} ev/s, drain {:.0} ev/s, disk full {full} MiB, after drain {} MiB, payload {} MiB, rss peak {peak} MiB now {now} MiB",
             events as f64 / fill.as_secs_f64(),
