@@ -252,11 +252,45 @@ fn machine() -> String {
     format!("{cores} cores, {mem}, {cpu}")
 }
 
-fn data(size: usize) -> bytes::Bytes {
-    (0..size)
-        .map(|i| b'a' + (i % 26) as u8)
-        .collect::<Vec<u8>>()
-        .into()
+/// Event data for every system alike: successive slices of a 4 MiB pool of pseudo-random
+/// bytes (xorshift, fixed seed), so no two nearby events carry the same data. The
+/// agentmesh outbox compresses its records with LZ4; identical or patterned test data
+/// would let it compress the data itself and flatter the disk and memory figures.
+struct Payloads {
+    pool: bytes::Bytes,
+    size: usize,
+    at: usize,
+}
+
+impl Payloads {
+    const POOL: usize = 4 << 20;
+
+    /// `stream` picks a different starting point for each publisher.
+    fn new(size: usize, stream: usize) -> Payloads {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let pool: Vec<u8> = (0..Self::POOL.max(2 * size))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        Payloads {
+            at: (stream * 7919 * size.max(1)) % (pool.len() - size),
+            pool: pool.into(),
+            size,
+        }
+    }
+
+    fn next(&mut self) -> bytes::Bytes {
+        if self.at + self.size > self.pool.len() {
+            self.at = 0;
+        }
+        let b = self.pool.slice(self.at..self.at + self.size);
+        self.at += self.size.max(1);
+        b
+    }
 }
 
 async fn start(cfg: ServerConfig) -> anyhow::Result<NatsServer> {
@@ -325,7 +359,7 @@ async fn js_publish_all(
             per
         };
         let subject = subject.to_string();
-        let payload = data(size);
+        let mut payloads = Payloads::new(size, i);
         tasks.push(tokio::spawn(async move {
             let mut pending = VecDeque::new();
             for _ in 0..n {
@@ -334,7 +368,7 @@ async fn js_publish_all(
                         pending.pop_front().expect("non-empty");
                     f.await?;
                 }
-                pending.push_back(js.publish(subject.clone(), payload.clone()).await?);
+                pending.push_back(js.publish(subject.clone(), payloads.next()).await?);
             }
             for f in pending {
                 f.await?;
@@ -373,14 +407,14 @@ async fn js_latency(
         lat
     });
     let total = (rate as f64 * secs) as u64;
-    let payload = data(size);
+    let mut payloads = Payloads::new(size, 99);
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < total {
         let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
         while sent < due {
             let t = Instant::now();
-            let f = js.publish(subject.to_string(), payload.clone()).await?;
+            let f = js.publish(subject.to_string(), payloads.next()).await?;
             let _ = tx.send((t, f));
             sent += 1;
         }
@@ -783,7 +817,7 @@ async fn mesh_publish_all(
             per
         };
         let agent = agent.clone();
-        let payload = data(size);
+        let mut payloads = Payloads::new(size, i);
         tasks.push(tokio::spawn(async move {
             let mut pipe = agent.pipeline().await?;
             let mut sent = 0u64;
@@ -792,7 +826,7 @@ async fn mesh_publish_all(
                 while sent < n && pipe.in_flight() < 8 {
                     let k = (batch as u64).min(n - sent);
                     let evs = (0..k)
-                        .map(|_| NewEvent::new("bench", "bench.x", payload.clone()))
+                        .map(|_| NewEvent::new("bench", "bench.x", payloads.next()))
                         .collect();
                     pipe.send(evs).await?;
                     sent += k;
@@ -820,7 +854,7 @@ async fn mesh_publish_all(
 async fn mesh_latency(agent: &Agent, rate: u64, secs: f64, size: usize) -> anyhow::Result<Latency> {
     let mut pipe = agent.pipeline().await?;
     let total = (rate as f64 * secs) as u64;
-    let payload = data(size);
+    let mut payloads = Payloads::new(size, 99);
     let mut sent_at: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
     let mut lat = Vec::with_capacity(total as usize);
     let start = Instant::now();
@@ -841,7 +875,7 @@ async fn mesh_latency(agent: &Agent, rate: u64, secs: f64, size: usize) -> anyho
                 while sent < due {
                     let t = Instant::now();
                     let token = pipe
-                        .send(vec![NewEvent::new("bench", "bench.lat", payload.clone())])
+                        .send(vec![NewEvent::new("bench", "bench.lat", payloads.next())])
                         .await?;
                     sent_at.insert(token, t);
                     sent += 1;
