@@ -7,7 +7,8 @@
 //!   8 bytes big-endian. Keys sort by `first_seq`, so a range scan from an 8-byte
 //!   `first_seq` prefix finds the record holding a sequence, and start-up rebuilds the
 //!   in-memory index from keys alone, without decoding a value.
-//! * value: a MessagePack [`OutboxRecord`] holding consecutive events of one commit.
+//! * value: an LZ4-compressed MessagePack [`OutboxRecord`] holding consecutive events of
+//!   one commit (format in `schemas::bundle`); ~4 KiB before compression.
 //!
 //! Tree `meta`: `acked` = the centre confirmed every sequence up to it; `expelled` = the
 //! highest sequence the outbox limits expelled. Both 8 bytes big-endian.
@@ -475,7 +476,7 @@ impl Outbox {
         Some((metas, covered))
     }
 
-    fn load_raw(&self, m: RecMeta) -> Result<RawRecord<sled::IVec>, OutboxError> {
+    fn load_raw(&self, m: RecMeta) -> Result<RawRecord<Vec<u8>>, OutboxError> {
         let corrupt = |reason: String| OutboxError::Corrupt {
             key: format!("{}..={}", m.first, m.last),
             reason,
@@ -485,7 +486,7 @@ impl Outbox {
             .get(m.key())
             .map_err(|e| self.storage(e))?
             .ok_or_else(|| corrupt("in the index but not in the tree".into()))?;
-        let rec = RawRecord::parse(v).map_err(|e| corrupt(e.to_string()))?;
+        let rec = RawRecord::from_stored(&v).map_err(|e| corrupt(e.to_string()))?;
         if rec.first_seq != m.first || rec.first_seq + rec.len() as u64 - 1 != m.last {
             return Err(corrupt(format!(
                 "holds {} events from {}",
@@ -607,7 +608,7 @@ impl Outbox {
 #[derive(Default)]
 pub struct ReadCache {
     last: Option<(RecMeta, Arc<OutboxRecord>)>,
-    raw: Option<(RecMeta, Arc<RawRecord<sled::IVec>>)>,
+    raw: Option<(RecMeta, Arc<RawRecord<Vec<u8>>>)>,
 }
 
 impl ReadCache {
@@ -626,7 +627,7 @@ impl ReadCache {
         &mut self,
         outbox: &Outbox,
         m: RecMeta,
-    ) -> Result<Arc<RawRecord<sled::IVec>>, OutboxError> {
+    ) -> Result<Arc<RawRecord<Vec<u8>>>, OutboxError> {
         if let Some((cm, rec)) = &self.raw {
             if *cm == m {
                 return Ok(rec.clone());

@@ -1,8 +1,12 @@
 //! The edge outbox record and the bundle that carries events across the leaf link.
 //!
-//! **Outbox record** (sled value, key = `first_seq` as 8 big-endian bytes): every event of
-//! one group commit, MessagePack array encoding. Records hold consecutive sequences:
-//! record `k` holds `first_seq ..= first_seq + events.len() - 1`.
+//! **Outbox record** (a sled value): consecutive events of one group commit, MessagePack
+//! array encoding, stored LZ4-compressed: byte `0x01`, then an LZ4 block with its
+//! uncompressed size prepended (4 bytes, little-endian). Events of one agent repeat most
+//! of their attributes (edge, agent, type, subject, content type), which LZ4 removes.
+//! A value that starts with `0x93` (a MessagePack array of 3) is an uncompressed record
+//! from an older build and is read as such. Record `k` holds
+//! `first_seq ..= first_seq + events.len() - 1`.
 //!
 //! **Bundle** (one message on `mesh.up.<edge>`, stream `MESH_INGRESS`): the events of
 //! `first_seq ..= last_seq` that are still in the outbox, in order. A sequence in the
@@ -31,20 +35,50 @@ impl OutboxRecord {
         self.first_seq + self.events.len() as u64 - 1
     }
 
+    /// The stored form: LZ4-compressed MessagePack (module doc).
     pub fn encode(&self) -> Result<Vec<u8>, SchemaError> {
-        rmp_serde::to_vec(self).map_err(|e| SchemaError::Encode {
+        let plain = rmp_serde::to_vec(self).map_err(|e| SchemaError::Encode {
+            what: "outbox record",
+            reason: e.to_string(),
+        })?;
+        let mut out = Vec::with_capacity(plain.len() / 2 + 16);
+        out.push(RECORD_LZ4);
+        out.extend_from_slice(&lz4_flex::compress_prepend_size(&plain));
+        Ok(out)
+    }
+
+    pub fn decode(stored: &[u8]) -> Result<OutboxRecord, SchemaError> {
+        rmp_serde::from_slice(&OutboxRecord::msgpack(stored)?).map_err(|e| SchemaError::Decode {
             what: "outbox record",
             reason: e.to_string(),
         })
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<OutboxRecord, SchemaError> {
-        rmp_serde::from_slice(bytes).map_err(|e| SchemaError::Decode {
-            what: "outbox record",
-            reason: e.to_string(),
-        })
+    /// The MessagePack form of a stored record (decompressed, or as it is for a record
+    /// from a build that did not compress).
+    pub fn msgpack(stored: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, SchemaError> {
+        match stored.first() {
+            Some(&RECORD_LZ4) => lz4_flex::decompress_size_prepended(&stored[1..])
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| SchemaError::Decode {
+                    what: "outbox record",
+                    reason: format!("LZ4: {e}"),
+                }),
+            Some(0x93) => Ok(std::borrow::Cow::Borrowed(stored)),
+            Some(b) => Err(SchemaError::Decode {
+                what: "outbox record",
+                reason: format!("unknown format byte {b:#04x}"),
+            }),
+            None => Err(SchemaError::Decode {
+                what: "outbox record",
+                reason: "empty value".into(),
+            }),
+        }
     }
 }
+
+/// First byte of an LZ4-compressed outbox record.
+const RECORD_LZ4: u8 = 0x01;
 
 /// Events in transit from one edge to the centre.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,8 +172,15 @@ pub struct RawRecord<B> {
     start: usize,
 }
 
+impl RawRecord<Vec<u8>> {
+    /// The outline of a stored record ([`OutboxRecord::encode`]'s form).
+    pub fn from_stored(stored: &[u8]) -> Result<RawRecord<Vec<u8>>, SchemaError> {
+        RawRecord::parse(OutboxRecord::msgpack(stored)?.into_owned())
+    }
+}
+
 impl<B: AsRef<[u8]>> RawRecord<B> {
-    /// Parses the outline of an encoded [`OutboxRecord`].
+    /// Parses the outline of an [`OutboxRecord`] in MessagePack (not compressed).
     pub fn parse(bytes: B) -> Result<RawRecord<B>, SchemaError> {
         let err = |reason: String| SchemaError::Decode {
             what: "outbox record",
@@ -381,7 +422,10 @@ mod tests {
             let r = OutboxRecord { first_seq: first, accepted_ns: 42, events: evs };
             let back = OutboxRecord::decode(&r.encode().unwrap()).unwrap();
             prop_assert_eq!(back.last_seq(), first + r.events.len() as u64 - 1);
-            prop_assert_eq!(back, r);
+            prop_assert_eq!(&back, &r);
+            // Records written uncompressed by an older build still read.
+            let plain = rmp_serde::to_vec(&r).unwrap();
+            prop_assert_eq!(OutboxRecord::decode(&plain).unwrap(), r);
         }
     }
 
@@ -396,7 +440,7 @@ mod tests {
                 e.seq = first + i as u64;
             }
             let r = OutboxRecord { first_seq: first, accepted_ns: accepted, events: evs };
-            let raw = RawRecord::parse(r.encode().unwrap()).unwrap();
+            let raw = RawRecord::from_stored(&r.encode().unwrap()).unwrap();
             prop_assert_eq!(raw.len(), r.events.len());
             prop_assert_eq!(raw.first_seq, first);
             prop_assert_eq!(raw.accepted_ns, accepted);
@@ -413,13 +457,30 @@ mod tests {
     }
 
     #[test]
+    fn damaged_stored_records_are_refused_by_name() {
+        let r = OutboxRecord {
+            first_seq: 3,
+            accepted_ns: 1,
+            events: vec![crate::event::tests::sample()],
+        };
+        let stored = r.encode().unwrap();
+        assert_eq!(stored[0], RECORD_LZ4);
+        let err = OutboxRecord::decode(&stored[..stored.len() - 3]).unwrap_err();
+        assert!(err.to_string().contains("LZ4"), "{err}");
+        let err = OutboxRecord::decode(b"\x07abc").unwrap_err();
+        assert!(err.to_string().contains("format byte 0x07"), "{err}");
+        assert!(OutboxRecord::decode(b"").is_err());
+        assert!(RawRecord::from_stored(&stored[..stored.len() - 3]).is_err());
+    }
+
+    #[test]
     fn raw_records_refuse_damage() {
         let r = OutboxRecord {
             first_seq: 3,
             accepted_ns: -5,
             events: vec![crate::event::tests::sample()],
         };
-        let bytes = r.encode().unwrap();
+        let bytes = rmp_serde::to_vec(&r).unwrap();
         for cut in [0, 1, 5, bytes.len() - 1] {
             assert!(RawRecord::parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }
