@@ -440,8 +440,9 @@ async fn outbox_expulsions_are_audited() {
     mesh.proxy.cut();
     mesh.wait_uplink(false).await;
     let agent = mesh.agent("a1").await;
+    // Incompressible data: the outbox limit counts stored (LZ4) bytes.
     let batch: Vec<schemas::NewEvent> = (0..400)
-        .map(|_| schemas::NewEvent::new("t", "fill.up", vec![7u8; 1024]))
+        .map(|n| schemas::NewEvent::new("t", "fill.up", chaos::producer::payload("a1", n, 1024)))
         .collect();
     for chunk in batch.chunks(50) {
         agent.publish_batch(chunk.to_vec()).await.unwrap();

@@ -52,11 +52,19 @@ impl AgentLog {
     }
 }
 
-/// The payload of the `n`-th event of `agent`, `size` bytes at least.
+/// The payload of the `n`-th event of `agent`, `size` bytes at least: `agent:n:` and then
+/// pseudo-random bytes seeded by both. Incompressible on purpose: the outbox stores LZ4
+/// records and its limits count stored bytes, so a patterned payload would not fill it.
 pub fn payload(agent: &str, n: u64, size: usize) -> Bytes {
     let mut s = format!("{agent}:{n}:").into_bytes();
+    let mut x = agent.bytes().fold(0x9E37_79B9_7F4A_7C15u64 ^ n, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+    }) | 1;
     while s.len() < size {
-        s.push(b'a' + (s.len() % 26) as u8);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push((x >> 24) as u8);
     }
     s.into()
 }
