@@ -43,9 +43,10 @@
 //!
 //! Measured with `examples/outbox_probe.rs`, 1,000,000 events of 256 B, 3 fill/drain
 //! cycles: peak RSS 34-44 MiB (154-165 MiB with 32 KiB records and none of the above).
-//! The price is disk: 1.9-2.0x the payload at full (1.8-1.9x before), and the file keeps
-//! that size after a drain (sled shrinks it only from its end), but it does not grow from
-//! cycle to cycle.
+//! The price was disk: 1.9-2.0x the payload at full with uncompressed 4 KiB records; LZ4
+//! records brought the hub to 1.75x with incompressible data (docs/BENCHMARKS.md). The
+//! file keeps its size after a drain (sled shrinks it only from its end); in steady
+//! state it does not grow from cycle to cycle.
 
 use std::collections::VecDeque;
 use std::path::Path;
