@@ -614,14 +614,7 @@ pub struct ReadCache {
 
 impl ReadCache {
     fn get(&mut self, outbox: &Outbox, m: RecMeta) -> Result<Arc<OutboxRecord>, OutboxError> {
-        if let Some((cm, rec)) = &self.last {
-            if *cm == m {
-                return Ok(rec.clone());
-            }
-        }
-        let rec = Arc::new(outbox.load(m)?);
-        self.last = Some((m, rec.clone()));
-        Ok(rec)
+        cached(&mut self.last, m, || outbox.load(m))
     }
 
     fn get_raw(
@@ -629,15 +622,24 @@ impl ReadCache {
         outbox: &Outbox,
         m: RecMeta,
     ) -> Result<Arc<RawRecord<Vec<u8>>>, OutboxError> {
-        if let Some((cm, rec)) = &self.raw {
-            if *cm == m {
-                return Ok(rec.clone());
-            }
-        }
-        let rec = Arc::new(outbox.load_raw(m)?);
-        self.raw = Some((m, rec.clone()));
-        Ok(rec)
+        cached(&mut self.raw, m, || outbox.load_raw(m))
     }
+}
+
+/// The record in `slot` if it is `m`'s, else `load`ed into it.
+fn cached<T>(
+    slot: &mut Option<(RecMeta, Arc<T>)>,
+    m: RecMeta,
+    load: impl FnOnce() -> Result<T, OutboxError>,
+) -> Result<Arc<T>, OutboxError> {
+    if let Some((cm, rec)) = slot {
+        if *cm == m {
+            return Ok(rec.clone());
+        }
+    }
+    let rec = Arc::new(load()?);
+    *slot = Some((m, rec.clone()));
+    Ok(rec)
 }
 
 /// What one group commit stored.
