@@ -58,6 +58,18 @@ async fn copy_stream(js: &jetstream::Context, name: &str, payloads: &[Bytes]) {
     }
 }
 
+/// Copies `payloads` into a fresh stream `name` and runs `mesh audit verify` on it;
+/// returns whether it passed and what it printed.
+async fn verify_copy(
+    js: &jetstream::Context,
+    url: &str,
+    name: &str,
+    payloads: &[Bytes],
+) -> (bool, String) {
+    copy_stream(js, name, payloads).await;
+    mesh_cli(&["audit", "verify", "--nats", url, "--stream", name])
+}
+
 /// Each kind of tampering makes `mesh audit verify` fail at the right record; the intact
 /// chain verifies, a digest proves a wholesale rewrite, and the real stream refuses
 /// deletes and purges.
@@ -104,23 +116,14 @@ async fn tampering_is_found_at_the_right_record() {
     let enc = |rs: &[AuditRecord]| rs.iter().map(|r| r.encode()).collect::<Vec<_>>();
 
     // An intact copy verifies.
-    copy_stream(&js, "COPY_INTACT", &enc(&records)).await;
-    let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &url, "--stream", "COPY_INTACT"]);
+    let (ok, out) = verify_copy(&js, &url, "COPY_INTACT", &enc(&records)).await;
     assert!(ok, "{out}");
     assert!(out.contains(&format!("{} records", records.len())), "{out}");
 
     // Rewritten: record 3's actor changed, its hash kept.
     let mut changed = records.clone();
     changed[2].actor = "mallory".into();
-    copy_stream(&js, "COPY_CHANGED", &enc(&changed)).await;
-    let (ok, out) = mesh_cli(&[
-        "audit",
-        "verify",
-        "--nats",
-        &url,
-        "--stream",
-        "COPY_CHANGED",
-    ]);
+    let (ok, out) = verify_copy(&js, &url, "COPY_CHANGED", &enc(&changed)).await;
     assert!(
         !ok && out.contains("record 3 (stream seq 3) was changed"),
         "{out}"
@@ -129,29 +132,13 @@ async fn tampering_is_found_at_the_right_record() {
     // Removed: record 3 left out.
     let mut removed = records.clone();
     removed.remove(2);
-    copy_stream(&js, "COPY_REMOVED", &enc(&removed)).await;
-    let (ok, out) = mesh_cli(&[
-        "audit",
-        "verify",
-        "--nats",
-        &url,
-        "--stream",
-        "COPY_REMOVED",
-    ]);
+    let (ok, out) = verify_copy(&js, &url, "COPY_REMOVED", &enc(&removed)).await;
     assert!(!ok && out.contains("record 3 is missing"), "{out}");
 
     // Reordered: records 3 and 4 swapped.
     let mut swapped = records.clone();
     swapped.swap(2, 3);
-    copy_stream(&js, "COPY_REORDERED", &enc(&swapped)).await;
-    let (ok, out) = mesh_cli(&[
-        "audit",
-        "verify",
-        "--nats",
-        &url,
-        "--stream",
-        "COPY_REORDERED",
-    ]);
+    let (ok, out) = verify_copy(&js, &url, "COPY_REORDERED", &enc(&swapped)).await;
     assert!(
         !ok && out.contains("record 4 stands where record 3 belongs"),
         "{out}"
@@ -169,15 +156,7 @@ async fn tampering_is_found_at_the_right_record() {
         "mallory",
         fields,
     ));
-    copy_stream(&js, "COPY_FOREIGN", &enc(&foreign)).await;
-    let (ok, out) = mesh_cli(&[
-        "audit",
-        "verify",
-        "--nats",
-        &url,
-        "--stream",
-        "COPY_FOREIGN",
-    ]);
+    let (ok, out) = verify_copy(&js, &url, "COPY_FOREIGN", &enc(&foreign)).await;
     assert!(
         !ok && out.contains(&format!("record at stream seq {} is foreign", n + 1)),
         "{out}"
@@ -185,8 +164,7 @@ async fn tampering_is_found_at_the_right_record() {
     // ...and a message that is no audit record at all.
     let mut junk = enc(&records);
     junk.insert(1, Bytes::from_static(b"{\"hello\":1}"));
-    copy_stream(&js, "COPY_JUNK", &junk).await;
-    let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &url, "--stream", "COPY_JUNK"]);
+    let (ok, out) = verify_copy(&js, &url, "COPY_JUNK", &junk).await;
     assert!(
         !ok && out.contains("record at stream seq 2 is foreign: not an audit record"),
         "{out}"
@@ -205,15 +183,7 @@ async fn tampering_is_found_at_the_right_record() {
             r
         })
         .collect();
-    copy_stream(&js, "COPY_REWRITTEN", &enc(&rewritten)).await;
-    let (ok, out) = mesh_cli(&[
-        "audit",
-        "verify",
-        "--nats",
-        &url,
-        "--stream",
-        "COPY_REWRITTEN",
-    ]);
+    let (ok, out) = verify_copy(&js, &url, "COPY_REWRITTEN", &enc(&rewritten)).await;
     assert!(ok, "a consistent rewrite passes without a digest: {out}");
     let digest = digest_file.to_str().unwrap();
     let (ok, out) = mesh_cli(&[
