@@ -9,28 +9,13 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use central_hub::audit::{self, kind, AuditLog, AuditRecord};
 use central_hub::registry::{AgentState, LinkState, Registry};
-use support::{wait_for, Mesh, MeshOpts};
-
-/// Runs `mesh <args>`; returns (exit success, stdout + stderr).
-fn mesh_cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(args)
-        .output()
-        .expect("run mesh");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use support::{mesh_cli, wait_for, Mesh, MeshOpts};
 
 async fn audit_count(js: &jetstream::Context) -> u64 {
     match js.get_stream(schemas::subject::STREAM_AUDIT).await {

@@ -4,27 +4,13 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use central_hub::audit::{self, kind, AuditRecord};
 use schemas::{headers as h, subject};
-use support::{wait_for, Mesh, MeshOpts};
-
-fn mesh_cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(args)
-        .output()
-        .expect("run mesh");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use support::{mesh_cli, wait_for, Mesh, MeshOpts};
 
 /// Messages in `MESH_DLQ`; 0 while the central hub has not created it yet.
 async fn dlq_count(js: &async_nats::jetstream::Context) -> u64 {

@@ -53,6 +53,20 @@ impl Proc {
 }
 
 /// A free port on 127.0.0.1 (bound then released).
+/// Runs `mesh <args>`; returns (exit success, stdout + stderr).
+pub fn mesh_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(args)
+        .output()
+        .expect("run mesh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
