@@ -120,6 +120,14 @@ struct RecMeta {
 }
 
 impl RecMeta {
+    /// A [`OutboxError::Corrupt`] naming this record's range.
+    fn corrupt(&self, reason: impl ToString) -> OutboxError {
+        OutboxError::Corrupt {
+            key: format!("{}..={}", self.first, self.last),
+            reason: reason.to_string(),
+        }
+    }
+
     fn key(&self) -> [u8; 32] {
         let mut k = [0u8; 32];
         k[0..8].copy_from_slice(&self.first.to_be_bytes());
@@ -478,40 +486,23 @@ impl Outbox {
     }
 
     fn load_raw(&self, m: RecMeta) -> Result<RawRecord<Vec<u8>>, OutboxError> {
-        let corrupt = |reason: String| OutboxError::Corrupt {
-            key: format!("{}..={}", m.first, m.last),
-            reason,
-        };
-        let v = self
-            .records
-            .get(m.key())
-            .map_err(|e| self.storage(e))?
-            .ok_or_else(|| corrupt("in the index but not in the tree".into()))?;
-        let rec = RawRecord::from_stored(&v).map_err(|e| corrupt(e.to_string()))?;
+        let rec = RawRecord::from_stored(&self.stored(m)?).map_err(|e| m.corrupt(e))?;
         if rec.first_seq != m.first || rec.first_seq + rec.len() as u64 - 1 != m.last {
-            return Err(corrupt(format!(
-                "holds {} events from {}",
-                rec.len(),
-                rec.first_seq
-            )));
+            return Err(m.corrupt(format!("holds {} events from {}", rec.len(), rec.first_seq)));
         }
         Ok(rec)
     }
 
     fn load(&self, m: RecMeta) -> Result<OutboxRecord, OutboxError> {
-        let key = m.key();
-        let v = self
-            .records
-            .get(key)
+        OutboxRecord::decode(&self.stored(m)?).map_err(|e| m.corrupt(e))
+    }
+
+    /// The stored value of the record `m` describes.
+    fn stored(&self, m: RecMeta) -> Result<sled::IVec, OutboxError> {
+        self.records
+            .get(m.key())
             .map_err(|e| self.storage(e))?
-            .ok_or_else(|| OutboxError::Corrupt {
-                key: format!("{}..={}", m.first, m.last),
-                reason: "in the index but not in the tree".into(),
-            })?;
-        OutboxRecord::decode(&v).map_err(|e| OutboxError::Corrupt {
-            key: format!("{}..={}", m.first, m.last),
-            reason: e.to_string(),
-        })
+            .ok_or_else(|| m.corrupt("in the index but not in the tree"))
     }
 
     /// The centre stored every sequence up to `seq`: drop the records it covers.
