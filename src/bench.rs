@@ -679,14 +679,20 @@ fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
 }
 
 /// The edge hub's value of one metric (first sample with that name prefix).
-fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+/// A hub's `/metrics` page.
+fn metrics_page(addr: std::net::SocketAddr) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    out.lines()
+    Some(out)
+}
+
+fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    metrics_page(addr)?
+        .lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
@@ -888,14 +894,7 @@ async fn mesh_latency(agent: &Agent, rate: u64, secs: f64, size: usize) -> anyho
 
 /// Cumulative buckets `(le, count)` of a Prometheus histogram on a `/metrics` page.
 fn histogram(addr: std::net::SocketAddr, name: &str) -> Vec<(f64, f64)> {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return Vec::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    let out = metrics_page(addr).unwrap_or_default();
     let prefix = format!("{name}_bucket{{");
     out.lines()
         .filter_map(|l| {
