@@ -13,6 +13,8 @@ mod up;
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
 /// jemalloc, not glibc malloc: with the outbox filling, the edge hub's heap peaked at
 /// ~68 MiB but glibc held ~160 MiB of RSS (per-thread arenas and fragmentation from
 /// sled's churn; see docs/BENCHMARKS.md).
@@ -24,8 +26,6 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
-
-use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
