@@ -95,7 +95,7 @@ pub async fn run_forwarder(
                     cfg.bundle_max_events
                 };
                 raw.clear();
-                let read = match outbox.read_raw_from(
+                let read = match outbox.read_bundle(
                     cursor,
                     max_events,
                     cfg.bundle_max_bytes,
@@ -126,7 +126,6 @@ pub async fn run_forwarder(
                             events: n,
                             ack: Box::pin(ack.into_future()),
                         });
-                        outbox.mark_sent(last);
                         cursor = last + 1;
                     }
                     Err(e) if permanent(&e) => {

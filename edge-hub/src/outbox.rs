@@ -187,6 +187,11 @@ pub struct Outbox {
     records: sled::Tree,
     meta: sled::Tree,
     state: Mutex<State>,
+    /// Held by a read from start to end and by every expulsion, so that a record cannot
+    /// be expelled between a forwarder's read of it and the mark that puts it in flight
+    /// (the expulsion would count as lost an event the bundle delivers), nor removed from
+    /// sled while a read loads it. Taken before `state`, never after.
+    reading: Mutex<()>,
     cfg: OutboxConfig,
     appended: tokio::sync::Notify,
     /// Record bytes written or removed since the last `malloc_trim`.
@@ -279,6 +284,7 @@ impl Outbox {
             records,
             meta,
             state: Mutex::new(st),
+            reading: Mutex::new(()),
             cfg,
             appended: tokio::sync::Notify::new(),
             churn: AtomicU64::new(0),
@@ -311,6 +317,10 @@ impl Outbox {
         // A panic while holding the lock leaves consistent data (every update is a few
         // plain assignments), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reading(&self) -> MutexGuard<'_, ()> {
+        self.reading.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn storage(&self, source: sled::Error) -> OutboxError {
@@ -390,6 +400,7 @@ impl Outbox {
         max_bytes: usize,
         cache: &mut ReadCache,
     ) -> Result<Option<(u64, Vec<Event>)>, OutboxError> {
+        let _reading = self.reading();
         let Some((metas, mut last_covered)) = self.read_plan(from) else {
             return Ok(None);
         };
@@ -421,6 +432,38 @@ impl Outbox {
     /// are appended back to back to `out`, ready for [`schemas::Bundle::encode_raw`];
     /// `max_bytes` bounds their encoded size. Returns `(last_covered, events)`.
     pub fn read_raw_from(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+        cache: &mut ReadCache,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(u64, u32)>, OutboxError> {
+        let _reading = self.reading();
+        self.read_raw_locked(from, max_events, max_bytes, cache, out)
+    }
+
+    /// [`Outbox::read_raw_from`] for a bundle about to be sent: what it read is marked in
+    /// flight ([`Outbox::mark_sent`]) in the same step, so no expulsion can come between
+    /// the read and the mark.
+    pub fn read_bundle(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+        cache: &mut ReadCache,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(u64, u32)>, OutboxError> {
+        let _reading = self.reading();
+        let read = self.read_raw_locked(from, max_events, max_bytes, cache, out)?;
+        if let Some((last, _)) = read {
+            self.mark_sent(last);
+        }
+        Ok(read)
+    }
+
+    /// [`Outbox::read_raw_from`] with `reading` held by the caller.
+    fn read_raw_locked(
         &self,
         from: u64,
         max_events: usize,
@@ -667,20 +710,20 @@ impl OutboxWriter {
                 return Err(OutboxError::TooLarge { need, max });
             }
             if st.bytes + need > max {
-                match ob.cfg.full_policy {
-                    FullPolicy::Reject => {
-                        return Err(OutboxError::Full {
-                            used: st.bytes,
-                            max,
-                            need,
-                        })
-                    }
-                    FullPolicy::DropOldest => {
-                        ob.expel_while(&mut st, ExpelReason::MaxBytes, |st, _| {
-                            st.bytes + need > max
-                        })?;
-                    }
+                if ob.cfg.full_policy == FullPolicy::Reject {
+                    return Err(OutboxError::Full {
+                        used: st.bytes,
+                        max,
+                        need,
+                    });
                 }
+                // Expelling waits for a read in progress (`reading` comes before `state`).
+                drop(st);
+                let _reading = ob.reading();
+                st = ob.state();
+                ob.expel_while(&mut st, ExpelReason::MaxBytes, |st, _| {
+                    st.bytes + need > max
+                })?;
             }
             let first = st.next_seq;
             st.next_seq += count as u64;
@@ -772,6 +815,7 @@ impl OutboxWriter {
             .unwrap_or(i64::MAX)
             .saturating_sub(max_age);
         let (n, moved) = {
+            let _reading = ob.reading();
             let mut st = ob.state();
             let before = st.expelled_through;
             let n = ob.expel_while(&mut st, ExpelReason::MaxAge, |_, m| m.accepted_ns < cutoff)?;
