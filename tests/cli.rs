@@ -174,3 +174,41 @@ fn config_layering_and_unknown_keys() {
     let (ok, out, _) = mesh(&["central", "--print-config"]);
     assert!(ok && out.contains("[lander]"), "{out}");
 }
+
+/// `mesh --help` says where nats-server comes from and where it would be installed: the
+/// per-user tools folder, or `MESH_TOOLS_DIR` when set — never the source tree.
+#[test]
+fn help_names_the_nats_server_location() {
+    let tools = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("--help")
+        .env("MESH_TOOLS_DIR", tools.path())
+        .output()
+        .expect("run mesh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let installed = tools.path().join("nats/bin/nats-server");
+    assert!(text.contains(&installed.display().to_string()), "{text}");
+    for needle in [
+        "MESH_NATS_SERVER",
+        "MESH_TOOLS_DIR",
+        ".local/share/agentmesh/tools",
+    ] {
+        assert!(
+            text.contains(needle),
+            "--help does not mention {needle}:\n{text}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("--help")
+        .env_remove("MESH_TOOLS_DIR")
+        .env("HOME", "/home/someone")
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .expect("run mesh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/home/someone/.local/share/agentmesh/tools/nats/bin/nats-server"),
+        "{text}"
+    );
+}

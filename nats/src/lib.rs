@@ -16,7 +16,7 @@ mod error;
 mod server;
 
 pub use binary::{
-    ensure_binary, find_binary, find_binary_in, installed_binary_path, tools_dir, workspace_root,
+    ensure_binary, find_binary, find_binary_in, installed_binary_path, tools_dir, tools_dir_from,
     BINARY_ENV, PINNED_VERSION, PIP_PACKAGE, TOOLS_DIR_ENV,
 };
 pub use config::{
