@@ -1,4 +1,4 @@
-//! The command line as outside scripts drive it (DESIGN.md: stable names and flags):
+//! The command line as outside scripts drive it (docs/DESIGN.md: stable names and flags):
 //! `mesh pub` summary line and exit status, `mesh sub`, `--print-config`, and refusal of
 //! unknown configuration keys.
 
