@@ -13,6 +13,7 @@
 mod binary;
 mod config;
 mod error;
+mod probe;
 mod server;
 
 pub use binary::{
