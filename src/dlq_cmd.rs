@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use async_nats::HeaderMap;
-use central_hub::audit::{kind, AuditLog};
+use central_hub::audit::AuditLog;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
+use schemas::audit::{AuditEvent, Purged, Redriven};
 use schemas::{headers as h, subject};
 
 use crate::audit_cmd::central_js;
@@ -228,10 +229,12 @@ pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
                 done.push(l.seq);
             }
             let log = AuditLog::open(js.clone(), subject::STREAM_AUDIT, &operator()).await?;
-            log.append(
-                kind::DLQ_REDRIVEN,
-                serde_json::json!({"count": done.len(), "ids": done, "filter": common.filter, "to": to}),
-            )
+            log.record(&AuditEvent::Redriven(Redriven {
+                count: done.len() as u64,
+                ids: done.clone(),
+                filter: common.filter,
+                to,
+            }))
             .await?;
             eprintln!("redriven={}", done.len());
             Ok(ExitCode::SUCCESS)
@@ -245,10 +248,10 @@ pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
                 .await
                 .context("purging MESH_DLQ")?;
             let log = AuditLog::open(js.clone(), subject::STREAM_AUDIT, &operator()).await?;
-            log.append(
-                kind::DLQ_PURGED,
-                serde_json::json!({"count": r.purged, "filter": common.filter}),
-            )
+            log.record(&AuditEvent::Purged(Purged {
+                count: r.purged,
+                filter: common.filter,
+            }))
             .await?;
             println!("purged={}", r.purged);
             Ok(ExitCode::SUCCESS)

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream::{consumer::pull, consumer::DeliverPolicy};
 use async_nats::HeaderMap;
-use central_hub::audit::{kind, AuditLog};
+use central_hub::audit::AuditLog;
 use clap::{ArgGroup, Args};
 use futures::StreamExt;
+use schemas::audit::{AuditEvent, ReplayRun};
 use schemas::{headers as h, subject, Event};
 
 use crate::audit_cmd::central_js;
@@ -178,13 +179,16 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         &crate::dlq_cmd::operator(),
     )
     .await?;
-    log.append(
-        kind::REPLAY_RUN,
-        serde_json::json!({
-            "stream": a.stream, "subject": filter, "from_seq": a.from_seq, "since": a.since,
-            "until": a.until, "to_seq": a.to_seq, "republish": a.republish, "count": count,
-        }),
-    )
+    log.record(&AuditEvent::ReplayRun(ReplayRun {
+        stream: a.stream,
+        subject: filter,
+        from_seq: a.from_seq,
+        since: a.since,
+        until: a.until,
+        to_seq: a.to_seq,
+        republish: a.republish,
+        count,
+    }))
     .await?;
     eprintln!(
         "replayed={count} elapsed={:.3}s",

@@ -21,12 +21,13 @@ use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use schemas::audit::{AuditEvent, DeadLettered};
 use schemas::dlq::{DeadLetterReply, DeadLetterRequest, FailureNote, MessageRef};
 use schemas::{headers as h, subject};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{kind, AuditLog};
+use crate::audit::AuditLog;
 
 /// Queue group of the hubs' advisory subscriptions: one hub handles each advisory.
 pub const QUEUE: &str = "mesh-dlq";
@@ -150,17 +151,19 @@ impl DeadLetters {
             .map_err(|e| store(e.to_string()))?;
         self.failures.lock().expect("failure cache").remove(m);
         if !ack.duplicate {
-            let r = self
-                .audit
-                .append(
-                    kind::DLQ_DEAD_LETTERED,
-                    serde_json::json!({
-                        "stream": m.stream, "seq": m.seq, "consumer": m.consumer,
-                        "subject": msg.subject.as_str(), "ce_id": ce_id, "reason": reason,
-                        "deliveries": deliveries, "error": error, "dlq_seq": ack.sequence,
-                    }),
-                )
-                .await;
+            let dead = AuditEvent::DeadLettered(DeadLettered {
+                stream: m.stream.clone(),
+                seq: m.seq,
+                consumer: Some(m.consumer.clone()),
+                subject: Some(msg.subject.to_string()),
+                ce_id: Some(ce_id),
+                reason: reason.to_string(),
+                deliveries: Some(deliveries),
+                error: Some(error),
+                dlq_seq: Some(ack.sequence),
+                ..Default::default()
+            });
+            let r = self.audit.record(&dead).await;
             if let Err(e) = r {
                 tracing::warn!(error = %e, "cannot record a dead letter in the audit log");
             }

@@ -116,10 +116,10 @@ impl Lander {
         self
     }
 
-    async fn record_dead_letter(&self, fields: serde_json::Value) {
+    async fn record_dead_letter(&self, dead: schemas::audit::DeadLettered) {
         if let Some(log) = &self.audit {
             if let Err(e) = log
-                .append(crate::audit::kind::DLQ_DEAD_LETTERED, fields)
+                .record(&schemas::audit::AuditEvent::DeadLettered(dead))
                 .await
             {
                 tracing::warn!(error = %e, "cannot record a dead letter in the audit log");
@@ -203,11 +203,14 @@ impl Lander {
                 self.metrics.landed(&bundle.edge, n, bundle.last_seq);
                 // An empty bundle over an event the edge dead-lettered says so.
                 if let Some(reason) = msg.headers.as_ref().and_then(|hs| hs.get(h::DLQ_REASON)) {
-                    self.record_dead_letter(serde_json::json!({
-                        "stream": subject::STREAM_INGRESS, "edge": bundle.edge,
-                        "seq": bundle.first_seq, "reason": reason.as_str(),
-                        "by": "edge",
-                    }))
+                    self.record_dead_letter(schemas::audit::DeadLettered {
+                        stream: subject::STREAM_INGRESS.into(),
+                        edge: Some(bundle.edge.clone()),
+                        seq: bundle.first_seq,
+                        reason: reason.to_string(),
+                        by: Some("edge".into()),
+                        ..Default::default()
+                    })
                     .await;
                 }
                 if let Some(tx) = &self.agents {
@@ -293,10 +296,14 @@ impl Lander {
                 .await;
             return;
         }
-        self.record_dead_letter(serde_json::json!({
-            "stream": subject::STREAM_INGRESS, "seq": seq, "subject": msg.subject.as_str(),
-            "consumer": CONSUMER, "reason": format!("bad-bundle: {reason}"),
-        }))
+        self.record_dead_letter(schemas::audit::DeadLettered {
+            stream: subject::STREAM_INGRESS.into(),
+            seq,
+            subject: Some(msg.subject.to_string()),
+            consumer: Some(CONSUMER.into()),
+            reason: format!("bad-bundle: {reason}"),
+            ..Default::default()
+        })
         .await;
         let _ = msg.ack_with(AckKind::Term).await;
     }

@@ -69,13 +69,15 @@ pub async fn run(
     let config_hash = audit::sha256_hex(cfg.to_toml().as_bytes());
     {
         let (h, c) = (hub.clone(), config_hash.clone());
+        let applied = audit::AuditEvent::ConfigApplied(schemas::audit::ConfigApplied {
+            hub: hub.clone(),
+            sha256: config_hash,
+            config: cfg.to_toml(),
+        });
         audit
-            .append_if(
-                audit::kind::CONFIG_APPLIED,
-                serde_json::json!({"hub": hub, "sha256": config_hash, "config": cfg.to_toml()}),
-                Some(Box::new(move |r: &registry::Registry| {
-                    r.configs.get(&h) != Some(&c)
-                })),
+            .record_if(
+                &applied,
+                Box::new(move |r: &registry::Registry| r.configs.get(&h) != Some(&c)),
             )
             .await?;
     }

@@ -23,11 +23,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde_json::json;
+use schemas::audit::{
+    AgentQuiet, AgentRef, AuditEvent, EdgeConnected, EdgeLost, EdgeRestored, OutboxExpelled,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{kind, AuditLog};
+use crate::audit::AuditLog;
 use crate::registry::{agent_key, AgentState, LinkState, Registry};
 
 /// An edge without a heartbeat (uplink up) for this long is recorded lost.
@@ -83,13 +85,17 @@ pub async fn run_links(client: async_nats::Client, audit: AuditLog, stop: Cancel
                         continue;
                     }
                     let edge_c = edge.clone();
+                    let lost = AuditEvent::EdgeLost(EdgeLost {
+                        edge: edge.clone(),
+                        silent_ms: seen.elapsed().as_millis() as u64,
+                        backlog,
+                    });
                     let r = audit
-                        .append_if(
-                            kind::EDGE_LOST,
-                            json!({"edge": edge, "silent_ms": seen.elapsed().as_millis() as u64, "backlog": backlog}),
-                            Some(Box::new(move |r: &Registry| {
+                        .record_if(
+                            &lost,
+                            Box::new(move |r: &Registry| {
                                 r.edges.get(&edge_c).is_some_and(|e| e.state == LinkState::Connected)
-                            })),
+                            }),
                         )
                         .await;
                     if let Err(e) = r {
@@ -111,11 +117,14 @@ async fn on_status(
     match reg.edges.get(&s.edge) {
         None => {
             let e = edge.clone();
+            let connected = AuditEvent::EdgeConnected(EdgeConnected {
+                edge: edge.clone(),
+                backlog: s.outbox_events,
+            });
             audit
-                .append_if(
-                    kind::EDGE_CONNECTED,
-                    json!({"edge": edge, "backlog": s.outbox_events}),
-                    Some(Box::new(move |r: &Registry| !r.edges.contains_key(&e))),
+                .record_if(
+                    &connected,
+                    Box::new(move |r: &Registry| !r.edges.contains_key(&e)),
                 )
                 .await?;
         }
@@ -128,13 +137,17 @@ async fn on_status(
                 .unwrap_or(0)
                 .max(0);
             let e = edge.clone();
+            let restored = AuditEvent::EdgeRestored(EdgeRestored {
+                edge: edge.clone(),
+                outage_ms: outage_ms as u64,
+                backlog: s.outbox_events,
+            });
             audit
-                .append_if(
-                    kind::EDGE_RESTORED,
-                    json!({"edge": edge, "outage_ms": outage_ms, "backlog": s.outbox_events}),
-                    Some(Box::new(move |r: &Registry| {
+                .record_if(
+                    &restored,
+                    Box::new(move |r: &Registry| {
                         r.edges.get(&e).is_some_and(|e| e.state == LinkState::Lost)
-                    })),
+                    }),
                 )
                 .await?;
         }
@@ -151,22 +164,22 @@ async fn on_status(
             continue;
         }
         let (e, why) = (edge.clone(), reason.clone());
+        let expelled = AuditEvent::OutboxExpelled(OutboxExpelled {
+            edge: edge.clone(),
+            reason: reason.clone(),
+            count: total.saturating_sub(recorded),
+            total,
+        });
         audit
-            .append_if(
-                kind::OUTBOX_EXPELLED,
-                json!({
-                    "edge": edge,
-                    "reason": reason,
-                    "count": total.saturating_sub(recorded),
-                    "total": total,
-                }),
-                Some(Box::new(move |r: &Registry| {
+            .record_if(
+                &expelled,
+                Box::new(move |r: &Registry| {
                     r.edges
                         .get(&e)
                         .and_then(|x| x.expelled.get(&why).copied())
                         .unwrap_or(0)
                         != total
-                })),
+                }),
             )
             .await?;
     }
@@ -189,24 +202,23 @@ pub async fn run_agents(
                 last.insert(key.clone(), (edge.clone(), agent.clone(), Instant::now(), now()));
                 let known = audit.registry().agents.get(&key).map(|a| a.state == AgentState::Active);
                 let k = key.clone();
+                let who = AgentRef { edge, agent };
                 let r = match known {
                     Some(true) => continue,
                     // First sight of this agent anywhere: it joins the registry.
                     None => audit
-                        .append_if(
-                            kind::AGENT_REGISTERED,
-                            json!({"edge": edge, "agent": agent}),
-                            Some(Box::new(move |r: &Registry| !r.agents.contains_key(&k))),
+                        .record_if(
+                            &AuditEvent::AgentRegistered(who),
+                            Box::new(move |r: &Registry| !r.agents.contains_key(&k)),
                         )
                         .await,
                     // Known but quiet: it is back.
                     Some(false) => audit
-                        .append_if(
-                            kind::AGENT_SEEN,
-                            json!({"edge": edge, "agent": agent}),
-                            Some(Box::new(move |r: &Registry| {
+                        .record_if(
+                            &AuditEvent::AgentSeen(who),
+                            Box::new(move |r: &Registry| {
                                 r.agents.get(&k).is_some_and(|a| a.state != AgentState::Active)
-                            })),
+                            }),
                         )
                         .await,
                 };
@@ -223,13 +235,13 @@ pub async fn run_agents(
                 for (key, (edge, agent, _, last_seen)) in quiet {
                     last.remove(&key);
                     let k = key.clone();
+                    let quiet = AuditEvent::AgentQuiet(AgentQuiet { edge, agent, last_seen });
                     let r = audit
-                        .append_if(
-                            kind::AGENT_QUIET,
-                            json!({"edge": edge, "agent": agent, "last_seen": last_seen}),
-                            Some(Box::new(move |r: &Registry| {
+                        .record_if(
+                            &quiet,
+                            Box::new(move |r: &Registry| {
                                 r.agents.get(&k).is_some_and(|a| a.state == AgentState::Active)
-                            })),
+                            }),
                         )
                         .await;
                     if let Err(e) = r {
@@ -259,7 +271,9 @@ pub async fn serve_registry(client: async_nats::Client, audit: AuditLog, stop: C
         let Some(reply) = m.reply else { continue };
         let body = match audit.sync().await {
             Ok(reg) => serde_json::to_vec(&reg).unwrap_or_default(),
-            Err(e) => serde_json::to_vec(&json!({"error": e.to_string()})).unwrap_or_default(),
+            Err(e) => {
+                serde_json::to_vec(&serde_json::json!({"error": e.to_string()})).unwrap_or_default()
+            }
         };
         let _ = client.publish(reply, body.into()).await;
     }
