@@ -8,7 +8,7 @@
 //!
 //! A dead letter is published on `mesh.dlq.<edge>.<subject…>` with the event's own
 //! headers (so `ce-id` is kept and any tool reads it as an event) plus the `mesh-dlq-*`
-//! headers of [`schemas::headers`]. `Nats-Msg-Id` is `dlq:<stream>:<consumer>:<seq>`, so a
+//! headers of [`DeadLetter`]. `Nats-Msg-Id` is `dlq:<stream>:<consumer>:<seq>`, so a
 //! repeated advisory or request does not dead-letter twice within the duplicate window.
 //! Each dead letter is recorded in the audit log.
 //!
@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream;
 use futures::StreamExt;
 use schemas::audit::{AuditEvent, DeadLettered};
-use schemas::dlq::{DeadLetterReply, DeadLetterRequest, FailureNote, MessageRef};
+use schemas::dlq::{
+    reason as why, DeadLetter, DeadLetterReply, DeadLetterRequest, FailureNote, MessageRef, Origin,
+};
 use schemas::{headers as h, subject};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -124,19 +126,19 @@ impl DeadLetters {
             Some(f) => (f.first.clone(), f.last.clone(), f.error.clone()),
             None => (unknown.clone(), now.clone(), unknown.clone()),
         };
-        headers.insert(h::DLQ_REASON, reason);
-        headers.insert(h::DLQ_STREAM, m.stream.as_str());
-        headers.insert(h::DLQ_SEQ, m.seq.to_string().as_str());
-        headers.insert(h::DLQ_SUBJECT, msg.subject.as_str());
-        headers.insert(h::DLQ_CONSUMER, m.consumer.as_str());
-        headers.insert(h::DLQ_DELIVERIES, deliveries.to_string().as_str());
-        headers.insert(h::DLQ_FIRST_FAILURE, first.as_str());
-        headers.insert(h::DLQ_LAST_FAILURE, last.as_str());
-        headers.insert(h::DLQ_ERROR, error.as_str());
-        headers.insert(
-            h::NATS_MSG_ID,
-            format!("dlq:{}:{}:{}", m.stream, m.consumer, m.seq).as_str(),
-        );
+        let dead = DeadLetter {
+            origin: Origin::Consumer,
+            reason: reason.to_string(),
+            stream: m.stream.clone(),
+            seq: m.seq,
+            subject: msg.subject.to_string(),
+            consumer: m.consumer.clone(),
+            deliveries,
+            first_failure: first,
+            last_failure: last,
+            error: error.clone(),
+        };
+        dead.apply(&mut headers);
         let store = |reason: String| DlqError::Store {
             stream: m.stream.clone(),
             seq: m.seq,
@@ -217,7 +219,7 @@ impl DeadLetters {
                         Err(e) => { tracing::warn!(error = %e, "undecodable advisory"); continue }
                     };
                     let r = MessageRef { stream: a.stream, consumer: a.consumer, seq: a.stream_seq };
-                    if let Err(e) = self.dead_letter(&r, a.deliveries, "max-deliveries").await {
+                    if let Err(e) = self.dead_letter(&r, a.deliveries, why::MAX_DELIVERIES).await {
                         tracing::error!(error = %e, "cannot dead-letter");
                     }
                 }
@@ -229,7 +231,7 @@ impl DeadLetters {
                 Some(m) = rejects.next() => {
                     let Some(reply) = m.reply else { continue };
                     let answer = match serde_json::from_slice::<DeadLetterRequest>(&m.payload) {
-                        Ok(req) => match self.dead_letter(&req.msg, req.deliveries, &format!("rejected: {}", req.reason)).await {
+                        Ok(req) => match self.dead_letter(&req.msg, req.deliveries, &why::rejected(&req.reason)).await {
                             Ok(dlq_seq) => DeadLetterReply::Ok { dlq_seq },
                             Err(e) => DeadLetterReply::Err { message: e.to_string() },
                         },

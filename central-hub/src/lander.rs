@@ -37,6 +37,7 @@ use async_nats::jetstream::message::Message;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use schemas::dlq::DeadLetter;
 use schemas::{headers as h, subject, Bundle, Event};
 use tokio_util::sync::CancellationToken;
 
@@ -269,18 +270,15 @@ impl Lander {
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
             .unwrap_or((0, 0));
+        let dead = DeadLetter::bad_bundle(
+            seq,
+            &msg.subject,
+            CONSUMER,
+            deliveries.max(0) as u64,
+            &reason,
+        );
         let mut headers = msg.headers.clone().unwrap_or_default();
-        let now = chrono::Utc::now().to_rfc3339();
-        headers.insert(h::DLQ_REASON, format!("bad-bundle: {reason}").as_str());
-        headers.insert(h::DLQ_STREAM, subject::STREAM_INGRESS);
-        headers.insert(h::DLQ_SEQ, seq.to_string().as_str());
-        headers.insert(h::DLQ_SUBJECT, msg.subject.as_str());
-        headers.insert(h::DLQ_CONSUMER, CONSUMER);
-        headers.insert(h::DLQ_DELIVERIES, deliveries.to_string().as_str());
-        headers.insert(h::DLQ_FIRST_FAILURE, now.as_str());
-        headers.insert(h::DLQ_LAST_FAILURE, now.as_str());
-        headers.insert(h::DLQ_ERROR, reason.as_str());
-        headers.insert(h::NATS_MSG_ID, format!("dlq:ingress:{seq}").as_str());
+        dead.apply(&mut headers);
         let stored = match self
             .js
             .publish_with_headers(subject::dlq(edge, "_bundle"), headers, msg.payload.clone())
@@ -297,11 +295,11 @@ impl Lander {
             return;
         }
         self.record_dead_letter(schemas::audit::DeadLettered {
-            stream: subject::STREAM_INGRESS.into(),
+            stream: dead.stream,
             seq,
-            subject: Some(msg.subject.to_string()),
-            consumer: Some(CONSUMER.into()),
-            reason: format!("bad-bundle: {reason}"),
+            subject: Some(dead.subject),
+            consumer: Some(dead.consumer),
+            reason: dead.reason,
             ..Default::default()
         })
         .await;
