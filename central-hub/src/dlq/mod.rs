@@ -15,6 +15,8 @@
 //! Failure times and error text come from [`FailureNote`]s agents send when they fail a
 //! delivery; every hub keeps the latest per message in a bounded in-memory cache (a
 //! diagnostic, not state: without it the headers say `unknown`).
+//!
+//! Operator actions on the queue are [`letters`], [`letter`], [`redrive`] and [`purge`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,24 +33,78 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
 
+mod actions;
+
+pub use actions::{letter, letters, purge, redrive, Redrive, Sent};
+
 /// Queue group of the hubs' advisory subscriptions: one hub handles each advisory.
 pub const QUEUE: &str = "mesh-dlq";
 const CACHE_MAX: usize = 100_000;
 
+/// What can go wrong making, reading or acting on dead letters.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
+    /// The message to dead-letter could not be read.
     #[error("reading {stream} seq {seq}: {reason}")]
     Read {
         stream: String,
         seq: u64,
         reason: String,
     },
+    /// The dead letter could not be stored in `MESH_DLQ`.
     #[error("storing the dead letter of {stream} seq {seq}: {reason}")]
     Store {
         stream: String,
         seq: u64,
         reason: String,
     },
+    /// `MESH_DLQ` could not be looked up.
+    #[error("stream MESH_DLQ: {source}")]
+    Stream {
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The dead letters could not be listed.
+    #[error(transparent)]
+    List(#[from] schemas::stream::StreamError),
+    /// No dead letter has this id.
+    #[error("no dead letter with id {id} in MESH_DLQ: {source}")]
+    NoLetter {
+        id: u64,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The dead letter asked for is not among those the filter selects.
+    #[error("no dead letter with id {id} matches the filter {filter:?}")]
+    NoMatch { id: u64, filter: String },
+    /// A dead letter does not say where it came from, and no target was given.
+    #[error("dead letter {seq} has no mesh-dlq-subject header; use --to")]
+    NoTarget { seq: u64 },
+    /// A dead letter could not be published again; it stays in `MESH_DLQ`.
+    #[error("redriving dead letter {seq} to {target}: {source}")]
+    Republish {
+        seq: u64,
+        target: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A redriven dead letter could not be deleted from `MESH_DLQ`.
+    #[error("removing redriven dead letter {seq}: {source}")]
+    Remove {
+        seq: u64,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// `MESH_DLQ` could not be purged.
+    #[error("purging MESH_DLQ of {filter:?}: {source}")]
+    Purge {
+        filter: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The action could not be recorded in the audit log.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 #[derive(Debug, Clone)]
