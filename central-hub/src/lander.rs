@@ -260,10 +260,7 @@ impl Lander {
     async fn refuse(&self, msg: &Message, reason: String) {
         tracing::error!(subject = %msg.subject, %reason, "refusing a bundle");
         self.metrics.bad_bundle();
-        let edge = msg
-            .subject
-            .as_str()
-            .strip_prefix("mesh.up.")
+        let edge = subject::edge_of_up(&msg.subject)
             .filter(|e| subject::validate_id("edge", e).is_ok())
             .unwrap_or("_");
         let (seq, deliveries) = msg
