@@ -1,6 +1,6 @@
 //! Turns what the centre observes into audit records: edge links (from the edges'
-//! status heartbeats on `mesh.hub.edge.<edge>`), outbox expulsions (G2), and agents
-//! (from the lander).
+//! status heartbeats on `mesh.hub.edge.<edge>`), outbox expulsions (G2), and what the
+//! lander reports ([`LanderReport`]: agents, and dead letters made while landing).
 //!
 //! Every record is appended with a condition on the [`Registry`] projection at the head
 //! (e.g. `edge.restored` only while the edge is recorded `lost`), so several central
@@ -16,8 +16,10 @@
 //!   from the one recorded, with the difference and the total.
 //! * `agent.registered` / `agent.seen` / `agent.quiet` — the lander landed an event of an
 //!   agent never recorded / of one recorded quiet / an agent this hub saw was idle for
-//!   [`AGENT_QUIET_AFTER`]. Only the hub
-//!   that saw an agent marks it quiet, so a standby hub never declares agents quiet.
+//!   [`AGENT_QUIET_AFTER`]. Only the hub that saw an agent marks it quiet, so a standby
+//!   hub never declares agents quiet.
+//! * `dlq.dead-lettered` — a bundle the lander refused, or an event its edge
+//!   dead-lettered (recorded unconditionally: each is a distinct dead letter).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -30,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
+use crate::lander::LanderReport;
 use crate::registry::{agent_key, AgentState, LinkState, Registry};
 
 /// An edge without a heartbeat (uplink up) for this long is recorded lost.
@@ -186,70 +189,104 @@ async fn on_status(
     Ok(())
 }
 
-/// Records agents as the lander reports them `(edge, agent)`, until `stop`.
-pub async fn run_agents(
-    mut seen: mpsc::Receiver<(String, String)>,
-    audit: AuditLog,
-    stop: CancellationToken,
-) {
-    let mut last: HashMap<String, (String, String, Instant, String)> = HashMap::new();
+/// Per agent key: edge, agent, when this hub last saw it and that time as RFC 3339.
+type LastSeen = HashMap<String, (String, String, Instant, String)>;
+
+/// Records what the lander reports: agents (registered, seen again, gone quiet) and dead
+/// letters. Runs until the lander drops its sender, after recording every report queued
+/// by then, so a hub's shutdown loses none.
+pub async fn run_reports(mut reports: mpsc::Receiver<LanderReport>, audit: AuditLog) {
+    let mut last = LastSeen::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            m = seen.recv() => {
-                let Some((edge, agent)) = m else { return };
-                let key = agent_key(&edge, &agent);
-                last.insert(key.clone(), (edge.clone(), agent.clone(), Instant::now(), now()));
-                let known = audit.registry().agents.get(&key).map(|a| a.state == AgentState::Active);
-                let k = key.clone();
-                let who = AgentRef { edge, agent };
-                let r = match known {
-                    Some(true) => continue,
-                    // First sight of this agent anywhere: it joins the registry.
-                    None => audit
-                        .record_if(
-                            &AuditEvent::AgentRegistered(who),
-                            Box::new(move |r: &Registry| !r.agents.contains_key(&k)),
-                        )
-                        .await,
-                    // Known but quiet: it is back.
-                    Some(false) => audit
-                        .record_if(
-                            &AuditEvent::AgentSeen(who),
-                            Box::new(move |r: &Registry| {
-                                r.agents.get(&k).is_some_and(|a| a.state != AgentState::Active)
-                            }),
-                        )
-                        .await,
-                };
-                if let Err(e) = r {
-                    tracing::warn!(%key, error = %e, "cannot record an agent");
-                }
-            }
-            _ = tick.tick() => {
-                let quiet: Vec<_> = last
-                    .iter()
-                    .filter(|(_, (_, _, at, _))| at.elapsed() >= AGENT_QUIET_AFTER)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                for (key, (edge, agent, _, last_seen)) in quiet {
-                    last.remove(&key);
-                    let k = key.clone();
-                    let quiet = AuditEvent::AgentQuiet(AgentQuiet { edge, agent, last_seen });
-                    let r = audit
-                        .record_if(
-                            &quiet,
-                            Box::new(move |r: &Registry| {
-                                r.agents.get(&k).is_some_and(|a| a.state == AgentState::Active)
-                            }),
-                        )
-                        .await;
-                    if let Err(e) = r {
-                        tracing::warn!(%key, error = %e, "cannot record a quiet agent");
+            r = reports.recv() => match r {
+                None => return,
+                Some(LanderReport::AgentsSeen { edge, agents }) => {
+                    for agent in agents {
+                        agent_seen(&audit, &mut last, edge.clone(), agent).await;
                     }
                 }
-            }
-            _ = stop.cancelled() => return,
+                Some(LanderReport::DeadLettered(dead)) => {
+                    if let Err(e) = audit.record(&AuditEvent::DeadLettered(dead)).await {
+                        tracing::warn!(error = %e, "cannot record a dead letter in the audit log");
+                    }
+                }
+            },
+            _ = tick.tick() => agents_quiet(&audit, &mut last).await,
+        }
+    }
+}
+
+async fn agent_seen(audit: &AuditLog, last: &mut LastSeen, edge: String, agent: String) {
+    let key = agent_key(&edge, &agent);
+    last.insert(
+        key.clone(),
+        (edge.clone(), agent.clone(), Instant::now(), now()),
+    );
+    let known = audit
+        .registry()
+        .agents
+        .get(&key)
+        .map(|a| a.state == AgentState::Active);
+    let k = key.clone();
+    let who = AgentRef { edge, agent };
+    let r = match known {
+        Some(true) => return,
+        // First sight of this agent anywhere: it joins the registry.
+        None => {
+            audit
+                .record_if(
+                    &AuditEvent::AgentRegistered(who),
+                    Box::new(move |r: &Registry| !r.agents.contains_key(&k)),
+                )
+                .await
+        }
+        // Known but quiet: it is back.
+        Some(false) => {
+            audit
+                .record_if(
+                    &AuditEvent::AgentSeen(who),
+                    Box::new(move |r: &Registry| {
+                        r.agents
+                            .get(&k)
+                            .is_some_and(|a| a.state != AgentState::Active)
+                    }),
+                )
+                .await
+        }
+    };
+    if let Err(e) = r {
+        tracing::warn!(%key, error = %e, "cannot record an agent");
+    }
+}
+
+async fn agents_quiet(audit: &AuditLog, last: &mut LastSeen) {
+    let quiet: Vec<_> = last
+        .iter()
+        .filter(|(_, (_, _, at, _))| at.elapsed() >= AGENT_QUIET_AFTER)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (key, (edge, agent, _, last_seen)) in quiet {
+        last.remove(&key);
+        let k = key.clone();
+        let quiet = AuditEvent::AgentQuiet(AgentQuiet {
+            edge,
+            agent,
+            last_seen,
+        });
+        let r = audit
+            .record_if(
+                &quiet,
+                Box::new(move |r: &Registry| {
+                    r.agents
+                        .get(&k)
+                        .is_some_and(|a| a.state == AgentState::Active)
+                }),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(%key, error = %e, "cannot record a quiet agent");
         }
     }
 }
