@@ -96,6 +96,30 @@ struct Hub {
     _server: NatsServer,
 }
 
+impl Hub {
+    /// Sends a bundle of `agent`'s events `first..=last` and waits until `MESH_EVENTS`
+    /// holds `last` events (every bundle starts where the previous one ended).
+    async fn land(&self, agent: &str, first: u64, last: u64) {
+        send_bundle(&self.js, agent, first, last).await;
+        wait_for(&format!("{last} events landed"), || async {
+            events(&self.js).await == last
+        })
+        .await;
+    }
+
+    /// Signals shutdown and waits for `run` to return `Ok`; returns how long it took.
+    async fn shut_down(&mut self) -> Duration {
+        let started = Instant::now();
+        self.stop.cancel();
+        let r = tokio::time::timeout(SHUTDOWN_DEADLINE * 2, &mut self.task)
+            .await
+            .expect("the hub stops");
+        assert!(r.unwrap().is_ok());
+        started.elapsed()
+    }
+}
+
+/// A nats-server and a central hub in-process on it, once ready.
 async fn start_hub(name: &str) -> Hub {
     let cfg = ServerConfig::central(name);
     let server = tokio::task::spawn_blocking(move || NatsServer::start(cfg))
@@ -116,6 +140,7 @@ async fn start_hub(name: &str) -> Hub {
         Some(listener),
         stop.clone().cancelled_owned(),
     ));
+    wait_for("ready", || async { ready_status(http).await == 200 }).await;
     Hub {
         js: jetstream::new(client),
         http,
@@ -130,10 +155,8 @@ async fn start_hub(name: &str) -> Hub {
 /// re-created its consumer and pulled for a while, and events land again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_goes_503_without_the_lander_consumer_and_recovers() {
-    let hub = start_hub("t-ready").await;
-    wait_for("ready", || async { ready_status(hub.http).await == 200 }).await;
-    send_bundle(&hub.js, "a1", 1, 2).await;
-    wait_for("2 events landed", || async { events(&hub.js).await == 2 }).await;
+    let mut hub = start_hub("t-ready").await;
+    hub.land("a1", 1, 2).await;
 
     let ingress = hub.js.get_stream(subject::STREAM_INGRESS).await.unwrap();
     ingress.delete_consumer(lander::CONSUMER).await.unwrap();
@@ -149,14 +172,9 @@ async fn ready_goes_503_without_the_lander_consumer_and_recovers() {
         ingress.consumer_info(lander::CONSUMER).await.is_ok(),
         "the lander re-created its consumer"
     );
-    send_bundle(&hub.js, "a1", 3, 4).await;
-    wait_for("4 events landed", || async { events(&hub.js).await == 4 }).await;
+    hub.land("a1", 3, 4).await;
 
-    hub.stop.cancel();
-    let r = tokio::time::timeout(SHUTDOWN_DEADLINE * 2, hub.task)
-        .await
-        .expect("the hub stops");
-    assert!(r.unwrap().is_ok());
+    hub.shut_down().await;
 }
 
 /// Shutdown stops the lander first, then the rest, and the audit writer last: the hub
@@ -164,21 +182,13 @@ async fn ready_goes_503_without_the_lander_consumer_and_recovers() {
 /// reported just before the signal is in the audit log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_every_task_and_keeps_the_last_reports() {
-    let hub = start_hub("t-stop").await;
-    wait_for("ready", || async { ready_status(hub.http).await == 200 }).await;
-    send_bundle(&hub.js, "late-agent", 1, 3).await;
-    wait_for("3 events landed", || async { events(&hub.js).await == 3 }).await;
+    let mut hub = start_hub("t-stop").await;
+    hub.land("late-agent", 1, 3).await;
 
-    let started = Instant::now();
-    hub.stop.cancel();
-    let r = tokio::time::timeout(SHUTDOWN_DEADLINE * 2, hub.task)
-        .await
-        .expect("the hub stops");
-    assert!(r.unwrap().is_ok());
+    let took = hub.shut_down().await;
     assert!(
-        started.elapsed() < SHUTDOWN_DEADLINE,
-        "shutdown ran into its deadline: {:?}",
-        started.elapsed()
+        took < SHUTDOWN_DEADLINE,
+        "shutdown ran into its deadline: {took:?}"
     );
     let records: Vec<AuditRecord> = audit::read_all(&hub.js, subject::STREAM_AUDIT)
         .await
