@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
-use central_hub::audit::{self, AuditRecord, Digest, Verdict};
 use central_hub::registry::Registry;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
+use schemas::audit::{self, AuditRecord, Digest, Verdict};
 
 #[derive(Args)]
 pub struct AuditArgs {

@@ -1,16 +1,12 @@
-//! `mesh dlq list|show|redrive|purge`: inspect and act on `MESH_DLQ`. Redrive and purge
-//! are recorded in the audit log.
+//! `mesh dlq list|show|redrive|purge`: flags and printing over [`central_hub::dlq`]'s
+//! operator actions on `MESH_DLQ`. Redrive and purge are recorded in the audit log.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::Context;
-use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use async_nats::HeaderMap;
-use central_hub::audit::{kind, AuditLog};
+use central_hub::dlq;
 use clap::{Args, Subcommand};
-use futures::StreamExt;
-use schemas::{headers as h, subject};
+use schemas::headers as h;
 
 use crate::audit_cmd::central_js;
 
@@ -66,13 +62,6 @@ enum DlqCmd {
     },
 }
 
-struct Letter {
-    seq: u64,
-    subject: String,
-    headers: HeaderMap,
-    payload: bytes::Bytes,
-}
-
 fn hv(headers: &HeaderMap, name: &str) -> String {
     headers
         .get(name)
@@ -80,60 +69,11 @@ fn hv(headers: &HeaderMap, name: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn letters(js: &jetstream::Context, filter: &str) -> anyhow::Result<Vec<Letter>> {
-    let stream = js
-        .get_stream(subject::STREAM_DLQ)
-        .await
-        .context("stream MESH_DLQ")?;
-    let full = subject::dlq_filter(filter);
-    let info = stream.get_info().await?;
-    let mut out = Vec::new();
-    if info.state.messages == 0 {
-        return Ok(out);
-    }
-    let last = info.state.last_sequence;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: full.clone(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    // As many as the stream holds on the filter now.
-    let mut want = 0u64;
-    let mut subjects = stream.info_with_subjects(full.clone()).await?;
-    while let Some(s) = subjects.next().await {
-        want += s?.1 as u64;
-    }
-    if want == 0 {
-        return Ok(out);
-    }
-    let mut msgs = consumer.messages().await?;
-    loop {
-        let next = match tokio::time::timeout(Duration::from_secs(10), msgs.next()).await {
-            Ok(Some(m)) => m?,
-            Ok(None) => break,
-            Err(_) => anyhow::bail!("timed out reading MESH_DLQ"),
-        };
-        let seq = next.info().map(|i| i.stream_sequence).unwrap_or(0);
-        out.push(Letter {
-            seq,
-            subject: next.subject.to_string(),
-            headers: next.headers.clone().unwrap_or_default(),
-            payload: next.payload.clone(),
-        });
-        if seq >= last || out.len() as u64 >= want {
-            break;
-        }
-    }
-    Ok(out)
-}
-
 pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
     match a.cmd {
         DlqCmd::List { common } => {
             let (_c, js) = central_js(&common.nats).await?;
-            let ls = letters(&js, &common.filter).await?;
+            let ls = dlq::letters(&js, &common.filter).await?;
             for l in &ls {
                 println!(
                     "{:<6} {:<40} reason={:?} consumer={} deliveries={} ce-id={} from={}#{}",
@@ -152,11 +92,7 @@ pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
         }
         DlqCmd::Show { nats, id } => {
             let (_c, js) = central_js(&nats).await?;
-            let stream = js.get_stream(subject::STREAM_DLQ).await?;
-            let m = stream
-                .get_raw_message(id)
-                .await
-                .with_context(|| format!("no dead letter with id {id} in MESH_DLQ"))?;
+            let m = dlq::letter(&js, id).await?;
             println!("id: {id}\nsubject: {}\ntime: {}", m.subject, m.time);
             let mut names: Vec<_> = m.headers.iter().map(|(k, _)| k.to_string()).collect();
             names.sort();
@@ -173,84 +109,23 @@ pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
             id,
         } => {
             let (_c, js) = central_js(&common.nats).await?;
-            let stream = js.get_stream(subject::STREAM_DLQ).await?;
-            let mut ls = letters(&js, &common.filter).await?;
-            if let Some(id) = id {
-                ls.retain(|l| l.seq == id);
-                anyhow::ensure!(!ls.is_empty(), "no dead letter with id {id} matches");
-            }
-            let gap = rate
-                .filter(|r| *r > 0.0)
-                .map(|r| Duration::from_secs_f64(1.0 / r));
-            let mut tick = gap.map(tokio::time::interval);
-            let mut done = Vec::new();
-            for l in &ls {
-                if let Some(t) = tick.as_mut() {
-                    t.tick().await;
-                }
-                let target = match &to {
-                    Some(t) => t.clone(),
-                    None => hv(&l.headers, h::DLQ_SUBJECT),
-                };
-                anyhow::ensure!(
-                    !target.is_empty(),
-                    "dead letter {} has no {} header; use --to",
-                    l.seq,
-                    h::DLQ_SUBJECT
-                );
-                let mut headers = HeaderMap::new();
-                for (k, vs) in l.headers.iter() {
-                    let name: &str = k.as_ref();
-                    if name.starts_with("mesh-dlq-") || name == h::NATS_MSG_ID {
-                        continue;
-                    }
-                    for v in vs {
-                        headers.append(k.clone(), v.clone());
-                    }
-                }
-                headers.insert(h::ORIGIN_STREAM, hv(&l.headers, h::DLQ_STREAM).as_str());
-                headers.insert(h::ORIGIN_SEQ, hv(&l.headers, h::DLQ_SEQ).as_str());
-                // The ce-id stays; the de-duplication id is new, or JetStream would drop
-                // a redrive within the duplicate window as a duplicate of the original.
-                headers.insert(
-                    h::NATS_MSG_ID,
-                    format!("{}:redrive:{}", hv(&l.headers, h::ID), l.seq).as_str(),
-                );
-                js.publish_with_headers(target.clone(), headers, l.payload.clone())
-                    .await?
-                    .await
-                    .with_context(|| format!("redriving dead letter {} to {target}", l.seq))?;
-                stream
-                    .delete_message(l.seq)
-                    .await
-                    .with_context(|| format!("removing redriven dead letter {}", l.seq))?;
-                println!("redriven {} -> {target}", l.seq);
-                done.push(l.seq);
-            }
-            let log = AuditLog::open(js.clone(), subject::STREAM_AUDIT, &operator()).await?;
-            log.append(
-                kind::DLQ_REDRIVEN,
-                serde_json::json!({"count": done.len(), "ids": done, "filter": common.filter, "to": to}),
-            )
+            let r = dlq::Redrive {
+                filter: common.filter,
+                id,
+                to,
+                rate,
+            };
+            let done = dlq::redrive(&js, &r, &operator(), |s| {
+                println!("redriven {} -> {}", s.dlq_seq, s.target)
+            })
             .await?;
             eprintln!("redriven={}", done.len());
             Ok(ExitCode::SUCCESS)
         }
         DlqCmd::Purge { common } => {
             let (_c, js) = central_js(&common.nats).await?;
-            let stream = js.get_stream(subject::STREAM_DLQ).await?;
-            let r = stream
-                .purge()
-                .filter(subject::dlq_filter(&common.filter))
-                .await
-                .context("purging MESH_DLQ")?;
-            let log = AuditLog::open(js.clone(), subject::STREAM_AUDIT, &operator()).await?;
-            log.append(
-                kind::DLQ_PURGED,
-                serde_json::json!({"count": r.purged, "filter": common.filter}),
-            )
-            .await?;
-            println!("purged={}", r.purged);
+            let purged = dlq::purge(&js, &common.filter, &operator()).await?;
+            println!("purged={purged}");
             Ok(ExitCode::SUCCESS)
         }
     }

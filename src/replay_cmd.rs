@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::jetstream::{consumer::pull, consumer::DeliverPolicy};
 use async_nats::HeaderMap;
-use central_hub::audit::{kind, AuditLog};
+use central_hub::audit::AuditLog;
 use clap::{ArgGroup, Args};
-use futures::StreamExt;
+use schemas::audit::{AuditEvent, ReplayRun};
+use schemas::stream::{Range, RangeReader, Start};
 use schemas::{headers as h, subject, Event};
 
 use crate::audit_cmd::central_js;
@@ -69,108 +69,75 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let since = a.since.as_deref().map(|v| time("since", v)).transpose()?;
     let until = a.until.as_deref().map(|v| time("until", v)).transpose()?;
     let (_c, js) = central_js(&a.nats).await?;
-    let stream = js
-        .get_stream(&a.stream)
-        .await
-        .with_context(|| format!("stream {}", a.stream))?;
-    let info = stream.get_info().await?;
-    let end = a
-        .to_seq
-        .unwrap_or(info.state.last_sequence)
-        .min(info.state.last_sequence);
-    let deliver_policy = match (a.from_seq, since) {
-        (Some(s), _) => DeliverPolicy::ByStartSequence {
-            start_sequence: s.max(1),
+    let filter = a.subject.clone().unwrap_or_default();
+    let range = Range {
+        filter: filter.clone(),
+        start: match (a.from_seq, since) {
+            (Some(s), _) => Start::Seq(s),
+            (None, Some(t)) => Start::Time(t),
+            _ => Start::First,
         },
-        (None, Some(t)) => DeliverPolicy::ByStartTime {
-            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
-                t.timestamp_nanos_opt().unwrap_or(0) as i128,
-            )
-            .context("--since out of range")?,
-        },
-        _ => DeliverPolicy::All,
+        to_seq: a.to_seq,
+        until,
     };
+    let mut reader = RangeReader::open(&js, &a.stream, range).await?;
+    let end = reader.end();
     let started = Instant::now();
     let mut count = 0u64;
-    let filter = a.subject.clone().unwrap_or_default();
-    if info.state.messages > 0 && a.from_seq.is_none_or(|s| s <= end) {
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: filter.clone(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await?;
-        let mut msgs = consumer.messages().await?;
-        let gap = a
-            .rate
-            .filter(|r| *r > 0.0)
-            .map(|r| Duration::from_secs_f64(1.0 / r));
-        let mut tick = gap.map(tokio::time::interval);
-        let progress = std::io::stderr().is_terminal();
-        let mut last_progress = Instant::now();
-        let stop = crate::shutdown_signal();
-        tokio::pin!(stop);
-        let mut out = std::io::stdout().lock();
-        loop {
-            let next = tokio::select! {
-                m = tokio::time::timeout(Duration::from_secs(10), msgs.next()) => m,
-                _ = &mut stop => { eprintln!("\nreplay stopped by signal"); break }
-            };
-            let m = match next {
-                Ok(Some(m)) => m?,
-                Ok(None) => break,
-                Err(_) => anyhow::bail!("timed out reading {}", a.stream),
-            };
-            let mi = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let (seq, pending) = (mi.stream_sequence, mi.pending);
-            let stored: chrono::DateTime<chrono::Utc> =
-                chrono::DateTime::from_timestamp_nanos(mi.published.unix_timestamp_nanos() as i64);
-            if seq > end || until.is_some_and(|u| stored > u) {
-                break;
-            }
-            if let Some(t) = tick.as_mut() {
-                t.tick().await;
-            }
-            let headers = m.headers.clone().unwrap_or_default();
-            if let Some(target) = &a.republish {
-                let mut hs = headers.clone();
-                hs.insert(h::ORIGIN_STREAM, a.stream.as_str());
-                hs.insert(h::ORIGIN_SEQ, seq.to_string().as_str());
-                hs.insert(
-                    h::NATS_MSG_ID,
-                    format!("replay:{}:{seq}:{}", a.stream, hv(&headers, h::ID)).as_str(),
-                );
-                js.publish_with_headers(target.clone(), hs, m.payload.clone())
-                    .await?
-                    .await
-                    .with_context(|| format!("republishing {} seq {seq} to {target}", a.stream))?;
-            } else {
-                let mut obj = match Event::from_message(&headers, m.payload.clone()) {
-                    Ok(ev) => crate::subscribe::event_json(&ev),
-                    Err(_) => serde_json::json!({
-                        "data": String::from_utf8_lossy(&m.payload),
-                    }),
-                };
-                obj["stream"] = a.stream.clone().into();
-                obj["seq"] = seq.into();
-                obj["nats_subject"] = m.subject.as_str().into();
-                obj["stored"] = stored.to_rfc3339().into();
-                writeln!(out, "{obj}")?;
-            }
-            count += 1;
-            if progress && last_progress.elapsed() > Duration::from_millis(250) {
-                eprint!("\rreplayed {count} (seq {seq}/{end})");
-                last_progress = Instant::now();
-            }
-            if seq >= end || pending == 0 {
-                break;
-            }
+    let gap = a
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut tick = gap.map(tokio::time::interval);
+    let progress = std::io::stderr().is_terminal();
+    let mut last_progress = Instant::now();
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
+    let mut out = std::io::stdout().lock();
+    loop {
+        let next = tokio::select! {
+            m = reader.next() => m?,
+            _ = &mut stop => { eprintln!("\nreplay stopped by signal"); break }
+        };
+        let Some(m) = next else { break };
+        let seq = m.seq;
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
         }
-        out.flush()?;
-        if progress {
-            eprintln!();
+        if let Some(target) = &a.republish {
+            let mut hs = m.headers.clone();
+            hs.insert(h::ORIGIN_STREAM, a.stream.as_str());
+            hs.insert(h::ORIGIN_SEQ, seq.to_string().as_str());
+            hs.insert(
+                h::NATS_MSG_ID,
+                format!("replay:{}:{seq}:{}", a.stream, hv(&m.headers, h::ID)).as_str(),
+            );
+            js.publish_with_headers(target.clone(), hs, m.payload.clone())
+                .await?
+                .await
+                .with_context(|| format!("republishing {} seq {seq} to {target}", a.stream))?;
+        } else {
+            let mut obj = match Event::from_message(&m.headers, m.payload.clone()) {
+                Ok(ev) => crate::subscribe::event_json(&ev),
+                Err(_) => serde_json::json!({
+                    "data": String::from_utf8_lossy(&m.payload),
+                }),
+            };
+            obj["stream"] = a.stream.clone().into();
+            obj["seq"] = seq.into();
+            obj["nats_subject"] = m.subject.as_str().into();
+            obj["stored"] = m.stored.to_rfc3339().into();
+            writeln!(out, "{obj}")?;
         }
+        count += 1;
+        if progress && last_progress.elapsed() > Duration::from_millis(250) {
+            eprint!("\rreplayed {count} (seq {seq}/{end})");
+            last_progress = Instant::now();
+        }
+    }
+    out.flush()?;
+    if progress && count > 0 {
+        eprintln!();
     }
     let log = AuditLog::open(
         js.clone(),
@@ -178,13 +145,16 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         &crate::dlq_cmd::operator(),
     )
     .await?;
-    log.append(
-        kind::REPLAY_RUN,
-        serde_json::json!({
-            "stream": a.stream, "subject": filter, "from_seq": a.from_seq, "since": a.since,
-            "until": a.until, "to_seq": a.to_seq, "republish": a.republish, "count": count,
-        }),
-    )
+    log.record(&AuditEvent::ReplayRun(ReplayRun {
+        stream: a.stream,
+        subject: filter,
+        from_seq: a.from_seq,
+        since: a.since,
+        until: a.until,
+        to_seq: a.to_seq,
+        republish: a.republish,
+        count,
+    }))
     .await?;
     eprintln!(
         "replayed={count} elapsed={:.3}s",

@@ -227,7 +227,7 @@ impl Agent {
     /// this edge.
     pub async fn subscribe_live(&self, filter: &str) -> Result<LiveSubscription, AgentError> {
         subject::validate_filter("filter", filter)?;
-        let full = format!("mesh.live.*.{filter}");
+        let full = subject::live_filter(filter);
         let sub = self
             .client
             .subscribe(full.clone())
@@ -279,7 +279,7 @@ impl Agent {
     ) -> Result<DurableSubscription, AgentError> {
         subject::validate_id("durable", durable)?;
         subject::validate_filter("filter", filter)?;
-        let full = format!("mesh.evt.*.{filter}");
+        let full = subject::evt_filter(filter);
         let err = |reason: String| AgentError::Subscribe {
             filter: full.clone(),
             reason,

@@ -1,7 +1,7 @@
 //! `/metrics`, `/health/live` and `/health/ready` of the central hub. Ready means the
-//! streams exist and the lander is pulling (pinned or on standby).
+//! streams exist and the lander is pulling, pinned or on standby (the rule is
+//! [`crate::health`]'s).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -11,12 +11,13 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::metrics::CentralMetrics;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<CentralMetrics>,
-    pub ready: Arc<AtomicBool>,
+    pub health: Arc<Health>,
 }
 
 pub async fn serve(
@@ -48,7 +49,7 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
+    if s.health.ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

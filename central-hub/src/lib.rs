@@ -8,11 +8,20 @@
 //!
 //! Every mesh action is recorded in the hash-chained [`audit`] log; the [`registry`] of
 //! edges and agents is a projection of it, rebuilt on start-up; the [`tracker`] turns
-//! edge heartbeats and landed events into audit records.
+//! edge heartbeats and the lander's reports into audit records. `/health/ready` follows
+//! [`health`]: the streams exist and the lander is pulling.
+//!
+//! [`run`] takes its connection, an optional HTTP listener and a shutdown future. Shutdown
+//! is two-phase, within [`SHUTDOWN_DEADLINE`]: first the lander stops pulling and
+//! finishes the bundle in hand; then the tracker, the dead-letter service, the registry
+//! server, the heartbeat and HTTP stop, the tracker after recording what the lander
+//! reported last; the audit writer drains its queue and stops last. Every task is on one
+//! `TaskTracker`, the lander and the audit writer included.
 
 pub mod audit;
 pub mod config;
 pub mod dlq;
+pub mod health;
 pub mod http;
 pub mod lander;
 pub mod metrics;
@@ -21,7 +30,7 @@ pub mod streams;
 pub mod tracker;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +53,11 @@ pub enum CentralError {
     Audit(#[from] audit::AuditError),
 }
 
-/// Runs a central hub on `client` until `shutdown` resolves.
+/// How long a shutdown may take in all, from the signal to the last task.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Runs a central hub on `client` until `shutdown` resolves, then shuts down in two
+/// phases (see the crate doc).
 pub async fn run(
     cfg: CentralConfig,
     client: async_nats::Client,
@@ -56,30 +69,36 @@ pub async fn run(
     let js = async_nats::jetstream::new(client.clone());
     let kv = streams::ensure(&js, &cfg).await?;
     let metrics = Arc::new(metrics::CentralMetrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
-    let stop = CancellationToken::new();
+    let health = Arc::new(health::Health::default());
+    health.streams_ready();
+    // Two groups stop in turn: the lander first, then everything else.
+    let stop_lander = CancellationToken::new();
+    let stop_rest = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let audit = audit::AuditLog::open(
+    let audit = audit::AuditLog::open_on(
         js.clone(),
         schemas::subject::STREAM_AUDIT,
         &format!("central:{hub}"),
+        &tasks,
     )
     .await?;
     let config_hash = audit::sha256_hex(cfg.to_toml().as_bytes());
     {
         let (h, c) = (hub.clone(), config_hash.clone());
+        let applied = audit::AuditEvent::ConfigApplied(schemas::audit::ConfigApplied {
+            hub: hub.clone(),
+            sha256: config_hash,
+            config: cfg.to_toml(),
+        });
         audit
-            .append_if(
-                audit::kind::CONFIG_APPLIED,
-                serde_json::json!({"hub": hub, "sha256": config_hash, "config": cfg.to_toml()}),
-                Some(Box::new(move |r: &registry::Registry| {
-                    r.configs.get(&h) != Some(&c)
-                })),
+            .record_if(
+                &applied,
+                Box::new(move |r: &registry::Registry| r.configs.get(&h) != Some(&c)),
             )
             .await?;
     }
-    let (agents_tx, agents_rx) = tokio::sync::mpsc::channel(4096);
+    let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(4096);
     let lander = lander::Lander::new(
         client.clone(),
         js.clone(),
@@ -88,57 +107,84 @@ pub async fn run(
         metrics.clone(),
     )
     .await?
-    .report_agents(agents_tx)
-    .audit_to(audit.clone());
+    .report_to(reports_tx)
+    .health(health.clone());
     tasks.spawn(tracker::run_links(
         client.clone(),
         audit.clone(),
-        stop.clone(),
+        stop_rest.clone(),
     ));
-    tasks.spawn(tracker::run_agents(agents_rx, audit.clone(), stop.clone()));
+    tasks.spawn(tracker::run_reports(reports_rx, audit.clone()));
     tasks.spawn(tracker::serve_registry(
         client.clone(),
         audit.clone(),
-        stop.clone(),
+        stop_rest.clone(),
     ));
-    tasks.spawn(dlq::DeadLetters::new(js.clone(), audit.clone()).run(client.clone(), stop.clone()));
-    let lander_task = tokio::spawn(lander.run(stop.clone()));
-    ready.store(true, Ordering::Relaxed);
-    tracing::info!(%hub, "central hub ready");
+    tasks.spawn(
+        dlq::DeadLetters::new(js.clone(), audit.clone()).run(client.clone(), stop_rest.clone()),
+    );
+    let mut lander_task = tasks.spawn(lander.run(stop_lander.clone()));
+    tracing::info!(%hub, "central hub started");
 
     tasks.spawn(heartbeat(
         client.clone(),
         hub.clone(),
         cfg.heartbeat_interval,
         metrics.clone(),
-        stop.clone(),
+        stop_rest.clone(),
     ));
     if let Some(listener) = http {
         tasks.spawn(http::serve(
             listener,
             http::HttpState {
                 metrics: metrics.clone(),
-                ready: ready.clone(),
+                health: health.clone(),
             },
-            stop.clone(),
+            stop_rest.clone(),
         ));
     }
     tasks.close();
 
-    let result = tokio::select! {
-        _ = shutdown => Ok(()),
-        r = lander_task => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(CentralError::JetStream(e)),
-            Err(e) => Err(CentralError::JetStream(e.to_string().into())),
-        },
+    let (result, lander_done) = tokio::select! {
+        _ = shutdown => (Ok(()), false),
+        r = &mut lander_task => (lander_result(r), true),
     };
     tracing::info!(%hub, "central hub shutting down");
-    ready.store(false, Ordering::Relaxed);
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+    health.stopping();
+    // Phase 1: stop pulling; the bundle in hand lands (or is nakked) first.
+    stop_lander.cancel();
+    if !lander_done
+        && tokio::time::timeout_at(deadline, lander_task)
+            .await
+            .is_err()
+    {
+        tracing::warn!(%hub, "the lander did not stop in time");
+    }
+    // Phase 2: everything else. The tracker records the reports the lander left (it ends
+    // once their channel is closed); the audit writer ends last, once every handle on
+    // it is dropped, after appending what is queued.
+    stop_rest.cancel();
+    drop(audit);
+    if tokio::time::timeout_at(deadline, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(%hub, "central hub tasks did not stop in time");
+    }
     let _ = client.flush().await;
+    tracing::info!(%hub, "central hub stopped");
     result
+}
+
+fn lander_result(
+    r: Result<Result<(), async_nats::Error>, tokio::task::JoinError>,
+) -> Result<(), CentralError> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CentralError::JetStream(e)),
+        Err(e) => Err(CentralError::JetStream(e.to_string().into())),
+    }
 }
 
 async fn heartbeat(

@@ -4,13 +4,15 @@
 //! [`Registry::apply`] folds one [`AuditRecord`] into the projection; a hub rebuilds it on
 //! start-up by applying every record from sequence 1, so two hubs (or one hub before and
 //! after a restart) that have read the same records hold the same registry. Records of
-//! kinds the registry does not know are counted in `records` and otherwise ignored.
+//! kinds the registry does not know, and records whose fields do not fit their kind, are
+//! counted in `records` and otherwise ignored. It reads records through
+//! [`schemas::audit`]'s typed events only.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{kind, AuditRecord};
+use schemas::audit::{AuditEvent, AuditRecord};
 
 /// State of an edge's link to the centre, as last recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,59 +80,59 @@ impl Registry {
     /// Folds one record into the projection.
     pub fn apply(&mut self, r: &AuditRecord) {
         self.records = r.seq;
-        let s = |k: &str| r.fields.get(k).and_then(|v| v.as_str()).unwrap_or("");
-        let n = |k: &str| r.fields.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        match r.kind.as_str() {
-            kind::EDGE_CONNECTED | kind::EDGE_RESTORED => {
-                let e = self.edge(s("edge"), &r.time);
-                e.state = LinkState::Connected;
-                e.lost_at = None;
-            }
-            kind::EDGE_LOST => {
-                let e = self.edge(s("edge"), &r.time);
+        let Ok(event) = r.event() else { return };
+        match event {
+            AuditEvent::EdgeConnected(e) => self.connected(&e.edge, &r.time),
+            AuditEvent::EdgeRestored(e) => self.connected(&e.edge, &r.time),
+            AuditEvent::EdgeLost(l) => {
+                let e = self.edge(&l.edge, &r.time);
                 e.state = LinkState::Lost;
                 e.lost_at = Some(r.time.clone());
                 e.outages += 1;
             }
-            kind::OUTBOX_EXPELLED => {
-                let e = self.edge(s("edge"), &r.time);
-                e.expelled.insert(s("reason").to_string(), n("total"));
+            AuditEvent::OutboxExpelled(x) => {
+                let e = self.edge(&x.edge, &r.time);
+                e.expelled.insert(x.reason, x.total);
             }
-            kind::AGENT_REGISTERED | kind::AGENT_SEEN => {
-                let (edge, agent) = (s("edge").to_string(), s("agent").to_string());
+            AuditEvent::AgentRegistered(a) | AuditEvent::AgentSeen(a) => {
                 let time = r.time.clone();
-                let a = self
+                let entry = self
                     .agents
-                    .entry(agent_key(&edge, &agent))
+                    .entry(agent_key(&a.edge, &a.agent))
                     .or_insert_with(|| AgentEntry {
-                        edge,
-                        agent,
+                        edge: a.edge,
+                        agent: a.agent,
                         state: AgentState::Active,
                         first_seen: time.clone(),
                         last_seen: time.clone(),
                         sessions: 0,
                     });
-                a.state = AgentState::Active;
-                a.last_seen = time;
-                a.sessions += 1;
+                entry.state = AgentState::Active;
+                entry.last_seen = time;
+                entry.sessions += 1;
             }
-            kind::AGENT_QUIET => {
-                if let Some(a) = self.agents.get_mut(&agent_key(s("edge"), s("agent"))) {
+            AuditEvent::AgentQuiet(q) => {
+                if let Some(a) = self.agents.get_mut(&agent_key(&q.edge, &q.agent)) {
                     a.state = AgentState::Quiet;
-                    if let Some(last) = r.fields.get("last_seen").and_then(|v| v.as_str()) {
-                        a.last_seen = last.to_string();
+                    if !q.last_seen.is_empty() {
+                        a.last_seen = q.last_seen;
                     }
                 }
             }
-            kind::CONFIG_APPLIED => {
-                self.configs
-                    .insert(s("hub").to_string(), s("sha256").to_string());
+            AuditEvent::ConfigApplied(c) => {
+                self.configs.insert(c.hub, c.sha256);
             }
-            kind::DLQ_DEAD_LETTERED => self.dead_lettered += 1,
-            kind::DLQ_REDRIVEN => self.redriven += n("count"),
-            kind::DLQ_PURGED => self.purged += n("count"),
-            _ => {}
+            AuditEvent::DeadLettered(_) => self.dead_lettered += 1,
+            AuditEvent::Redriven(d) => self.redriven += d.count,
+            AuditEvent::Purged(p) => self.purged += p.count,
+            AuditEvent::HubStarted(_) | AuditEvent::ReplayRun(_) | AuditEvent::Other { .. } => {}
         }
+    }
+
+    fn connected(&mut self, edge: &str, time: &str) {
+        let e = self.edge(edge, time);
+        e.state = LinkState::Connected;
+        e.lost_at = None;
     }
 
     fn edge(&mut self, edge: &str, time: &str) -> &mut EdgeEntry {
@@ -182,5 +184,97 @@ impl Registry {
             self.records, self.dead_lettered, self.redriven, self.purged
         ));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::audit::{
+        AgentQuiet, AgentRef, EdgeConnected, EdgeLost, OutboxExpelled, Purged, GENESIS_HASH,
+    };
+
+    /// Records of `events`, chained, each at its own time.
+    fn records(events: &[AuditEvent]) -> Vec<AuditRecord> {
+        let mut prev = GENESIS_HASH.to_string();
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, ev)| {
+                let mut r =
+                    AuditRecord::seal(i as u64 + 1, &prev, ev.kind(), "test", ev.to_fields());
+                r.time = format!("2025-01-01T00:00:{i:02}Z");
+                r.hash = r.compute_hash();
+                prev = r.hash.clone();
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_projection_follows_the_typed_events() {
+        let agent = AgentRef {
+            edge: "e1".into(),
+            agent: "a1".into(),
+        };
+        let rs = records(&[
+            AuditEvent::EdgeConnected(EdgeConnected {
+                edge: "e1".into(),
+                backlog: 0,
+            }),
+            AuditEvent::AgentRegistered(agent.clone()),
+            AuditEvent::EdgeLost(EdgeLost {
+                edge: "e1".into(),
+                ..Default::default()
+            }),
+            AuditEvent::OutboxExpelled(OutboxExpelled {
+                edge: "e1".into(),
+                reason: "max_bytes".into(),
+                count: 4,
+                total: 4,
+            }),
+            AuditEvent::AgentQuiet(AgentQuiet {
+                edge: "e1".into(),
+                agent: "a1".into(),
+                last_seen: "2024-12-31T23:59:59Z".into(),
+            }),
+            AuditEvent::Other {
+                kind: "future.kind".into(),
+                fields: serde_json::Map::new(),
+            },
+            AuditEvent::Purged(Purged {
+                count: 2,
+                filter: ">".into(),
+            }),
+        ]);
+        let mut reg = Registry::default();
+        for r in &rs {
+            reg.apply(r);
+        }
+        let e = &reg.edges["e1"];
+        assert_eq!(e.state, LinkState::Lost);
+        assert_eq!(e.lost_at.as_deref(), Some("2025-01-01T00:00:02Z"));
+        assert_eq!((e.outages, e.expelled["max_bytes"]), (1, 4));
+        let a = &reg.agents["e1/a1"];
+        assert_eq!((a.state, a.sessions), (AgentState::Quiet, 1));
+        assert_eq!(a.last_seen, "2024-12-31T23:59:59Z");
+        assert_eq!((reg.purged, reg.records), (2, 7));
+    }
+
+    #[test]
+    fn a_record_whose_fields_do_not_fit_is_counted_and_ignored() {
+        let r = AuditRecord::seal(
+            5,
+            GENESIS_HASH,
+            schemas::audit::kind::DLQ_PURGED,
+            "test",
+            serde_json::json!({"count": "many"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let mut reg = Registry::default();
+        reg.apply(&r);
+        assert_eq!((reg.records, reg.purged), (5, 0));
     }
 }

@@ -1,6 +1,6 @@
 //! Turns what the centre observes into audit records: edge links (from the edges'
-//! status heartbeats on `mesh.hub.edge.<edge>`), outbox expulsions (G2), and agents
-//! (from the lander).
+//! status heartbeats on `mesh.hub.edge.<edge>`), outbox expulsions (G2), and what the
+//! lander reports ([`LanderReport`]: agents, and dead letters made while landing).
 //!
 //! Every record is appended with a condition on the [`Registry`] projection at the head
 //! (e.g. `edge.restored` only while the edge is recorded `lost`), so several central
@@ -16,18 +16,23 @@
 //!   from the one recorded, with the difference and the total.
 //! * `agent.registered` / `agent.seen` / `agent.quiet` — the lander landed an event of an
 //!   agent never recorded / of one recorded quiet / an agent this hub saw was idle for
-//!   [`AGENT_QUIET_AFTER`]. Only the hub
-//!   that saw an agent marks it quiet, so a standby hub never declares agents quiet.
+//!   [`AGENT_QUIET_AFTER`]. Only the hub that saw an agent marks it quiet, so a standby
+//!   hub never declares agents quiet.
+//! * `dlq.dead-lettered` — a bundle the lander refused, or an event its edge
+//!   dead-lettered (recorded unconditionally: each is a distinct dead letter).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde_json::json;
+use schemas::audit::{
+    AgentQuiet, AgentRef, AuditEvent, EdgeConnected, EdgeLost, EdgeRestored, OutboxExpelled,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{kind, AuditLog};
+use crate::audit::AuditLog;
+use crate::lander::LanderReport;
 use crate::registry::{agent_key, AgentState, LinkState, Registry};
 
 /// An edge without a heartbeat (uplink up) for this long is recorded lost.
@@ -83,13 +88,17 @@ pub async fn run_links(client: async_nats::Client, audit: AuditLog, stop: Cancel
                         continue;
                     }
                     let edge_c = edge.clone();
+                    let lost = AuditEvent::EdgeLost(EdgeLost {
+                        edge: edge.clone(),
+                        silent_ms: seen.elapsed().as_millis() as u64,
+                        backlog,
+                    });
                     let r = audit
-                        .append_if(
-                            kind::EDGE_LOST,
-                            json!({"edge": edge, "silent_ms": seen.elapsed().as_millis() as u64, "backlog": backlog}),
-                            Some(Box::new(move |r: &Registry| {
+                        .record_if(
+                            &lost,
+                            Box::new(move |r: &Registry| {
                                 r.edges.get(&edge_c).is_some_and(|e| e.state == LinkState::Connected)
-                            })),
+                            }),
                         )
                         .await;
                     if let Err(e) = r {
@@ -111,11 +120,14 @@ async fn on_status(
     match reg.edges.get(&s.edge) {
         None => {
             let e = edge.clone();
+            let connected = AuditEvent::EdgeConnected(EdgeConnected {
+                edge: edge.clone(),
+                backlog: s.outbox_events,
+            });
             audit
-                .append_if(
-                    kind::EDGE_CONNECTED,
-                    json!({"edge": edge, "backlog": s.outbox_events}),
-                    Some(Box::new(move |r: &Registry| !r.edges.contains_key(&e))),
+                .record_if(
+                    &connected,
+                    Box::new(move |r: &Registry| !r.edges.contains_key(&e)),
                 )
                 .await?;
         }
@@ -128,13 +140,17 @@ async fn on_status(
                 .unwrap_or(0)
                 .max(0);
             let e = edge.clone();
+            let restored = AuditEvent::EdgeRestored(EdgeRestored {
+                edge: edge.clone(),
+                outage_ms: outage_ms as u64,
+                backlog: s.outbox_events,
+            });
             audit
-                .append_if(
-                    kind::EDGE_RESTORED,
-                    json!({"edge": edge, "outage_ms": outage_ms, "backlog": s.outbox_events}),
-                    Some(Box::new(move |r: &Registry| {
+                .record_if(
+                    &restored,
+                    Box::new(move |r: &Registry| {
                         r.edges.get(&e).is_some_and(|e| e.state == LinkState::Lost)
-                    })),
+                    }),
                 )
                 .await?;
         }
@@ -151,93 +167,126 @@ async fn on_status(
             continue;
         }
         let (e, why) = (edge.clone(), reason.clone());
+        let expelled = AuditEvent::OutboxExpelled(OutboxExpelled {
+            edge: edge.clone(),
+            reason: reason.clone(),
+            count: total.saturating_sub(recorded),
+            total,
+        });
         audit
-            .append_if(
-                kind::OUTBOX_EXPELLED,
-                json!({
-                    "edge": edge,
-                    "reason": reason,
-                    "count": total.saturating_sub(recorded),
-                    "total": total,
-                }),
-                Some(Box::new(move |r: &Registry| {
+            .record_if(
+                &expelled,
+                Box::new(move |r: &Registry| {
                     r.edges
                         .get(&e)
                         .and_then(|x| x.expelled.get(&why).copied())
                         .unwrap_or(0)
                         != total
-                })),
+                }),
             )
             .await?;
     }
     Ok(())
 }
 
-/// Records agents as the lander reports them `(edge, agent)`, until `stop`.
-pub async fn run_agents(
-    mut seen: mpsc::Receiver<(String, String)>,
-    audit: AuditLog,
-    stop: CancellationToken,
-) {
-    let mut last: HashMap<String, (String, String, Instant, String)> = HashMap::new();
+/// Per agent key: edge, agent, when this hub last saw it and that time as RFC 3339.
+type LastSeen = HashMap<String, (String, String, Instant, String)>;
+
+/// Records what the lander reports: agents (registered, seen again, gone quiet) and dead
+/// letters. Runs until the lander drops its sender, after recording every report queued
+/// by then, so a hub's shutdown loses none.
+pub async fn run_reports(mut reports: mpsc::Receiver<LanderReport>, audit: AuditLog) {
+    let mut last = LastSeen::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            m = seen.recv() => {
-                let Some((edge, agent)) = m else { return };
-                let key = agent_key(&edge, &agent);
-                last.insert(key.clone(), (edge.clone(), agent.clone(), Instant::now(), now()));
-                let known = audit.registry().agents.get(&key).map(|a| a.state == AgentState::Active);
-                let k = key.clone();
-                let r = match known {
-                    Some(true) => continue,
-                    // First sight of this agent anywhere: it joins the registry.
-                    None => audit
-                        .append_if(
-                            kind::AGENT_REGISTERED,
-                            json!({"edge": edge, "agent": agent}),
-                            Some(Box::new(move |r: &Registry| !r.agents.contains_key(&k))),
-                        )
-                        .await,
-                    // Known but quiet: it is back.
-                    Some(false) => audit
-                        .append_if(
-                            kind::AGENT_SEEN,
-                            json!({"edge": edge, "agent": agent}),
-                            Some(Box::new(move |r: &Registry| {
-                                r.agents.get(&k).is_some_and(|a| a.state != AgentState::Active)
-                            })),
-                        )
-                        .await,
-                };
-                if let Err(e) = r {
-                    tracing::warn!(%key, error = %e, "cannot record an agent");
-                }
-            }
-            _ = tick.tick() => {
-                let quiet: Vec<_> = last
-                    .iter()
-                    .filter(|(_, (_, _, at, _))| at.elapsed() >= AGENT_QUIET_AFTER)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                for (key, (edge, agent, _, last_seen)) in quiet {
-                    last.remove(&key);
-                    let k = key.clone();
-                    let r = audit
-                        .append_if(
-                            kind::AGENT_QUIET,
-                            json!({"edge": edge, "agent": agent, "last_seen": last_seen}),
-                            Some(Box::new(move |r: &Registry| {
-                                r.agents.get(&k).is_some_and(|a| a.state == AgentState::Active)
-                            })),
-                        )
-                        .await;
-                    if let Err(e) = r {
-                        tracing::warn!(%key, error = %e, "cannot record a quiet agent");
+            r = reports.recv() => match r {
+                None => return,
+                Some(LanderReport::AgentsSeen { edge, agents }) => {
+                    for agent in agents {
+                        agent_seen(&audit, &mut last, edge.clone(), agent).await;
                     }
                 }
-            }
-            _ = stop.cancelled() => return,
+                Some(LanderReport::DeadLettered(dead)) => {
+                    if let Err(e) = audit.record(&AuditEvent::DeadLettered(dead)).await {
+                        tracing::warn!(error = %e, "cannot record a dead letter in the audit log");
+                    }
+                }
+            },
+            _ = tick.tick() => agents_quiet(&audit, &mut last).await,
+        }
+    }
+}
+
+async fn agent_seen(audit: &AuditLog, last: &mut LastSeen, edge: String, agent: String) {
+    let key = agent_key(&edge, &agent);
+    last.insert(
+        key.clone(),
+        (edge.clone(), agent.clone(), Instant::now(), now()),
+    );
+    let known = audit
+        .registry()
+        .agents
+        .get(&key)
+        .map(|a| a.state == AgentState::Active);
+    let k = key.clone();
+    let who = AgentRef { edge, agent };
+    let r = match known {
+        Some(true) => return,
+        // First sight of this agent anywhere: it joins the registry.
+        None => {
+            audit
+                .record_if(
+                    &AuditEvent::AgentRegistered(who),
+                    Box::new(move |r: &Registry| !r.agents.contains_key(&k)),
+                )
+                .await
+        }
+        // Known but quiet: it is back.
+        Some(false) => {
+            audit
+                .record_if(
+                    &AuditEvent::AgentSeen(who),
+                    Box::new(move |r: &Registry| {
+                        r.agents
+                            .get(&k)
+                            .is_some_and(|a| a.state != AgentState::Active)
+                    }),
+                )
+                .await
+        }
+    };
+    if let Err(e) = r {
+        tracing::warn!(%key, error = %e, "cannot record an agent");
+    }
+}
+
+async fn agents_quiet(audit: &AuditLog, last: &mut LastSeen) {
+    let quiet: Vec<_> = last
+        .iter()
+        .filter(|(_, (_, _, at, _))| at.elapsed() >= AGENT_QUIET_AFTER)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (key, (edge, agent, _, last_seen)) in quiet {
+        last.remove(&key);
+        let k = key.clone();
+        let quiet = AuditEvent::AgentQuiet(AgentQuiet {
+            edge,
+            agent,
+            last_seen,
+        });
+        let r = audit
+            .record_if(
+                &quiet,
+                Box::new(move |r: &Registry| {
+                    r.agents
+                        .get(&k)
+                        .is_some_and(|a| a.state == AgentState::Active)
+                }),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(%key, error = %e, "cannot record a quiet agent");
         }
     }
 }
@@ -259,7 +308,9 @@ pub async fn serve_registry(client: async_nats::Client, audit: AuditLog, stop: C
         let Some(reply) = m.reply else { continue };
         let body = match audit.sync().await {
             Ok(reg) => serde_json::to_vec(&reg).unwrap_or_default(),
-            Err(e) => serde_json::to_vec(&json!({"error": e.to_string()})).unwrap_or_default(),
+            Err(e) => {
+                serde_json::to_vec(&serde_json::json!({"error": e.to_string()})).unwrap_or_default()
+            }
         };
         let _ = client.publish(reply, body.into()).await;
     }

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use async_nats::jetstream;
-use futures::StreamExt;
+use schemas::stream::{Range, RangeReader};
 use schemas::Event;
 use uuid::Uuid;
 
@@ -99,31 +99,10 @@ impl std::fmt::Display for Verdict {
 /// Every event in `MESH_EVENTS`, in stream order, read with an ordered consumer through
 /// `js` (a context of the central domain). Messages that are not events are an error.
 pub async fn read_stream(js: &jetstream::Context) -> Result<Vec<Event>, async_nats::Error> {
-    let mut stream = js.get_stream(schemas::subject::STREAM_EVENTS).await?;
-    let total = stream.info().await?.state.messages;
-    let mut out = Vec::with_capacity(total as usize);
-    if total == 0 {
-        return Ok(out);
-    }
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-        .await?;
-    let mut msgs = consumer.messages().await?;
-    while (out.len() as u64) < total {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(10), msgs.next()).await;
-        let msg = match next {
-            Ok(Some(m)) => m?,
-            Ok(None) => break,
-            Err(_) => {
-                return Err(format!(
-                    "read {} of {total} events, then nothing for 10 s",
-                    out.len()
-                )
-                .into())
-            }
-        };
-        let headers = msg.headers.clone().unwrap_or_default();
-        out.push(Event::from_message(&headers, msg.payload.clone())?);
+    let mut reader = RangeReader::open(js, schemas::subject::STREAM_EVENTS, Range::all()).await?;
+    let mut out = Vec::new();
+    while let Some(m) = reader.next().await? {
+        out.push(Event::from_message(&m.headers, m.payload)?);
     }
     Ok(out)
 }

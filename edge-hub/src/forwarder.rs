@@ -28,6 +28,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::Future;
 use schemas::bundle::BUNDLE_VERSION;
+use schemas::dlq::DeadLetter;
 use schemas::Bundle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -288,28 +289,18 @@ async fn refused(
             return false;
         }
     };
-    let reason = format!("refused-by-centre: {why}");
+    let why = why.to_string();
+    let reason = schemas::dlq::reason::refused_by_centre(&why);
     for ev in &events {
+        let mut dead = DeadLetter::refused_by_centre(ev, &why);
         let mut headers = ev.to_headers();
-        headers.insert(h::DLQ_REASON, reason.as_str());
-        headers.insert(h::DLQ_STREAM, schemas::subject::STREAM_INGRESS);
-        headers.insert(h::DLQ_SEQ, ev.seq.to_string().as_str());
-        headers.insert(h::DLQ_SUBJECT, ev.evt_subject().as_str());
-        headers.insert(h::DLQ_CONSUMER, "");
-        headers.insert(h::DLQ_DELIVERIES, "1");
-        let now = chrono::Utc::now().to_rfc3339();
-        headers.insert(h::DLQ_FIRST_FAILURE, now.as_str());
-        headers.insert(h::DLQ_LAST_FAILURE, now.as_str());
-        headers.insert(h::DLQ_ERROR, why.to_string().as_str());
-        headers.insert(h::NATS_MSG_ID, format!("dlq:{edge}:{}", ev.seq).as_str());
+        dead.apply(&mut headers);
         let subject = schemas::subject::dlq(edge, &ev.subject);
         let mut sent = publish(js, &subject, headers.clone(), ev.data.clone()).await;
         if sent.as_ref().is_err_and(permanent) {
             // Too large for the DLQ as well: keep the attributes, say what was left out.
-            headers.insert(
-                h::DLQ_ERROR,
-                format!("{why}; data of {} bytes left out", ev.data.len()).as_str(),
-            );
+            dead.error = format!("{why}; data of {} bytes left out", ev.data.len());
+            dead.apply(&mut headers);
             sent = publish(js, &subject, headers, bytes::Bytes::new()).await;
         }
         if let Err(e) = sent {

@@ -16,7 +16,7 @@ use crate::metrics::EdgeMetrics;
 
 /// The subject of the probe: JetStream account info of the central domain.
 pub fn probe_subject() -> String {
-    format!("$JS.{}.API.INFO", schemas::subject::CENTRAL_DOMAIN)
+    schemas::subject::js_api_info(schemas::subject::CENTRAL_DOMAIN)
 }
 
 /// Probes until `shutdown`, publishing every change of state on `state`.

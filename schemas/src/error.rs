@@ -66,6 +66,9 @@ pub enum SchemaError {
     /// A bundle whose ranges or events do not fit together.
     #[error("bundle from edge {edge:?} is inconsistent: {reason}")]
     BadBundle { edge: String, reason: String },
+    /// An audit record of a known kind whose fields do not fit its payload.
+    #[error("audit record of kind {kind} has fields of the wrong type: {reason}")]
+    AuditFields { kind: String, reason: String },
 }
 
 impl SchemaError {

@@ -30,8 +30,11 @@ pub const MESH_LAST_SEQ: &str = "mesh-last-seq";
 /// The CloudEvents version the mesh speaks.
 pub const SPECVERSION_1_0: &str = "1.0";
 
-/// Dead letters in `MESH_DLQ` carry the event's own headers plus these.
-/// Why it was dead-lettered: `max-deliveries`, `rejected`, `refused-by-centre`.
+/// Dead letters in `MESH_DLQ` carry the event's own headers plus these, all named
+/// `mesh-dlq-*` ([`DLQ_PREFIX`]); [`crate::dlq::DeadLetter`] sets them.
+pub const DLQ_PREFIX: &str = "mesh-dlq-";
+/// Why it was dead-lettered: `max-deliveries`, `rejected: …`, `refused-by-centre: …`,
+/// `bad-bundle: …` ([`crate::dlq::reason`]).
 pub const DLQ_REASON: &str = "mesh-dlq-reason";
 /// Stream, sequence and subject of the original message.
 pub const DLQ_STREAM: &str = "mesh-dlq-stream";

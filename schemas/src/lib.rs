@@ -7,16 +7,21 @@
 //! * [`bundle`]: the edge outbox record and the bundle that crosses the leaf link.
 //! * [`subject`]: subject builders and the validation of every token that goes into one.
 //! * [`headers`]: every header name the mesh writes or reads.
+//! * [`audit`]: the hash-chained audit record, its typed events and [`audit::verify`].
+//! * [`dlq`]: dead-letter requests and the dead letter's headers.
+//! * [`stream`]: ordered reads of a range of a stream.
 //!
 //! No other crate of the project hand-writes a header name or a subject; they call these.
 //! Every decoding or validation failure is a [`SchemaError`] naming the field and value.
 
+pub mod audit;
 pub mod bundle;
 pub mod dlq;
 pub mod error;
 pub mod event;
 pub mod headers;
 pub mod ingest;
+pub mod stream;
 pub mod subject;
 
 pub use bundle::{Bundle, OutboxRecord};

@@ -9,6 +9,7 @@
 //! | `mesh.audit.<kind>` | audit records (stream `MESH_AUDIT`) |
 //! | `mesh.dlq.<edge>.<subject…>` | dead letters (stream `MESH_DLQ`) |
 //! | `mesh.hub.>` | heartbeats and control requests |
+//! | `$JS.<domain>.API.INFO` | JetStream account info of a domain (the edge's uplink probe) |
 //!
 //! Identities (edge and agent ids) are single tokens of `[A-Za-z0-9_-]`, at most
 //! [`MAX_ID_LEN`] bytes. Event subjects are dotted, at most [`MAX_SUBJECT_LEN`] bytes,
@@ -71,6 +72,12 @@ pub fn up(edge: &str) -> String {
     format!("mesh.up.{edge}")
 }
 
+/// The edge id of a `mesh.up.<edge>` subject (a single non-empty token).
+pub fn edge_of_up(subject: &str) -> Option<&str> {
+    let edge = subject.strip_prefix("mesh.up.")?;
+    (!edge.is_empty() && !edge.contains('.')).then_some(edge)
+}
+
 /// `mesh.evt.<edge>.<subject>`
 pub fn evt(edge: &str, subject: &str) -> String {
     format!("mesh.evt.{edge}.{subject}")
@@ -81,9 +88,19 @@ pub fn evt_edge(edge: &str) -> String {
     format!("mesh.evt.{edge}.>")
 }
 
+/// `mesh.evt.*.<filter>`: events of every edge whose subject matches `filter`.
+pub fn evt_filter(filter: &str) -> String {
+    format!("mesh.evt.*.{filter}")
+}
+
 /// `mesh.live.<edge>.<subject>`
 pub fn live(edge: &str, subject: &str) -> String {
     format!("mesh.live.{edge}.{subject}")
+}
+
+/// `mesh.live.*.<filter>`: live copies from every edge whose subject matches `filter`.
+pub fn live_filter(filter: &str) -> String {
+    format!("mesh.live.*.{filter}")
 }
 
 /// `mesh.dlq.<edge>.<subject>`
@@ -117,6 +134,12 @@ pub const HUB_DLQ_REJECT: &str = "mesh.hub.dlq.reject";
 /// message of `stream` reached a consumer's `max_deliver`.
 pub fn max_deliveries_advisory(stream: &str) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*")
+}
+
+/// `$JS.<domain>.API.INFO`: JetStream account info of `domain`, answered only where that
+/// domain's JetStream is reachable.
+pub fn js_api_info(domain: &str) -> String {
+    format!("$JS.{domain}.API.INFO")
 }
 
 /// `mesh.dlq.<filter>`: dead letters matching an `<edge>.<subject…>` filter.
@@ -283,6 +306,21 @@ mod tests {
         assert_eq!(agent_of_ingest("e2", &s), None);
         assert_eq!(agent_of_ingest("e1", "mesh.ingest.e1.a.b"), None);
         assert_eq!(agent_of_ingest("e1", "mesh.ingest.e10.a"), None);
+    }
+
+    #[test]
+    fn edge_of_up_subjects() {
+        assert_eq!(edge_of_up(&up("e1")), Some("e1"));
+        assert_eq!(edge_of_up("mesh.up."), None);
+        assert_eq!(edge_of_up("mesh.up.a.b"), None);
+        assert_eq!(edge_of_up("mesh.evt.e1"), None);
+    }
+
+    #[test]
+    fn filters_of_every_edge() {
+        assert_eq!(evt_filter("orders.>"), "mesh.evt.*.orders.>");
+        assert_eq!(live_filter("tasks.*"), "mesh.live.*.tasks.*");
+        assert_eq!(js_api_info(CENTRAL_DOMAIN), "$JS.central.API.INFO");
     }
 
     proptest! {

@@ -8,44 +8,103 @@
 //!
 //! A dead letter is published on `mesh.dlq.<edge>.<subject…>` with the event's own
 //! headers (so `ce-id` is kept and any tool reads it as an event) plus the `mesh-dlq-*`
-//! headers of [`schemas::headers`]. `Nats-Msg-Id` is `dlq:<stream>:<consumer>:<seq>`, so a
+//! headers of [`DeadLetter`]. `Nats-Msg-Id` is `dlq:<stream>:<consumer>:<seq>`, so a
 //! repeated advisory or request does not dead-letter twice within the duplicate window.
 //! Each dead letter is recorded in the audit log.
 //!
 //! Failure times and error text come from [`FailureNote`]s agents send when they fail a
 //! delivery; every hub keeps the latest per message in a bounded in-memory cache (a
 //! diagnostic, not state: without it the headers say `unknown`).
+//!
+//! Operator actions on the queue are [`letters`], [`letter`], [`redrive`] and [`purge`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use schemas::dlq::{DeadLetterReply, DeadLetterRequest, FailureNote, MessageRef};
+use schemas::audit::{AuditEvent, DeadLettered};
+use schemas::dlq::{
+    reason as why, DeadLetter, DeadLetterReply, DeadLetterRequest, FailureNote, MessageRef, Origin,
+};
 use schemas::{headers as h, subject};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{kind, AuditLog};
+use crate::audit::AuditLog;
+
+mod actions;
+
+pub use actions::{letter, letters, purge, redrive, Redrive, Sent};
 
 /// Queue group of the hubs' advisory subscriptions: one hub handles each advisory.
 pub const QUEUE: &str = "mesh-dlq";
 const CACHE_MAX: usize = 100_000;
 
+/// What can go wrong making, reading or acting on dead letters.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
+    /// The message to dead-letter could not be read.
     #[error("reading {stream} seq {seq}: {reason}")]
     Read {
         stream: String,
         seq: u64,
         reason: String,
     },
+    /// The dead letter could not be stored in `MESH_DLQ`.
     #[error("storing the dead letter of {stream} seq {seq}: {reason}")]
     Store {
         stream: String,
         seq: u64,
         reason: String,
     },
+    /// `MESH_DLQ` could not be looked up.
+    #[error("stream MESH_DLQ: {source}")]
+    Stream {
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The dead letters could not be listed.
+    #[error(transparent)]
+    List(#[from] schemas::stream::StreamError),
+    /// No dead letter has this id.
+    #[error("no dead letter with id {id} in MESH_DLQ: {source}")]
+    NoLetter {
+        id: u64,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The dead letter asked for is not among those the filter selects.
+    #[error("no dead letter with id {id} matches the filter {filter:?}")]
+    NoMatch { id: u64, filter: String },
+    /// A dead letter does not say where it came from, and no target was given.
+    #[error("dead letter {seq} has no mesh-dlq-subject header; use --to")]
+    NoTarget { seq: u64 },
+    /// A dead letter could not be published again; it stays in `MESH_DLQ`.
+    #[error("redriving dead letter {seq} to {target}: {source}")]
+    Republish {
+        seq: u64,
+        target: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A redriven dead letter could not be deleted from `MESH_DLQ`.
+    #[error("removing redriven dead letter {seq}: {source}")]
+    Remove {
+        seq: u64,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// `MESH_DLQ` could not be purged.
+    #[error("purging MESH_DLQ of {filter:?}: {source}")]
+    Purge {
+        filter: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The action could not be recorded in the audit log.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 #[derive(Debug, Clone)]
@@ -123,19 +182,19 @@ impl DeadLetters {
             Some(f) => (f.first.clone(), f.last.clone(), f.error.clone()),
             None => (unknown.clone(), now.clone(), unknown.clone()),
         };
-        headers.insert(h::DLQ_REASON, reason);
-        headers.insert(h::DLQ_STREAM, m.stream.as_str());
-        headers.insert(h::DLQ_SEQ, m.seq.to_string().as_str());
-        headers.insert(h::DLQ_SUBJECT, msg.subject.as_str());
-        headers.insert(h::DLQ_CONSUMER, m.consumer.as_str());
-        headers.insert(h::DLQ_DELIVERIES, deliveries.to_string().as_str());
-        headers.insert(h::DLQ_FIRST_FAILURE, first.as_str());
-        headers.insert(h::DLQ_LAST_FAILURE, last.as_str());
-        headers.insert(h::DLQ_ERROR, error.as_str());
-        headers.insert(
-            h::NATS_MSG_ID,
-            format!("dlq:{}:{}:{}", m.stream, m.consumer, m.seq).as_str(),
-        );
+        let dead = DeadLetter {
+            origin: Origin::Consumer,
+            reason: reason.to_string(),
+            stream: m.stream.clone(),
+            seq: m.seq,
+            subject: msg.subject.to_string(),
+            consumer: m.consumer.clone(),
+            deliveries,
+            first_failure: first,
+            last_failure: last,
+            error: error.clone(),
+        };
+        dead.apply(&mut headers);
         let store = |reason: String| DlqError::Store {
             stream: m.stream.clone(),
             seq: m.seq,
@@ -150,17 +209,19 @@ impl DeadLetters {
             .map_err(|e| store(e.to_string()))?;
         self.failures.lock().expect("failure cache").remove(m);
         if !ack.duplicate {
-            let r = self
-                .audit
-                .append(
-                    kind::DLQ_DEAD_LETTERED,
-                    serde_json::json!({
-                        "stream": m.stream, "seq": m.seq, "consumer": m.consumer,
-                        "subject": msg.subject.as_str(), "ce_id": ce_id, "reason": reason,
-                        "deliveries": deliveries, "error": error, "dlq_seq": ack.sequence,
-                    }),
-                )
-                .await;
+            let dead = AuditEvent::DeadLettered(DeadLettered {
+                stream: m.stream.clone(),
+                seq: m.seq,
+                consumer: Some(m.consumer.clone()),
+                subject: Some(msg.subject.to_string()),
+                ce_id: Some(ce_id),
+                reason: reason.to_string(),
+                deliveries: Some(deliveries),
+                error: Some(error),
+                dlq_seq: Some(ack.sequence),
+                ..Default::default()
+            });
+            let r = self.audit.record(&dead).await;
             if let Err(e) = r {
                 tracing::warn!(error = %e, "cannot record a dead letter in the audit log");
             }
@@ -214,7 +275,7 @@ impl DeadLetters {
                         Err(e) => { tracing::warn!(error = %e, "undecodable advisory"); continue }
                     };
                     let r = MessageRef { stream: a.stream, consumer: a.consumer, seq: a.stream_seq };
-                    if let Err(e) = self.dead_letter(&r, a.deliveries, "max-deliveries").await {
+                    if let Err(e) = self.dead_letter(&r, a.deliveries, why::MAX_DELIVERIES).await {
                         tracing::error!(error = %e, "cannot dead-letter");
                     }
                 }
@@ -226,7 +287,7 @@ impl DeadLetters {
                 Some(m) = rejects.next() => {
                     let Some(reply) = m.reply else { continue };
                     let answer = match serde_json::from_slice::<DeadLetterRequest>(&m.payload) {
-                        Ok(req) => match self.dead_letter(&req.msg, req.deliveries, &format!("rejected: {}", req.reason)).await {
+                        Ok(req) => match self.dead_letter(&req.msg, req.deliveries, &why::rejected(&req.reason)).await {
                             Ok(dlq_seq) => DeadLetterReply::Ok { dlq_seq },
                             Err(e) => DeadLetterReply::Err { message: e.to_string() },
                         },

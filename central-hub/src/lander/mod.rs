@@ -24,6 +24,14 @@
 //! the server delivers to one pulling hub only, and moves the pin to a standby hub when
 //! the pinned one stops pulling for `lander.pin_timeout`. Bundles the old lander held
 //! unacked come back after `ack_wait` and are sorted out by the mark.
+//!
+//! # Pulling, reports, health
+//! A pull that fails (the consumer deleted, the server gone) is tried again after 100 ms,
+//! getting or re-creating the consumer first; every pull opened and every failure is
+//! reported to [`Health`], which `/health/ready` follows. The lander writes no audit
+//! records: it sends a [`LanderReport`] (agents of landed bundles, dead letters it made
+//! or found) to the tracker, which records them. On shutdown it stops pulling and
+//! finishes the bundle in hand.
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -37,15 +45,25 @@ use async_nats::jetstream::message::Message;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use schemas::audit::DeadLettered;
+use schemas::dlq::DeadLetter;
 use schemas::{headers as h, subject, Bundle, Event};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LanderConfig;
+use crate::health::Health;
 use crate::metrics::CentralMetrics;
+
+mod rule;
+
+pub use rule::{decide, Decision};
 
 /// Durable consumer name and priority group of the landers.
 pub const CONSUMER: &str = "lander";
 pub const GROUP: &str = "lander";
+/// How long the lander waits after a failed pull before it pulls again.
+const PULL_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy)]
 struct Mark {
@@ -66,10 +84,21 @@ pub struct Lander {
     marks: HashMap<String, Mark>,
     cfg: LanderConfig,
     metrics: Arc<CentralMetrics>,
-    /// Where the agents of landed events are reported (for the registry), if anywhere.
-    agents: Option<tokio::sync::mpsc::Sender<(String, String)>>,
-    /// Where dead letters made while landing are recorded.
-    audit: Option<crate::audit::AuditLog>,
+    /// Where agents seen and dead letters made are reported, if anywhere.
+    reports: Option<mpsc::Sender<LanderReport>>,
+    /// Whether it is pulling, for `/health/ready`.
+    health: Arc<Health>,
+}
+
+/// What the lander saw that belongs in the audit log. The lander does not write audit
+/// records itself; the [`crate::tracker`] records these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LanderReport {
+    /// The agents of a bundle that landed (each once).
+    AgentsSeen { edge: String, agents: Vec<String> },
+    /// A dead letter made while landing: a bundle the lander refused, or an event its
+    /// edge dead-lettered (an empty bundle carrying `mesh-dlq-reason`).
+    DeadLettered(DeadLettered),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,39 +132,67 @@ impl Lander {
             marks: HashMap::new(),
             cfg,
             metrics,
-            agents: None,
-            audit: None,
+            reports: None,
+            health: Arc::default(),
         })
     }
 
-    /// Reports `(edge, agent)` of landed events to `tx`; a full channel drops a report
-    /// (the agent's next event reports it again), so landing never waits for it.
-    /// Records dead letters (bad bundles, events the edge dead-lettered) in `log`.
-    pub fn audit_to(mut self, log: crate::audit::AuditLog) -> Lander {
-        self.audit = Some(log);
+    /// Sends [`LanderReport`]s to `tx`. A full channel drops an agents report (the
+    /// agent's next bundle reports it again), so landing never waits for one; a dead
+    /// letter report waits for room.
+    pub fn report_to(mut self, tx: mpsc::Sender<LanderReport>) -> Lander {
+        self.reports = Some(tx);
         self
     }
 
-    async fn record_dead_letter(&self, fields: serde_json::Value) {
-        if let Some(log) = &self.audit {
-            if let Err(e) = log
-                .append(crate::audit::kind::DLQ_DEAD_LETTERED, fields)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot record a dead letter in the audit log");
+    /// Reports its pulls to `health`.
+    pub fn health(mut self, health: Arc<Health>) -> Lander {
+        self.health = health;
+        self
+    }
+
+    async fn report_dead_letter(&self, dead: DeadLettered) {
+        if let Some(tx) = &self.reports {
+            if tx.send(LanderReport::DeadLettered(dead)).await.is_err() {
+                tracing::warn!("cannot report a dead letter: the tracker has stopped");
             }
         }
     }
 
-    pub fn report_agents(mut self, tx: tokio::sync::mpsc::Sender<(String, String)>) -> Lander {
-        self.agents = Some(tx);
-        self
-    }
-
-    /// Pulls and lands bundles until `shutdown`.
+    /// Pulls and lands bundles until `shutdown`; a bundle in hand when it comes is
+    /// landed (or nakked) first. Fails only when its consumer cannot be set up at the
+    /// start; later, a pull that fails (the consumer deleted, the server gone) is
+    /// reported to [`Health`] and tried again, re-creating the consumer if it is gone.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), async_nats::Error> {
         let ingress = self.js.get_stream(subject::STREAM_INGRESS).await?;
-        let consumer: jetstream::consumer::PullConsumer = ingress
+        let mut consumer = Some(self.consumer(&ingress).await?);
+        loop {
+            if let Some(c) = consumer.take() {
+                self.pull(&c, &shutdown).await;
+            }
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            self.health.pull_failed();
+            tokio::select! {
+                _ = tokio::time::sleep(PULL_RETRY) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            match self.consumer(&ingress).await {
+                Ok(c) => consumer = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot get or create the lander consumer; trying again")
+                }
+            }
+        }
+    }
+
+    /// The durable consumer `lander`, created if it is missing.
+    async fn consumer(
+        &self,
+        ingress: &jetstream::stream::Stream,
+    ) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
+        Ok(ingress
             .get_or_create_consumer(
                 CONSUMER,
                 pull::Config {
@@ -152,31 +209,44 @@ impl Lander {
                     ..Default::default()
                 },
             )
-            .await?;
-        loop {
-            let mut messages = consumer
-                .stream()
-                .group(GROUP)
-                .max_messages_per_batch(self.cfg.batch)
-                .expires(Duration::from_millis(250).min(self.cfg.pin_timeout / 2))
-                .heartbeat(Duration::from_millis(100).min(self.cfg.pin_timeout / 4))
-                .messages()
-                .await?;
-            loop {
-                let next = tokio::select! {
-                    m = messages.next() => m,
-                    _ = shutdown.cancelled() => return Ok(()),
-                };
-                match next {
-                    Some(Ok(msg)) => self.handle(msg).await,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "lander pull failed; pulling again");
-                        break;
-                    }
-                    None => break,
-                }
+            .await?)
+    }
+
+    /// One pull session: lands what arrives until the pull fails or `shutdown`.
+    async fn pull(
+        &mut self,
+        consumer: &jetstream::consumer::PullConsumer,
+        shutdown: &CancellationToken,
+    ) {
+        let opened = consumer
+            .stream()
+            .group(GROUP)
+            .max_messages_per_batch(self.cfg.batch)
+            .expires(Duration::from_millis(250).min(self.cfg.pin_timeout / 2))
+            .heartbeat(Duration::from_millis(100).min(self.cfg.pin_timeout / 4))
+            .messages()
+            .await;
+        let mut messages = match opened {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "lander cannot pull; pulling again");
+                return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        self.health.pull_open();
+        loop {
+            let next = tokio::select! {
+                m = messages.next() => m,
+                _ = shutdown.cancelled() => return,
+            };
+            match next {
+                Some(Ok(msg)) => self.handle(msg).await,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "lander pull failed; pulling again");
+                    return;
+                }
+                None => return,
+            }
         }
     }
 
@@ -203,21 +273,25 @@ impl Lander {
                 self.metrics.landed(&bundle.edge, n, bundle.last_seq);
                 // An empty bundle over an event the edge dead-lettered says so.
                 if let Some(reason) = msg.headers.as_ref().and_then(|hs| hs.get(h::DLQ_REASON)) {
-                    self.record_dead_letter(serde_json::json!({
-                        "stream": subject::STREAM_INGRESS, "edge": bundle.edge,
-                        "seq": bundle.first_seq, "reason": reason.as_str(),
-                        "by": "edge",
-                    }))
+                    self.report_dead_letter(DeadLettered {
+                        stream: subject::STREAM_INGRESS.into(),
+                        edge: Some(bundle.edge.clone()),
+                        seq: bundle.first_seq,
+                        reason: reason.to_string(),
+                        by: Some("edge".into()),
+                        ..Default::default()
+                    })
                     .await;
                 }
-                if let Some(tx) = &self.agents {
-                    let mut agents: Vec<&str> =
-                        bundle.events.iter().map(|e| e.agent.as_str()).collect();
+                if let Some(tx) = self.reports.as_ref().filter(|_| !bundle.events.is_empty()) {
+                    let mut agents: Vec<String> =
+                        bundle.events.iter().map(|e| e.agent.clone()).collect();
                     agents.sort_unstable();
                     agents.dedup();
-                    for a in agents {
-                        let _ = tx.try_send((bundle.edge.clone(), a.to_string()));
-                    }
+                    let _ = tx.try_send(LanderReport::AgentsSeen {
+                        edge: bundle.edge.clone(),
+                        agents,
+                    });
                 }
                 // A plain ack: if it is lost, the bundle comes back and the mark (already
                 // written) skips it. Waiting for the server's confirmation would stall
@@ -256,28 +330,22 @@ impl Lander {
     async fn refuse(&self, msg: &Message, reason: String) {
         tracing::error!(subject = %msg.subject, %reason, "refusing a bundle");
         self.metrics.bad_bundle();
-        let edge = msg
-            .subject
-            .as_str()
-            .strip_prefix("mesh.up.")
+        let edge = subject::edge_of_up(&msg.subject)
             .filter(|e| subject::validate_id("edge", e).is_ok())
             .unwrap_or("_");
         let (seq, deliveries) = msg
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
             .unwrap_or((0, 0));
+        let dead = DeadLetter::bad_bundle(
+            seq,
+            &msg.subject,
+            CONSUMER,
+            deliveries.max(0) as u64,
+            &reason,
+        );
         let mut headers = msg.headers.clone().unwrap_or_default();
-        let now = chrono::Utc::now().to_rfc3339();
-        headers.insert(h::DLQ_REASON, format!("bad-bundle: {reason}").as_str());
-        headers.insert(h::DLQ_STREAM, subject::STREAM_INGRESS);
-        headers.insert(h::DLQ_SEQ, seq.to_string().as_str());
-        headers.insert(h::DLQ_SUBJECT, msg.subject.as_str());
-        headers.insert(h::DLQ_CONSUMER, CONSUMER);
-        headers.insert(h::DLQ_DELIVERIES, deliveries.to_string().as_str());
-        headers.insert(h::DLQ_FIRST_FAILURE, now.as_str());
-        headers.insert(h::DLQ_LAST_FAILURE, now.as_str());
-        headers.insert(h::DLQ_ERROR, reason.as_str());
-        headers.insert(h::NATS_MSG_ID, format!("dlq:ingress:{seq}").as_str());
+        dead.apply(&mut headers);
         let stored = match self
             .js
             .publish_with_headers(subject::dlq(edge, "_bundle"), headers, msg.payload.clone())
@@ -293,34 +361,37 @@ impl Lander {
                 .await;
             return;
         }
-        self.record_dead_letter(serde_json::json!({
-            "stream": subject::STREAM_INGRESS, "seq": seq, "subject": msg.subject.as_str(),
-            "consumer": CONSUMER, "reason": format!("bad-bundle: {reason}"),
-        }))
+        self.report_dead_letter(DeadLettered {
+            stream: dead.stream,
+            seq,
+            subject: Some(dead.subject),
+            consumer: Some(dead.consumer),
+            reason: dead.reason,
+            ..Default::default()
+        })
         .await;
         let _ = msg.ack_with(AckKind::Term).await;
     }
 
     async fn land(&mut self, b: &Bundle, redelivered: bool) -> Result<Outcome, LandError> {
-        let mut fresh = false;
-        let mut mark = match self.marks.get(&b.edge) {
-            Some(m) if !redelivered => *m,
-            _ => {
-                fresh = true;
-                self.read_mark(&b.edge).await?
-            }
+        let cached = self.marks.get(&b.edge).copied().filter(|_| !redelivered);
+        let mut mark = match cached {
+            Some(m) => m,
+            None => self.read_mark(&b.edge).await?,
         };
-        if b.first_seq > mark.seq + 1 && !fresh {
+        let mut decision = decide(mark.seq, b.first_seq, b.last_seq);
+        if decision == Decision::Wait && cached.is_some() {
+            // The cached mark may be stale (another lander landed meanwhile).
             mark = self.read_mark(&b.edge).await?;
+            decision = decide(mark.seq, b.first_seq, b.last_seq);
         }
         self.marks.insert(b.edge.clone(), mark);
-        if b.last_seq <= mark.seq {
-            return Ok(Outcome::Duplicate);
-        }
-        if b.first_seq > mark.seq + 1 {
-            return Ok(Outcome::Gap(mark.seq));
-        }
-        let to_land: Vec<&Event> = b.events.iter().filter(|e| e.seq > mark.seq).collect();
+        let from = match decision {
+            Decision::Skip => return Ok(Outcome::Duplicate),
+            Decision::Wait => return Ok(Outcome::Gap(mark.seq)),
+            Decision::Land { from } => from,
+        };
+        let to_land: Vec<&Event> = b.events.iter().filter(|e| e.seq >= from).collect();
         let n = to_land.len() as u64;
         self.metrics.skipped(&b.edge, b.events.len() as u64 - n);
         if !to_land.is_empty() && !self.store_fast(&b.edge, &to_land).await? {
