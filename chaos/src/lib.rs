@@ -1,6 +1,7 @@
 //! Fault injection for agentmesh, in the shape of producer + fault schedule + judge.
 //!
-//! - [`proxy::FaultProxy`]: an in-process TCP proxy on the leaf link between an edge and
+//! - [`proxy::FaultProxy`] (now in `mesh_testkit`, re-exported while the harness moves
+//!   there): an in-process TCP proxy on the leaf link between an edge and
 //!   the central nats-server: black hole (both ways or the return path only), reset,
 //!   latency, bandwidth.
 //! - [`producer`]: agents publishing at a set rate, recording every acknowledged `ce-id`
@@ -14,9 +15,9 @@
 
 pub mod harness;
 pub mod judge;
-pub mod process;
+pub use mesh_testkit::process;
 pub mod producer;
-pub mod proxy;
+pub use mesh_testkit::proxy;
 pub mod scenarios;
 
 pub use harness::{Mesh, MeshSpec};
