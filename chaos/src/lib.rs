@@ -14,7 +14,3 @@ pub mod scenarios;
 
 pub use judge::{read_stream, Verdict};
 pub use producer::{produce, AgentLog};
-
-// Moved to the test kit; re-exported until their last users here (the benchmark and the
-// test support) move onto it.
-pub use mesh_testkit::{process, proxy, FaultProxy, LinkState, MeshProcess};
