@@ -54,6 +54,25 @@ pub(super) async fn wait_count(
     }
 }
 
+/// How many of `count` events publisher `i` of `publishers` sends: an even share, the
+/// remainder to the first.
+fn share(count: u64, publishers: usize, i: usize) -> u64 {
+    let per = count / publishers as u64;
+    if i == 0 {
+        count - per * (publishers as u64 - 1)
+    } else {
+        per
+    }
+}
+
+/// A JetStream context on `client`, in `domain` when given.
+fn js_context(client: &async_nats::Client, domain: Option<&str>) -> jetstream::Context {
+    match domain {
+        Some(d) => jetstream::with_domain(client.clone(), d),
+        None => jetstream::new(client.clone()),
+    }
+}
+
 /// Pipelined JetStream publishes from several connections, at most `window`
 /// unacknowledged per connection; returns when all are acked.
 pub(super) async fn js_publish_all(
@@ -63,18 +82,10 @@ pub(super) async fn js_publish_all(
     count: u64,
     size: usize,
 ) -> anyhow::Result<()> {
-    let per = count / clients.len() as u64;
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
-        let js = match domain {
-            Some(d) => jetstream::with_domain(c.clone(), d),
-            None => jetstream::new(c.clone()),
-        };
-        let n = if i == 0 {
-            count - per * (clients.len() as u64 - 1)
-        } else {
-            per
-        };
+        let js = js_context(c, domain);
+        let n = share(count, clients.len(), i);
         let subject = subject.to_string();
         let mut payloads = Payloads::new(size, i);
         tasks.push(tokio::spawn(async move {
@@ -108,10 +119,7 @@ pub(super) async fn js_latency(
     secs: f64,
     size: usize,
 ) -> anyhow::Result<Latency> {
-    let js = match domain {
-        Some(d) => jetstream::with_domain(client.clone(), d),
-        None => jetstream::new(client.clone()),
-    };
+    let js = js_context(client, domain);
     let (tx, mut rx) =
         tokio::sync::mpsc::unbounded_channel::<(Instant, jetstream::context::PublishAckFuture)>();
     let collector = tokio::spawn(async move {
@@ -169,14 +177,9 @@ pub(super) async fn mesh_publish_all(
     batch: usize,
     size: usize,
 ) -> anyhow::Result<()> {
-    let per = count / agents.len() as u64;
     let mut tasks = Vec::new();
     for (i, agent) in agents.iter().enumerate() {
-        let n = if i == 0 {
-            count - per * (agents.len() as u64 - 1)
-        } else {
-            per
-        };
+        let n = share(count, agents.len(), i);
         let agent = agent.clone();
         let mut payloads = Payloads::new(size, i);
         tasks.push(tokio::spawn(async move {

@@ -19,6 +19,22 @@ use crate::producer::AgentLog;
 
 const FULL_OUTBOX_EDGE: &str = "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\n";
 
+/// The mesh of an outbox scenario (a 200 kB outbox with `full_policy`) and its monitor.
+async fn full_outbox_mesh(
+    opts: &RunOpts,
+    report: &Report,
+    full_policy: &str,
+) -> Result<(Mesh, Monitor), ScenarioError> {
+    let builder = MeshBuilder::new()
+        .edge_toml(format!(
+            "{FULL_OUTBOX_EDGE}full_policy = \"{full_policy}\"\n"
+        ))
+        .seed(scenario_seed(opts.seed, &report.scenario));
+    let mesh = start_mesh(opts, &report.scenario, builder).await?;
+    let monitor = Monitor::start(&mesh)?;
+    Ok((mesh, monitor))
+}
+
 /// `reject`: the link is cut while an agent publishes 1 KiB events at 300/s; the 200 kB
 /// outbox fills and further publishes are refused with `outbox_full`. After the heal the
 /// backlog drains; the refused events never arrive, every acked one does, and after the
@@ -28,11 +44,7 @@ pub(crate) async fn outbox_reject(
     t: &Timeline,
     report: &mut Report,
 ) -> Result<(), ScenarioError> {
-    let builder = MeshBuilder::new()
-        .edge_toml(format!("{FULL_OUTBOX_EDGE}full_policy = \"reject\"\n"))
-        .seed(scenario_seed(opts.seed, "outbox-reject"));
-    let mut mesh = start_mesh(opts, &report.scenario, builder).await?;
-    let monitor = Monitor::start(&mesh)?;
+    let (mut mesh, monitor) = full_outbox_mesh(opts, report, "reject").await?;
     let load = Load::start(
         &mesh,
         &[(0, "a1".into())],
@@ -114,11 +126,7 @@ pub(crate) async fn outbox_drop_oldest(
     t: &Timeline,
     report: &mut Report,
 ) -> Result<(), ScenarioError> {
-    let builder = MeshBuilder::new()
-        .edge_toml(format!("{FULL_OUTBOX_EDGE}full_policy = \"drop-oldest\"\n"))
-        .seed(scenario_seed(opts.seed, "outbox-drop-oldest"));
-    let mut mesh = start_mesh(opts, &report.scenario, builder).await?;
-    let monitor = Monitor::start(&mesh)?;
+    let (mut mesh, monitor) = full_outbox_mesh(opts, report, "drop-oldest").await?;
     let timeout = Duration::from_secs(2);
     let mut faults = Faults::new();
     let before = Load::start(&mesh, &[(0, "a1".into())], 150.0, 1024, timeout).await?;
