@@ -3,8 +3,8 @@
 //!
 //! Every scenario has the same shape:
 //!
-//! 1. start a mesh ([`MeshBuilder::start`]) and the producers (agents publishing one event at a
-//!    time at a set rate, recording every ack: the oracle);
+//! 1. start a mesh ([`MeshBuilder::start`]) and the producers (agents publishing one
+//!    event at a time at a set rate, recording every ack: the oracle);
 //! 2. play a fault schedule drawn from the seed: which faults, when, for how long, with
 //!    which latency, jitter and bandwidth. The same `--seed` gives the same schedule;
 //!    which event a fault hits still depends on scheduling;
@@ -14,13 +14,14 @@
 //!    `ce-meshseq` of the edge's last event in `MESH_EVENTS` reaches the highest acked
 //!    sequence);
 //! 4. stop the producers, wait for every outbox and `MESH_INGRESS` to drain, read
-//!    `MESH_EVENTS` and judge it ([`Verdict`]): acked-but-missing (G1, G2), duplicated
-//!    (G3), reordered (G4), corrupted, refused-but-present (G7), plus the checks of the
-//!    scenario (no failed publish inside a partition (G6), a cut noticed within 3 s (G5
-//!    allows 1 s, with margin for a loaded machine; the same for noticing the heal), every
-//!    missing event accounted for by `mesh_edge_expelled_events_total` and by the audit
-//!    log's `outbox.expelled` records and the oldest of the outbox, `MESH_DLQ` empty, the
-//!    fault really exercised what it targets).
+//!    `MESH_EVENTS` and judge it ([`Verdict`](crate::judge::Verdict)): acked-but-missing
+//!    (G1, G2), duplicated (G3), reordered (G4), corrupted, refused-but-present (G7),
+//!    plus the checks of the scenario (no failed publish inside a partition (G6), a cut
+//!    noticed within 3 s (G5 allows 1 s, with margin for a loaded machine; the same for
+//!    noticing the heal), every missing event accounted for by
+//!    `mesh_edge_expelled_events_total` and by the audit log's `outbox.expelled` records
+//!    and the oldest of the outbox, `MESH_DLQ` empty, the fault really exercised what it
+//!    targets).
 //!
 //! A background monitor scrapes every edge hub's `/metrics` every 50 ms for the outbox
 //! depth (its peak is reported) and the uplink state (when a cut was noticed).
