@@ -1,6 +1,12 @@
 //! `mesh up`: a whole local mesh on one machine — a central nats-server (JetStream domain
 //! `central`) with a central hub, N edge nats-servers leaf-linked to it, each with an
 //! edge hub — plus demo agents, printing what flows until Ctrl-C (or `--duration`).
+//!
+//! The mesh is assembled by the test kit's builder (`mesh_testkit::MeshBuilder`), as for
+//! the tests: the hubs are `mesh central` / `mesh edge` child processes of this
+//! executable, logging into files under `--data-dir`. That directory is kept across runs
+//! and laid out the same way every time, so a second run reuses the stores and outboxes.
+//! Stopping is two-phase: SIGTERM every hub and wait for it, then stop the servers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +15,7 @@ use std::time::Duration;
 use agents::Agent;
 use anyhow::Context;
 use clap::Args;
-use mesh_nats::{NatsServer, ServerConfig};
+use mesh_testkit::{Mesh, MeshBuilder};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
@@ -28,17 +34,9 @@ pub struct UpArgs {
     duration: Option<f64>,
 }
 
-async fn start_server(cfg: ServerConfig) -> anyhow::Result<NatsServer> {
-    let name = cfg.name.clone();
-    tokio::task::spawn_blocking(move || NatsServer::start(cfg))
-        .await?
-        .with_context(|| format!("cannot start nats-server {name}"))
-}
-
-async fn http_listener() -> anyhow::Result<(tokio::net::TcpListener, String)> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = format!("http://{}", l.local_addr()?);
-    Ok((l, addr))
+/// `MESH_LOG` of the hub processes: this command's own, else the hubs' usual default.
+fn hub_log_filter() -> String {
+    std::env::var("MESH_LOG").unwrap_or_else(|_| "info,async_nats=warn".into())
 }
 
 pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
@@ -58,81 +56,36 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         binary.display(),
         data.display()
     );
+    let mesh = MeshBuilder::new()
+        .name("mesh")
+        .exe(std::env::current_exe().context("cannot find the mesh executable")?)
+        .nats_binary(&binary)
+        .dir(&data)
+        .proxied(false)
+        .central_hub_ids(["central-1"])
+        .edge_ids((1..=a.edges).map(|i| format!("edge-{i}")))
+        .hub_log(&hub_log_filter())
+        .start()
+        .await
+        .context("cannot start the mesh")?;
+    print_components(&mesh);
 
     let stop = CancellationToken::new();
-    let mut hubs = Vec::new();
-
-    let central_nats = start_server(
-        ServerConfig::central("mesh-central")
-            .dir(data.join("central-nats"))
-            .binary(binary.clone()),
-    )
-    .await?;
-    let leaf = central_nats
-        .leaf_url()
-        .context("central nats-server has no leafnode port")?;
-    let client = async_nats::connect(central_nats.client_url()).await?;
-    let (l, http) = http_listener().await?;
-    let cfg = central_hub::CentralConfig {
-        hub_id: "central-1".into(),
-        nats: central_nats.client_url(),
-        ..Default::default()
-    };
-    let s = stop.clone();
-    hubs.push(tokio::spawn(async move {
-        if let Err(e) = central_hub::run(cfg, client, Some(l), s.cancelled_owned()).await {
-            eprintln!("central hub failed: {e}");
-        }
-    }));
-    println!(
-        "central  nats {}  leaf {}  hub metrics {}/metrics",
-        central_nats.client_url(),
-        leaf,
-        http
-    );
-
-    let mut edge_servers = Vec::new();
-    for i in 1..=a.edges {
-        let id = format!("edge-{i}");
-        let srv = start_server(
-            ServerConfig::edge(&format!("mesh-{id}"), vec![leaf.clone()])
-                .dir(data.join(format!("{id}-nats")))
-                .binary(binary.clone()),
-        )
-        .await?;
-        let client = async_nats::connect(srv.client_url()).await?;
-        let (l, http) = http_listener().await?;
-        let cfg = edge_hub::EdgeConfig {
-            id: id.clone(),
-            nats: srv.client_url(),
-            data_dir: data.join(&id),
-            ..Default::default()
-        };
-        let s = stop.clone();
-        hubs.push(tokio::spawn(async move {
-            if let Err(e) = edge_hub::run(cfg, client, Some(l), s.cancelled_owned()).await {
-                eprintln!("edge hub failed: {e}");
-            }
-        }));
-        println!(
-            "{id:<8} nats {}  hub metrics {}/metrics",
-            srv.client_url(),
-            http
-        );
-        edge_servers.push((id, srv));
-    }
+    let central_url = mesh.central.client_url();
+    let edge_urls: Vec<(String, String)> = mesh
+        .sites
+        .iter()
+        .map(|s| (s.id.clone(), s.nats.client_url()))
+        .collect();
     println!(
         "try:     mesh pub --nats {} --agent me demo.hello '{{\"hi\":1}}'",
-        edge_servers[0].1.client_url()
+        edge_urls[0].1
     );
-    println!(
-        "         mesh sub --nats {} --durable me 'demo.>'",
-        central_nats.client_url()
-    );
+    println!("         mesh sub --nats {central_url} --durable me 'demo.>'");
 
     if !a.no_demo {
-        for (id, srv) in &edge_servers {
-            let agent = Agent::connect(&srv.client_url(), &format!("producer-{}", &id[5..]))
+        for (id, url) in &edge_urls {
+            let agent = Agent::connect(url, &format!("producer-{}", &id[5..]))
                 .await
                 .with_context(|| format!("demo producer on {id}"))?;
             tokio::spawn(agents::demo::producer(
@@ -141,7 +94,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                 |line| println!("[pub ] {line}"),
             ));
         }
-        let auditor = Agent::connect(&edge_servers[0].1.client_url(), "auditor").await?;
+        let auditor = Agent::connect(&edge_urls[0].1, "auditor").await?;
         tokio::spawn(async move {
             if let Err(e) =
                 agents::demo::consumer(auditor, "demo-auditor", |line| println!("[sub ] {line}"))
@@ -150,11 +103,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("demo consumer stopped: {e}");
             }
         });
-        let watcher = Agent::connect(
-            &edge_servers[edge_servers.len() - 1].1.client_url(),
-            "watcher",
-        )
-        .await?;
+        let watcher = Agent::connect(&edge_urls[edge_urls.len() - 1].1, "watcher").await?;
         let mut live = watcher.subscribe_live("demo.>").await?;
         tokio::spawn(async move {
             while let Some(Ok(ev)) = live.next().await {
@@ -170,11 +119,11 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "         mesh audit verify --nats {0}   mesh dlq list --nats {0}   mesh registry list --nats {0}",
-        central_nats.client_url()
+        central_url
     );
     if !a.no_demo {
-        let central_url = central_nats.client_url();
-        let edge_url = edge_servers[0].1.client_url();
+        let edge_url = edge_urls[0].1.clone();
+        let central_url = central_url.clone();
         let s = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -199,12 +148,57 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     println!("stopping");
     stop.cancel();
-    for h in hubs {
-        let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+    for hub in mesh.shutdown(HUB_GRACE) {
+        eprintln!("{hub} did not exit cleanly on SIGTERM within {HUB_GRACE:?}");
     }
-    drop(edge_servers);
-    drop(central_nats);
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long each hub has to exit after SIGTERM.
+const HUB_GRACE: Duration = Duration::from_secs(10);
+
+/// One line per component: what it is, its URLs, its pid and where its data lives.
+fn print_components(mesh: &Mesh) {
+    let pid = |p: Option<u32>| p.map_or_else(|| "-".into(), |p| p.to_string());
+    let c = &mesh.central;
+    println!(
+        "central  nats-server {:<12} nats {}  leaf {}  pid {}  data {}",
+        c.name(),
+        c.client_url(),
+        c.leaf_url().unwrap_or_default(),
+        pid(c.pid()),
+        c.dir().display()
+    );
+    for hub in &mesh.central_hubs {
+        println!(
+            "central  hub {:<20} metrics http://{}/metrics  pid {}  log {}",
+            hub.id(),
+            hub.http(),
+            pid(hub.pid()),
+            hub.process().log_path().display()
+        );
+    }
+    for site in &mesh.sites {
+        println!(
+            "{:<8} nats-server {:<12} nats {}  pid {}  data {}",
+            site.id,
+            site.nats.name(),
+            site.nats.client_url(),
+            pid(site.nats.pid()),
+            site.nats.dir().display()
+        );
+        if let Some(hub) = &site.hub {
+            println!(
+                "{:<8} hub {:<20} metrics http://{}/metrics  pid {}  data {}  log {}",
+                site.id,
+                hub.id(),
+                hub.http(),
+                pid(hub.pid()),
+                site.data_dir.display(),
+                hub.process().log_path().display()
+            );
+        }
+    }
 }
 
 /// The operator side of the demo: one malformed order is rejected by a strict consumer

@@ -75,11 +75,11 @@ async fn tampering_is_found_at_the_right_record() {
             .await
             .unwrap();
     }
-    let url = mesh.central.client_url();
+    let url = mesh.central().client_url();
     let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &url]);
     assert!(ok && out.starts_with("OK MESH_AUDIT: "), "{out}");
 
-    let digest_file = mesh.dir.path().join("digest.json");
+    let digest_file = mesh.dir().join("digest.json");
     let (ok, out) = mesh_cli(&[
         "audit",
         "digest",
@@ -241,7 +241,7 @@ async fn concurrent_writers_keep_one_chain() {
     for t in tasks {
         t.await.unwrap();
     }
-    let client = async_nats::connect(mesh.central.client_url())
+    let client = async_nats::connect(mesh.central().client_url())
         .await
         .unwrap();
     wait_for("the edge and both agents recorded", || async {
@@ -292,7 +292,7 @@ async fn hub_registry(client: &async_nats::Client) -> Option<Registry> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_survives_restart_and_records_link_events() {
     let mut mesh = Mesh::start(MeshOpts::default()).await;
-    let client = async_nats::connect(mesh.central.client_url())
+    let client = async_nats::connect(mesh.central().client_url())
         .await
         .unwrap();
     for id in ["a1", "a2"] {
@@ -310,7 +310,7 @@ async fn registry_survives_restart_and_records_link_events() {
     .await;
 
     // Cut the link with a backlog: lost, then restored with outage and backlog.
-    mesh.proxy.cut();
+    mesh.proxy().cut();
     mesh.wait_uplink(false).await;
     let agent = mesh.agent("a1").await;
     for _ in 0..5 {
@@ -322,7 +322,7 @@ async fn registry_survives_restart_and_records_link_events() {
             .is_some_and(|r| r.edges["e1"].state == LinkState::Lost)
     })
     .await;
-    mesh.proxy.heal();
+    mesh.proxy().heal();
     wait_for("edge.restored recorded", || async {
         hub_registry(&client)
             .await
@@ -352,8 +352,8 @@ async fn registry_survives_restart_and_records_link_events() {
     mesh.drained_events().await;
 
     let before = hub_registry(&client).await.expect("registry");
-    mesh.central_hubs[0].kill();
-    mesh.central_hubs[0].start();
+    mesh.central_hub(0).kill();
+    mesh.central_hub(0).start();
     wait_for("the restarted hub to answer", || async {
         hub_registry(&client).await.is_some()
     })
@@ -370,13 +370,13 @@ async fn registry_survives_restart_and_records_link_events() {
         "registry",
         "list",
         "--nats",
-        &mesh.central.client_url(),
+        &mesh.central().client_url(),
         "--json",
     ]);
     assert!(ok, "{out}");
     let rebuilt: Registry = serde_json::from_str(&out).expect(&out);
     assert_eq!(rebuilt, before);
-    let (ok, out) = mesh_cli(&["registry", "list", "--nats", &mesh.edge.client_url()]);
+    let (ok, out) = mesh_cli(&["registry", "list", "--nats", &mesh.edge().client_url()]);
     assert!(
         ok && out.contains("e1/a1") && out.contains("outages=1"),
         "{out}"
@@ -392,7 +392,7 @@ async fn outbox_expulsions_are_audited() {
         ..MeshOpts::default()
     })
     .await;
-    mesh.proxy.cut();
+    mesh.proxy().cut();
     mesh.wait_uplink(false).await;
     let agent = mesh.agent("a1").await;
     // Incompressible data: the outbox limit counts stored (LZ4) bytes.
@@ -406,7 +406,7 @@ async fn outbox_expulsions_are_audited() {
         .edge_metric("mesh_edge_expelled_events_total{edge=\"e1\",reason=\"max_bytes\"}")
         .unwrap_or(0.0) as u64;
     assert!(expelled > 0, "nothing was expelled");
-    mesh.proxy.heal();
+    mesh.proxy().heal();
     let js = mesh.central_js().await;
     wait_for("outbox.expelled in the audit log", || async {
         audit::read_all(&js, schemas::subject::STREAM_AUDIT)
@@ -421,6 +421,6 @@ async fn outbox_expulsions_are_audited() {
             })
     })
     .await;
-    let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &mesh.central.client_url()]);
+    let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &mesh.central().client_url()]);
     assert!(ok, "{out}");
 }

@@ -31,7 +31,7 @@ fn summary(stdout: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pub_summary_and_exit_status() {
     let mut m = Mesh::start(MeshOpts::default()).await;
-    let url = m.edge.client_url();
+    let url = m.edge().client_url();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
         mesh(&[
             "pub",
@@ -51,7 +51,7 @@ async fn pub_summary_and_exit_status() {
     assert!(ok, "stdout: {out}\nstderr: {err}");
     assert!(summary(&out).starts_with("acked=500 failed=0 "), "{out}");
 
-    let url = m.edge.client_url();
+    let url = m.edge().client_url();
     let (ok, out, _) = tokio::task::spawn_blocking(move || {
         mesh(&[
             "pub",
@@ -100,7 +100,7 @@ async fn pub_summary_and_exit_status() {
     assert!(h("ce-time").is_some() && h("ce-type").is_some());
 
     // A durable `mesh sub` reads them back from the centre.
-    let url = m.central.client_url();
+    let url = m.central().client_url();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
         mesh(&[
             "sub",
@@ -120,8 +120,8 @@ async fn pub_summary_and_exit_status() {
     assert_eq!(first["meshseq"], 1);
     assert_eq!(first["source"], "mesh://e1/cli");
 
-    m.edge_hub.kill();
-    let url = m.edge.client_url();
+    m.edge_hub().kill();
+    let url = m.edge().client_url();
     let (ok, out, _) = tokio::task::spawn_blocking(move || {
         mesh(&[
             "pub", "--nats", &url, "--agent", "cli", "--edge", "e1", "--count", "3", "x.y",

@@ -35,9 +35,9 @@ async fn kill9_edge_hub_under_load() {
     }
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        mesh.edge_hub.kill();
+        mesh.edge_hub().kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        mesh.edge_hub.start();
+        mesh.edge_hub().start();
         mesh.wait_uplink(true).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -94,7 +94,7 @@ async fn kill9_central_hubs_while_landing() {
         ..MeshOpts::default()
     })
     .await;
-    mesh.proxy.cut();
+    mesh.proxy().cut();
     mesh.wait_uplink(false).await;
     let (a1, a2) = (mesh.agent("a1").await, mesh.agent("a2").await);
     let (l1, l2) = tokio::join!(publish_backlog(a1, 100, 200), publish_backlog(a2, 100, 200));
@@ -115,16 +115,16 @@ async fn kill9_central_hubs_while_landing() {
             s.info().await.map(|i| i.state.messages).unwrap_or(0)
         }
     };
-    mesh.proxy.heal();
+    mesh.proxy().heal();
     wait_for("landing to start", || async { count().await > 2_000 }).await;
-    mesh.central_hubs[0].kill();
+    mesh.central_hub(0).kill();
     let after_first = count().await;
     wait_for("landing to continue after the first kill", || async {
         count().await > after_first + 2_000
     })
     .await;
-    mesh.central_hubs[0].start();
-    mesh.central_hubs[1].kill();
+    mesh.central_hub(0).start();
+    mesh.central_hub(1).kill();
     let after_second = count().await;
     wait_for("landing to continue after the second kill", || async {
         count().await > after_second + 2_000

@@ -100,7 +100,7 @@ async fn failing_consumer_dead_letters_and_redrive_delivers_once() {
     assert_eq!(hv(h::ID), Some(poison_id.clone()), "ce-id kept");
     assert_eq!(&m.payload[..], b"poison");
 
-    let url = mesh.central.client_url();
+    let url = mesh.central().client_url();
     let (ok, out) = mesh_cli(&["dlq", "list", "--nats", &url, "--filter", "e1.jobs.>"]);
     assert!(
         ok && out.contains("mesh.dlq.e1.jobs.run") && out.contains("1 dead letters"),
@@ -116,7 +116,7 @@ async fn failing_consumer_dead_letters_and_redrive_delivers_once() {
     );
 
     fixed.store(true, Ordering::SeqCst);
-    let (ok, out) = mesh_cli(&["dlq", "redrive", "--nats", &mesh.edge.client_url()]);
+    let (ok, out) = mesh_cli(&["dlq", "redrive", "--nats", &mesh.edge().client_url()]);
     assert!(ok && out.contains("redriven=1"), "{out}");
     wait_for("the redriven event to be processed", || async {
         processed.lock().unwrap().iter().any(|d| d == "poison")
@@ -178,7 +178,7 @@ async fn reject_dead_letters_at_once_and_purge_is_audited() {
     assert_eq!(hv(h::DLQ_DELIVERIES).as_deref(), Some("1"));
     assert_eq!(hv(h::DLQ_CONSUMER).as_deref(), Some("strict"));
 
-    let url = mesh.central.client_url();
+    let url = mesh.central().client_url();
     let (ok, out) = mesh_cli(&["dlq", "purge", "--nats", &url, "--filter", "e1.>"]);
     assert!(ok && out.contains("purged=1"), "{out}");
     assert_eq!(dlq_count(&js).await, 0);

@@ -33,11 +33,11 @@ async fn partition_under_load() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    mesh.proxy.cut();
+    mesh.proxy().cut();
     let noticed = mesh.wait_uplink(false).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let buffered = mesh.edge_metric("mesh_edge_outbox_events").unwrap_or(0.0);
-    mesh.proxy.heal();
+    mesh.proxy().heal();
     let resumed = mesh.wait_uplink(true).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
@@ -104,9 +104,9 @@ async fn partition_longer_than_duplicate_window() {
         .await
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    mesh.proxy.cut_return();
+    mesh.proxy().cut_return();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    mesh.proxy.heal();
+    mesh.proxy().heal();
     mesh.wait_uplink(true).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
@@ -129,7 +129,7 @@ async fn partition_longer_than_duplicate_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_autonomy_during_cut() {
     let mesh = Mesh::start(MeshOpts::default()).await;
-    mesh.proxy.cut();
+    mesh.proxy().cut();
     mesh.wait_uplink(false).await;
     let watcher = mesh.agent("watcher").await;
     let mut live = watcher.subscribe_live("chat.>").await.unwrap();
@@ -154,7 +154,7 @@ async fn local_autonomy_during_cut() {
         assert_eq!(ev.seq, ack.first_seq);
         assert_eq!(ev.source(), "mesh://e1/talker");
     }
-    mesh.proxy.heal();
+    mesh.proxy().heal();
     let events = mesh.events_when(20).await;
     assert_eq!(events.len(), 20);
 }

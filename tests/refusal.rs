@@ -104,7 +104,7 @@ async fn full_outbox_rejects_and_recovers() {
         ..MeshOpts::default()
     })
     .await;
-    mesh.proxy.cut();
+    mesh.proxy().cut();
     mesh.wait_uplink(false).await;
     let agent = mesh.agent("a1").await;
     let mut log = AgentLog::new("a1");
@@ -128,7 +128,7 @@ async fn full_outbox_rejects_and_recovers() {
         "{msg}"
     );
     assert!(log.acked.len() > 100, "only {} fitted", log.acked.len());
-    mesh.proxy.heal();
+    mesh.proxy().heal();
     support::wait_for("the outbox to drain after the heal", || async {
         mesh.edge_metric("mesh_edge_outbox_events") == Some(0.0)
     })
@@ -163,7 +163,7 @@ async fn drop_oldest_expels_counts_and_moves_on() {
         ..MeshOpts::default()
     })
     .await;
-    mesh.proxy.cut();
+    mesh.proxy().cut();
     mesh.wait_uplink(false).await;
     let s = CancellationToken::new();
     let log = produce(
@@ -180,7 +180,7 @@ async fn drop_oldest_expels_counts_and_moves_on() {
         .edge_metric("mesh_edge_expelled_events_total{edge=\"e1\",reason=\"max_bytes\"}")
         .unwrap_or(0.0) as usize;
     assert!(expelled > 0, "nothing was expelled");
-    mesh.proxy.heal();
+    mesh.proxy().heal();
     let events = mesh.drained_events().await;
     // The expelled ones are the oldest: exactly the first `expelled` acked events.
     let mut kept = log.clone();
@@ -210,16 +210,16 @@ async fn graceful_shutdown_loses_nothing() {
         .await
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    mesh.proxy.cut();
+    mesh.proxy().cut();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
-        mesh.edge_hub.terminate(),
+        mesh.edge_hub().terminate(),
         "the edge hub did not exit 0 on SIGTERM"
     );
     stop.cancel();
     let log = producer.await.unwrap();
-    mesh.edge_hub.start();
-    mesh.proxy.heal();
+    mesh.edge_hub().start();
+    mesh.proxy().heal();
     mesh.wait_uplink(true).await;
     let events = mesh.drained_events().await;
     let v = Verdict::judge(std::slice::from_ref(&log), &events);

@@ -49,7 +49,7 @@ async fn replay_by_sequence_time_and_subject() {
         agent.publish("t", subj, format!("{n}")).await.unwrap();
     }
     mesh.events_when(10).await;
-    let url = mesh.central.client_url();
+    let url = mesh.central().client_url();
     let base = ["--nats", url.as_str(), "--stream", subject::STREAM_EVENTS];
 
     let all = replay(&[&base[..], &["--to-stdout"]].concat());

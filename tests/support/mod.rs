@@ -1,35 +1,26 @@
-//! Test harness: a real mesh of processes on ephemeral ports in a temp dir — a central
-//! nats-server, one or more `mesh central` processes, a fault proxy on the leaf link, an
-//! edge nats-server and a `mesh edge` process. Everything is killed in `Drop`.
+//! Test harness: a thin, panicking layer over the test kit's one mesh builder
+//! ([`mesh_testkit::MeshBuilder`]): a central nats-server, one or more `mesh central`
+//! processes, a fault proxy on the leaf link, an edge nats-server and a `mesh edge`
+//! process, on ephemeral ports in a temp dir. Everything is killed in `Drop`; on a
+//! failing test the dir is kept and the hubs' log tails are printed.
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use agents::Agent;
-use chaos::{FaultProxy, MeshProcess};
-use mesh_nats::{NatsServer, ServerConfig};
+use mesh_nats::NatsServer;
+use mesh_testkit::{scrape_blocking, wait_until, FaultProxy, Hub, MeshBuilder, DEADLINE};
 use schemas::Event;
 
-/// Upper bound for anything a test waits for.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+/// A hub of the test mesh: [`mesh_testkit::Hub`] with panics instead of errors.
+pub struct Proc<'a>(&'a mut Hub);
 
-/// A `mesh` child process, restartable, killed on drop: [`chaos::MeshProcess`] with the
-/// test binary and panics instead of errors.
-pub struct Proc(MeshProcess);
-
-impl Proc {
-    pub fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Proc {
-        let exe = Path::new(env!("CARGO_BIN_EXE_mesh"));
-        Proc(MeshProcess::spawn(name, exe, args, log).expect("spawn mesh"))
-    }
-
+impl Proc<'_> {
     /// Starts the process again with the same arguments (after a kill).
     pub fn start(&mut self) {
-        assert!(!self.0.is_running(), "{} is already running", self.0.name());
+        assert!(!self.0.is_running(), "{} is already running", self.name());
         self.0.start().expect("start mesh");
     }
 
@@ -44,15 +35,10 @@ impl Proc {
     }
 
     pub fn name(&self) -> &str {
-        self.0.name()
-    }
-
-    pub fn log_text(&self) -> String {
-        self.0.log_text()
+        self.0.process().name()
     }
 }
 
-/// A free port on 127.0.0.1 (bound then released).
 /// Runs `mesh <args>`; returns (exit success, stdout + stderr).
 pub fn mesh_cli(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
@@ -65,13 +51,6 @@ pub fn mesh_cli(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Options of a test mesh.
@@ -93,249 +72,136 @@ impl Default for MeshOpts {
     }
 }
 
-pub struct Mesh {
-    pub edge_id: String,
-    pub edge_hub: Proc,
-    pub central_hubs: Vec<Proc>,
-    /// `--http` address of each central hub.
-    pub central_http: Vec<SocketAddr>,
-    pub edge: NatsServer,
-    pub proxy: FaultProxy,
-    pub central: NatsServer,
-    pub edge_http: SocketAddr,
-    pub dir: tempfile::TempDir,
-}
+/// A running test mesh with one edge site, `e1`.
+pub struct Mesh(mesh_testkit::Mesh);
 
 impl Mesh {
     pub async fn start(opts: MeshOpts) -> Mesh {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let central = tokio::task::spawn_blocking({
-            let d = dir.path().join("central-nats");
-            move || NatsServer::start(ServerConfig::central("t-central").dir(d))
-        })
-        .await
-        .unwrap()
-        .expect("central nats-server");
-        let proxy = FaultProxy::start(central.leaf_addr().expect("leaf addr"))
+        let mesh = MeshBuilder::new()
+            .name("t")
+            .exe(env!("CARGO_BIN_EXE_mesh"))
+            .central_hubs(opts.central_hubs)
+            .central_toml(opts.central_toml)
+            .edge_toml(opts.edge_toml)
+            .start()
             .await
-            .expect("proxy");
-        let edge = tokio::task::spawn_blocking({
-            let d = dir.path().join("edge-nats");
-            let remote = proxy.url("nats-leaf");
-            move || NatsServer::start(ServerConfig::edge("t-edge", vec![remote]).dir(d))
-        })
-        .await
-        .unwrap()
-        .expect("edge nats-server");
-
-        let central_cfg = dir.path().join("central.toml");
-        std::fs::write(&central_cfg, &opts.central_toml).unwrap();
-        let mut central_hubs = Vec::new();
-        let mut central_http = Vec::new();
-        for i in 0..opts.central_hubs {
-            let (p, http) = spawn_central(dir.path(), &central.client_url(), &central_cfg, i);
-            central_hubs.push(p);
-            central_http.push(http);
-        }
-        let edge_id = "e1".to_string();
-        let edge_cfg = dir.path().join("edge.toml");
-        std::fs::write(&edge_cfg, &opts.edge_toml).unwrap();
-        let port = free_port();
-        let edge_http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let edge_hub = Proc::spawn(
-            "edge hub",
-            vec![
-                "edge".into(),
-                "--nats".into(),
-                edge.client_url(),
-                "--id".into(),
-                edge_id.clone(),
-                "--data-dir".into(),
-                dir.path().join("edge-data").display().to_string(),
-                "--http".into(),
-                edge_http.to_string(),
-                "--config".into(),
-                edge_cfg.display().to_string(),
-            ],
-            dir.path().join("edge-hub.log"),
-        );
-        let mesh = Mesh {
-            edge_id,
-            edge_hub,
-            central_hubs,
-            central_http,
-            edge,
-            proxy,
-            central,
-            edge_http,
-            dir,
-        };
-        mesh.wait_uplink(true).await;
-        mesh
+            .unwrap_or_else(|e| panic!("starting the test mesh: {e}"));
+        Mesh(mesh)
     }
 
-    /// A central hub's metric summed over all its label sets (e.g. every edge).
+    /// The fault proxy on the leaf link.
+    pub fn proxy(&self) -> &FaultProxy {
+        self.0.proxy(0).expect("the test mesh is proxied")
+    }
+
+    /// The edge nats-server.
+    pub fn edge(&self) -> &NatsServer {
+        &self.0.sites[0].nats
+    }
+
+    /// The central nats-server.
+    pub fn central(&self) -> &NatsServer {
+        &self.0.central
+    }
+
+    /// The edge hub process.
+    pub fn edge_hub(&mut self) -> Proc<'_> {
+        Proc(self.0.sites[0].hub_mut().expect("the test mesh has hubs"))
+    }
+
+    /// Central hub process `i`.
+    pub fn central_hub(&mut self, i: usize) -> Proc<'_> {
+        Proc(&mut self.0.central_hubs[i])
+    }
+
+    /// The directory of every store and log.
+    pub fn dir(&self) -> &Path {
+        self.0.dir()
+    }
+
+    /// A central hub's metric summed over every sample whose series starts with `name`
+    /// (e.g. every edge).
     pub fn central_metric(&self, hub: usize, name: &str) -> f64 {
-        metric_sum(self.central_http[hub], name)
+        scrape_blocking(self.0.central_hubs[hub].http())
+            .map_or(0.0, |s| s.matching(name).map(|x| x.value).sum())
     }
 
     /// A client of the central nats-server.
     pub async fn central_js(&self) -> async_nats::jetstream::Context {
-        let c = async_nats::connect(self.central.client_url())
-            .await
-            .expect("connect central");
-        async_nats::jetstream::new(c)
+        self.0.central_js().clone()
     }
 
     /// An agent on the edge.
     pub async fn agent(&self, id: &str) -> Agent {
-        let c = async_nats::connect(self.edge.client_url())
-            .await
-            .expect("connect edge");
-        Agent::with_client(c, &self.edge_id, id).expect("agent")
+        self.0.agent(0, id).await.expect("agent")
     }
 
     /// Waits until the edge hub answers a publish-free probe: its metrics say the uplink
     /// is `up`. Returns how long it took.
     pub async fn wait_uplink(&self, up: bool) -> Duration {
-        let want = if up { 1.0 } else { 0.0 };
-        let started = Instant::now();
-        wait_for(&format!("uplink_up == {want}"), || async {
-            self.edge_metric("mesh_edge_uplink_up") == Some(want)
-        })
-        .await;
-        started.elapsed()
+        self.0
+            .wait_uplink(0, up)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A metric of the edge hub (first sample whose name starts with `name`).
+    /// A metric of the edge hub: the first sample whose series (name with labels) starts
+    /// with `name`.
     pub fn edge_metric(&self, name: &str) -> Option<f64> {
-        metric(self.edge_http, name)
+        let hub = self.0.sites[0].hub().expect("the test mesh has hubs");
+        scrape_blocking(hub.http())?
+            .matching(name)
+            .next()
+            .map(|s| s.value)
     }
 
     /// Waits until `MESH_EVENTS` holds at least `n` messages, then reads them all.
     pub async fn events_when(&self, n: usize) -> Vec<Event> {
-        let js = self.central_js().await;
         wait_for(&format!("{n} events in MESH_EVENTS"), || async {
-            match js.get_stream(schemas::subject::STREAM_EVENTS).await {
-                Ok(mut s) => s
-                    .info()
-                    .await
-                    .map(|i| i.state.messages as usize >= n)
-                    .unwrap_or(false),
-                Err(_) => false,
-            }
+            self.0
+                .stream_messages(schemas::subject::STREAM_EVENTS)
+                .await
+                .is_some_and(|m| m as usize >= n)
         })
         .await;
-        chaos::read_stream(&js).await.expect("read MESH_EVENTS")
+        chaos::read_stream(self.0.central_js())
+            .await
+            .expect("read MESH_EVENTS")
     }
 
-    /// Waits until the edge outbox is empty (everything acked by the centre), then
-    /// reads all events.
+    /// Waits until the edge outbox is empty (everything acked by the centre) and the
+    /// lander has caught up, then reads all events.
     pub async fn drained_events(&self) -> Vec<Event> {
-        wait_for("edge outbox to drain", || async {
-            self.edge_metric("mesh_edge_outbox_events") == Some(0.0)
-        })
-        .await;
-        let js = self.central_js().await;
-        // The outbox is empty once bundles are acked into MESH_INGRESS; landing follows.
-        wait_for("the lander to catch up", || async {
-            let mut s = js
-                .get_stream(schemas::subject::STREAM_INGRESS)
-                .await
-                .unwrap();
-            s.info()
-                .await
-                .map(|i| i.state.messages == 0)
-                .unwrap_or(false)
-        })
-        .await;
-        chaos::read_stream(&js).await.expect("read MESH_EVENTS")
+        self.0
+            .wait_drained(DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        chaos::read_stream(self.0.central_js())
+            .await
+            .expect("read MESH_EVENTS")
     }
-}
-
-fn spawn_central(dir: &Path, url: &str, cfg: &Path, i: usize) -> (Proc, SocketAddr) {
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let p = Proc::spawn(
-        &format!("central hub {i}"),
-        vec![
-            "central".into(),
-            "--nats".into(),
-            url.into(),
-            "--hub-id".into(),
-            format!("c{i}"),
-            "--config".into(),
-            cfg.display().to_string(),
-            "--http".into(),
-            http.to_string(),
-        ],
-        dir.join(format!("central-hub-{i}.log")),
-    );
-    (p, http)
 }
 
 /// Polls `cond` every 20 ms until it holds; panics after [`DEADLINE`].
-pub async fn wait_for<F, Fut>(what: &str, mut cond: F)
+pub async fn wait_for<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if let Err(e) = wait_until(what, DEADLINE, cond).await {
+        panic!("{e}");
     }
 }
 
-/// GETs `/metrics` and returns the first sample whose name starts with `name`.
-pub fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    let body = http_get(addr, "/metrics")?;
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// The sum of every sample whose name starts with `name` (0 when none).
-pub fn metric_sum(addr: SocketAddr, name: &str) -> f64 {
-    http_get(addr, "/metrics")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
 impl Drop for Mesh {
-    /// On a failing test, show the tail of every hub's log.
+    /// On a failing test, keep the whole test dir (logs, stores, outbox) for a
+    /// post-mortem and show the tail of every hub's log.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
-        // Keep the whole test dir (logs, stores, outbox) for a post-mortem.
-        let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+        let kept = self.0.keep_dir();
         eprintln!("---- test dir kept at {} ----", kept.display());
-        let mut procs: Vec<&Proc> = self.central_hubs.iter().collect();
-        procs.push(&self.edge_hub);
-        for p in procs {
-            let text = p.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("---- last lines of {} ----", p.name());
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
+        eprint!("{}", self.0.log_tails(60));
     }
 }

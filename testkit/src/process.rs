@@ -1,10 +1,18 @@
 //! A `mesh` hub run as a child process, so it can be killed with SIGKILL, stopped with
 //! SIGTERM, restarted with the same arguments, and measured (RSS). Killed on drop.
+//!
+//! Its stdout and stderr are appended to one log file across restarts. `MESH_LOG` is set
+//! to debug the hubs unless [`MeshProcess::env`] says otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `MESH_LOG` of a hub process unless set otherwise: hub internals at debug, for
+/// post-mortems of failed tests.
+pub const DEFAULT_LOG_FILTER: &str = "info,edge_hub=debug,central_hub=debug,async_nats=warn";
+
+/// A restartable `mesh` child process; see the module doc.
 pub struct MeshProcess {
     name: String,
     exe: PathBuf,
@@ -15,6 +23,18 @@ pub struct MeshProcess {
 }
 
 impl MeshProcess {
+    /// `exe args…`, not started yet, with stdout and stderr to be appended to `log`.
+    pub fn new(name: &str, exe: &Path, args: Vec<String>, log: PathBuf) -> MeshProcess {
+        MeshProcess {
+            name: name.into(),
+            exe: exe.into(),
+            args,
+            log,
+            env: vec![("MESH_LOG".into(), DEFAULT_LOG_FILTER.into())],
+            child: None,
+        }
+    }
+
     /// Starts `exe args…` with stdout and stderr appended to `log`.
     pub fn spawn(
         name: &str,
@@ -22,25 +42,34 @@ impl MeshProcess {
         args: Vec<String>,
         log: PathBuf,
     ) -> std::io::Result<MeshProcess> {
-        let mut p = MeshProcess {
-            name: name.into(),
-            exe: exe.into(),
-            args,
-            log,
-            env: vec![(
-                "MESH_LOG".into(),
-                "info,edge_hub=debug,central_hub=debug,async_nats=warn".into(),
-            )],
-            child: None,
-        };
+        let mut p = MeshProcess::new(name, exe, args, log);
         p.start()?;
         Ok(p)
     }
 
+    /// Sets an environment variable of the process (from its next start on).
+    pub fn env(mut self, key: &str, value: &str) -> MeshProcess {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The name given at spawn (e.g. `edge hub e1`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The arguments the process is started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The log file (stdout and stderr of every run, appended).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The child's pid while it runs (as far as this handle knows).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -125,6 +154,7 @@ impl MeshProcess {
         Some((kb("VmHWM:")?, kb("VmRSS:")?))
     }
 
+    /// The whole log file (empty if it cannot be read).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

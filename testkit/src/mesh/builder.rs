@@ -1,0 +1,329 @@
+//! [`MeshBuilder`]: the shape of a mesh, and starting it (see the [module doc](super)
+//! for the layout it creates and what it waits for).
+
+use std::path::{Path, PathBuf};
+
+use async_nats::jetstream;
+use mesh_nats::{NatsServer, ServerConfig};
+
+use super::{free_addr, Hub, Mesh, Site};
+use crate::args::{CentralArgs, EdgeArgs};
+use crate::error::{client_err, io_err};
+use crate::process::MeshProcess;
+use crate::proxy::FaultProxy;
+use crate::KitError;
+
+/// The shape of a mesh to start; see the module doc. Every setter has a default.
+#[derive(Debug, Clone)]
+pub struct MeshBuilder {
+    exe: Option<PathBuf>,
+    name: String,
+    edge_ids: Vec<String>,
+    central_hub_ids: Vec<String>,
+    hubs: bool,
+    proxied: bool,
+    central_toml: Option<String>,
+    edge_toml: Option<String>,
+    seed: u64,
+    dir: Option<PathBuf>,
+    edge_jetstream: Option<String>,
+    nats_binary: Option<PathBuf>,
+    hub_log: Option<String>,
+}
+
+impl Default for MeshBuilder {
+    fn default() -> Self {
+        MeshBuilder::new()
+    }
+}
+
+impl MeshBuilder {
+    /// One edge `e1` behind a fault proxy, one central hub `c0`, a temp dir, seed 1,
+    /// servers named `mesh-…`.
+    pub fn new() -> MeshBuilder {
+        MeshBuilder {
+            exe: None,
+            name: "mesh".into(),
+            edge_ids: vec!["e1".into()],
+            central_hub_ids: vec!["c0".into()],
+            hubs: true,
+            proxied: true,
+            central_toml: None,
+            edge_toml: None,
+            seed: 1,
+            dir: None,
+            edge_jetstream: None,
+            nats_binary: None,
+            hub_log: None,
+        }
+    }
+
+    /// The `mesh` executable the hubs run from (required unless `hubs(false)`).
+    pub fn exe(mut self, path: impl Into<PathBuf>) -> Self {
+        self.exe = Some(path.into());
+        self
+    }
+
+    /// Names the servers `<name>-central` and `<name>-<edge>` (and the temp dir).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// `n` edge sites named `e1`, `e2`, … (0: the centre alone).
+    pub fn edges(mut self, n: usize) -> Self {
+        self.edge_ids = (1..=n).map(|i| format!("e{i}")).collect();
+        self
+    }
+
+    /// Edge sites with these ids, in this order.
+    pub fn edge_ids<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
+        self.edge_ids = ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `n` central hub processes named `c0`, `c1`, …, all on the one central server.
+    pub fn central_hubs(mut self, n: usize) -> Self {
+        self.central_hub_ids = (0..n).map(|i| format!("c{i}")).collect();
+        self
+    }
+
+    /// Central hubs with these `--hub-id`s.
+    pub fn central_hub_ids<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
+        self.central_hub_ids = ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether to run hub processes at all (default yes). Without, the mesh is
+    /// nats-servers and proxies only.
+    pub fn hubs(mut self, hubs: bool) -> Self {
+        self.hubs = hubs;
+        self
+    }
+
+    /// Whether each leaf link runs through a [`FaultProxy`] (default yes).
+    pub fn proxied(mut self, proxied: bool) -> Self {
+        self.proxied = proxied;
+        self
+    }
+
+    /// TOML of every central hub's `--config` file (default: no `--config`).
+    pub fn central_toml(mut self, toml: impl Into<String>) -> Self {
+        self.central_toml = Some(toml.into());
+        self
+    }
+
+    /// TOML of every edge hub's `--config` file (default: no `--config`).
+    pub fn edge_toml(mut self, toml: impl Into<String>) -> Self {
+        self.edge_toml = Some(toml.into());
+        self
+    }
+
+    /// Seed of each proxy's jitter generator (edge `i` gets `seed + i`).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Keep everything in `dir` (created if missing, never removed, reused as it is).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Run JetStream on every edge nats-server with this domain (plain NATS's own edge
+    /// design; agentmesh edges never do).
+    pub fn edge_jetstream(mut self, domain: &str) -> Self {
+        self.edge_jetstream = Some(domain.into());
+        self
+    }
+
+    /// The nats-server binary (default: `mesh_nats::ensure_binary` at each start).
+    pub fn nats_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.nats_binary = Some(path.into());
+        self
+    }
+
+    /// `MESH_LOG` of every hub process (default: hub internals at debug).
+    pub fn hub_log(mut self, filter: &str) -> Self {
+        self.hub_log = Some(filter.into());
+        self
+    }
+
+    fn server(&self, cfg: ServerConfig) -> ServerConfig {
+        match &self.nats_binary {
+            Some(b) => cfg.binary(b),
+            None => cfg,
+        }
+    }
+
+    fn hub(&self, name: String, exe: &Path, args: Vec<String>, log: PathBuf) -> MeshProcess {
+        let p = MeshProcess::new(&name, exe, args, log);
+        match &self.hub_log {
+            Some(f) => p.env("MESH_LOG", f),
+            None => p,
+        }
+    }
+
+    /// Starts everything; returns once it is ready (see the module doc). On a mesh that
+    /// does not become ready, the directory is kept and the error carries the hubs' logs.
+    pub async fn start(self) -> Result<Mesh, KitError> {
+        let exe = match (&self.exe, self.hubs) {
+            (Some(e), _) => Some(e.clone()),
+            (None, false) => None,
+            (None, true) => return Err(KitError::NoExe),
+        };
+        let (dir, temp) = match &self.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+                let d = std::fs::canonicalize(d)
+                    .map_err(io_err(format!("resolving {}", d.display())))?;
+                (d, None)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix(&format!("mesh-{}-", self.name))
+                    .tempdir()
+                    .map_err(io_err("creating a temp dir"))?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let central_name = format!("{}-central", self.name);
+        let central = start_nats(
+            self.server(ServerConfig::central(&central_name).dir(dir.join("central-nats"))),
+        )
+        .await?;
+        let leaf = central.leaf_addr().ok_or_else(|| KitError::Client {
+            what: format!("nats-server {central_name}"),
+            source: "has no leafnode port".into(),
+        })?;
+        let js = jetstream::new(async_nats::connect(central.client_url()).await.map_err(
+            client_err(format!("connecting to {}", central.client_url())),
+        )?);
+
+        let mut central_hubs = Vec::new();
+        if let Some(exe) = &exe {
+            let cfg = write_config(&dir, "central.toml", &self.central_toml)?;
+            for id in &self.central_hub_ids {
+                let http = free_addr()?;
+                let mut args = CentralArgs::new(central.client_url()).hub_id(id).http(http);
+                if let Some(c) = &cfg {
+                    args = args.config(c);
+                }
+                let mut process = self.hub(
+                    format!("central hub {id}"),
+                    exe,
+                    args.to_args(),
+                    dir.join(format!("central-hub-{id}.log")),
+                );
+                process
+                    .start()
+                    .map_err(io_err(format!("spawning central hub {id}")))?;
+                central_hubs.push(Hub {
+                    id: id.clone(),
+                    http,
+                    process,
+                });
+            }
+        }
+
+        let edge_cfg = match exe {
+            Some(_) => write_config(&dir, "edge.toml", &self.edge_toml)?,
+            None => None,
+        };
+        let mut sites = Vec::new();
+        for (i, id) in self.edge_ids.iter().enumerate() {
+            let proxy = match self.proxied {
+                true => Some(
+                    FaultProxy::start(leaf)
+                        .await
+                        .map_err(io_err(format!("starting the fault proxy of {id}")))?
+                        .with_seed(self.seed.wrapping_add(i as u64)),
+                ),
+                false => None,
+            };
+            let remote = match &proxy {
+                Some(p) => p.url("nats-leaf"),
+                None => format!("nats-leaf://{leaf}"),
+            };
+            let mut cfg = ServerConfig::edge(&format!("{}-{id}", self.name), vec![remote])
+                .dir(dir.join(format!("{id}-nats")));
+            if let Some(domain) = &self.edge_jetstream {
+                cfg = cfg.edge_jetstream(domain);
+            }
+            let nats = start_nats(self.server(cfg)).await?;
+            let data_dir = dir.join(format!("{id}-data"));
+            let hub = match &exe {
+                Some(exe) => {
+                    let http = free_addr()?;
+                    let mut args = EdgeArgs::new(nats.client_url(), id, &data_dir).http(http);
+                    if let Some(c) = &edge_cfg {
+                        args = args.config(c);
+                    }
+                    let mut process = self.hub(
+                        format!("edge hub {id}"),
+                        exe,
+                        args.to_args(),
+                        dir.join(format!("edge-hub-{id}.log")),
+                    );
+                    process
+                        .start()
+                        .map_err(io_err(format!("spawning edge hub {id}")))?;
+                    Some(Hub {
+                        id: id.clone(),
+                        http,
+                        process,
+                    })
+                }
+                None => None,
+            };
+            sites.push(Site {
+                id: id.clone(),
+                hub,
+                nats,
+                proxy,
+                data_dir,
+            });
+        }
+        let mut mesh = Mesh {
+            central_hubs,
+            sites,
+            central,
+            js,
+            dir,
+            temp,
+        };
+        if let Err(e) = mesh.wait_ready().await {
+            let logs = mesh.log_tails(30);
+            return Err(KitError::NotReady {
+                dir: mesh.keep_dir(),
+                source: Box::new(e),
+                logs,
+            });
+        }
+        Ok(mesh)
+    }
+}
+
+/// Writes `<dir>/<name>` when there is a text for it; its path.
+fn write_config(
+    dir: &Path,
+    name: &str,
+    text: &Option<String>,
+) -> Result<Option<PathBuf>, KitError> {
+    let Some(text) = text else { return Ok(None) };
+    let path = dir.join(name);
+    std::fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
+    Ok(Some(path))
+}
+
+async fn start_nats(cfg: ServerConfig) -> Result<NatsServer, KitError> {
+    let name = cfg.name.clone();
+    tokio::task::spawn_blocking(move || NatsServer::start(cfg))
+        .await
+        .map_err(client_err(format!("starting nats-server {name}")))?
+        .map_err(|source| KitError::Nats {
+            name,
+            source: Box::new(source),
+        })
+}

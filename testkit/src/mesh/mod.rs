@@ -1,0 +1,366 @@
+//! The one way to assemble a mesh of real processes: [`MeshBuilder`] starts them,
+//! [`Mesh`] owns them while they run.
+//!
+//! ```text
+//!  edge hub e1 ─ edge nats e1 ─ [proxy e1] ─┐
+//!  edge hub e2 ─ edge nats e2 ─ [proxy e2] ─┼─► central nats-server ◄─ central hub c0..cn
+//! ```
+//!
+//! One central nats-server (JetStream, domain `central`), `0..n` central hubs, and edge
+//! sites, each an edge nats-server leaf-linked to the centre (through its own
+//! [`FaultProxy`] unless `proxied(false)`) with an edge hub on it (unless `hubs(false)`,
+//! which leaves plain nats-servers, as `mesh bench`'s native-NATS comparison needs).
+//!
+//! # Layout
+//!
+//! Everything lives in one directory, named the same way on every run so that a kept
+//! directory ([`MeshBuilder::dir`]) is reused: stores and outboxes survive a restart.
+//!
+//! ```text
+//! central-nats/           central nats-server: config, JetStream store, log
+//! central.toml            --config of every central hub (when given)
+//! central-hub-<id>.log    stdout and stderr of central hub <id>
+//! edge.toml               --config of every edge hub (when given)
+//! <edge>-nats/            edge nats-server of site <edge>
+//! <edge>-data/            edge hub outbox of site <edge> (--data-dir)
+//! edge-hub-<edge>.log     stdout and stderr of edge hub <edge>
+//! ```
+//!
+//! # Invariants
+//!
+//! - Every port is ephemeral; every store and log lives under the mesh directory: a temp
+//!   dir removed on drop unless [`Mesh::keep_dir`] was called, or a given one (kept).
+//! - Hubs are `mesh` child processes of the executable given ([`MeshBuilder::exe`]),
+//!   started with [`EdgeArgs`] / [`CentralArgs`], so they can be SIGKILLed, SIGTERMed and
+//!   restarted like deployed ones. Dropping the [`Mesh`] kills the central hubs, then each
+//!   site's hub, nats-server and proxy, then the central server.
+//! - [`MeshBuilder::start`] returns once every edge hub reports its uplink up (or, without
+//!   hubs, once the centre counts every leaf connection).
+//! - Blocking process control (restarting a nats-server, SIGTERM with a grace period) runs
+//!   under `tokio::task::block_in_place`: the mesh needs a multi-thread runtime.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agents::Agent;
+use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
+use mesh_nats::NatsServer;
+use schemas::{headers as h, subject};
+
+use crate::error::{client_err, io_err};
+use crate::metrics::{scrape, Scrape};
+use crate::process::MeshProcess;
+use crate::proxy::FaultProxy;
+use crate::wait::{wait_until, DEADLINE};
+use crate::KitError;
+
+mod builder;
+
+pub use builder::MeshBuilder;
+
+/// How long a mesh without hubs waits for its leaf links.
+const LEAF_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A hub process with its id and `--http` address (metrics, health).
+pub struct Hub {
+    id: String,
+    http: SocketAddr,
+    process: MeshProcess,
+}
+
+impl Hub {
+    /// The hub's id (`--hub-id` of a central hub, `--id` of an edge hub).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The `--http` address.
+    pub fn http(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The process.
+    pub fn process(&self) -> &MeshProcess {
+        &self.process
+    }
+
+    /// The pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again with the same arguments (no-op while it runs).
+    pub fn start(&mut self) -> Result<(), KitError> {
+        let name = self.process.name().to_string();
+        self.process
+            .start()
+            .map_err(io_err(format!("restarting {name}")))
+    }
+
+    /// SIGTERM, then up to `grace` for the exit (SIGKILL after that), blocking in place;
+    /// whether it exited 0 by itself.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        let p = &mut self.process;
+        tokio::task::block_in_place(|| p.terminate(grace))
+    }
+
+    /// Whether the process is running (reaps it if it exited).
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// Its `/metrics` page, `None` when it does not answer.
+    pub async fn scrape(&self) -> Option<Scrape> {
+        scrape(self.http).await
+    }
+}
+
+/// One edge site: its nats-server, the proxy on its leaf link, its hub and outbox dir.
+pub struct Site {
+    /// The edge id (`e1`, …).
+    pub id: String,
+    /// The edge hub (`mesh edge`), unless the mesh has no hubs.
+    pub hub: Option<Hub>,
+    /// The edge nats-server (core NATS, or JetStream with `edge_jetstream`).
+    pub nats: NatsServer,
+    /// The fault proxy between the edge nats-server and the central leaf port.
+    pub proxy: Option<FaultProxy>,
+    /// The edge hub's `--data-dir` (its outbox).
+    pub data_dir: PathBuf,
+}
+
+impl Site {
+    /// The fault proxy on the leaf link.
+    pub fn proxy(&self) -> Result<&FaultProxy, KitError> {
+        self.proxy.as_ref().ok_or_else(|| KitError::NotProxied {
+            site: self.id.clone(),
+        })
+    }
+
+    /// The edge hub.
+    pub fn hub(&self) -> Result<&Hub, KitError> {
+        self.hub.as_ref().ok_or_else(|| KitError::NoHub {
+            what: format!("edge hub {}", self.id),
+        })
+    }
+
+    /// The edge hub, to kill, terminate or restart it.
+    pub fn hub_mut(&mut self) -> Result<&mut Hub, KitError> {
+        let id = &self.id;
+        self.hub.as_mut().ok_or_else(|| KitError::NoHub {
+            what: format!("edge hub {id}"),
+        })
+    }
+}
+
+/// A running mesh. Fields drop in declaration order: central hubs, sites, the centre.
+pub struct Mesh {
+    /// Central hub processes (`mesh central`).
+    pub central_hubs: Vec<Hub>,
+    /// The edge sites.
+    pub sites: Vec<Site>,
+    /// The central nats-server (JetStream, domain `central`).
+    pub central: NatsServer,
+    js: jetstream::Context,
+    dir: PathBuf,
+    temp: Option<tempfile::TempDir>,
+}
+
+impl Mesh {
+    async fn wait_ready(&self) -> Result<(), KitError> {
+        if self.sites.iter().all(|s| s.hub.is_some()) {
+            for i in 0..self.sites.len() {
+                self.wait_uplink(i, true).await?;
+            }
+            return Ok(());
+        }
+        let central = &self.central;
+        let n = self.sites.len() as u64;
+        tokio::task::block_in_place(|| central.wait_for_leafnodes(n, LEAF_DEADLINE)).map_err(
+            |source| KitError::Nats {
+                name: central.name().into(),
+                source: Box::new(source),
+            },
+        )
+    }
+
+    /// The directory holding every store and log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keeps the directory after drop (for a post-mortem); returns its path.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        if let Some(t) = self.temp.take() {
+            let _ = t.keep();
+        }
+        self.dir.clone()
+    }
+
+    /// A JetStream context on the central nats-server (reconnects after its restarts).
+    pub fn central_js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The fault proxy of edge `site`.
+    pub fn proxy(&self, site: usize) -> Result<&FaultProxy, KitError> {
+        self.sites[site].proxy()
+    }
+
+    /// A new agent `id` on edge `site`, on its own connection to the edge nats-server.
+    pub async fn agent(&self, site: usize, id: &str) -> Result<Agent, KitError> {
+        let s = &self.sites[site];
+        let c = async_nats::connect(s.nats.client_url())
+            .await
+            .map_err(client_err(format!("connecting agent {id} to {}", s.id)))?;
+        Agent::with_client(c, &s.id, id).map_err(client_err(format!("agent {id} on {}", s.id)))
+    }
+
+    /// The `/metrics` page of edge `site`'s hub; `None` when it does not answer.
+    pub async fn edge_scrape(&self, site: usize) -> Option<Scrape> {
+        scrape(self.sites[site].hub.as_ref()?.http).await
+    }
+
+    /// Metric `name` of edge `site` (its one sample; edge samples all carry `edge=`).
+    pub async fn edge_metric(&self, site: usize, name: &str) -> Option<f64> {
+        self.edge_scrape(site).await?.get(name, &[])
+    }
+
+    /// Metric `name` summed over its label sets and over every central hub that answers.
+    pub async fn central_metric(&self, name: &str) -> f64 {
+        let mut sum = 0.0;
+        for hub in &self.central_hubs {
+            sum += hub.scrape().await.map_or(0.0, |s| s.sum(name));
+        }
+        sum
+    }
+
+    /// Waits until edge `site` reports its uplink `up` (or down); returns how long it took.
+    pub async fn wait_uplink(&self, site: usize, up: bool) -> Result<Duration, KitError> {
+        let want = if up { 1.0 } else { 0.0 };
+        let id = &self.sites[site].id;
+        wait_until(&format!("{id} uplink_up == {want}"), DEADLINE, || async {
+            self.edge_metric(site, "mesh_edge_uplink_up").await == Some(want)
+        })
+        .await
+    }
+
+    /// The `ce-meshseq` of the last event of `edge` in `MESH_EVENTS` (0 when there is
+    /// none): how far the centre has landed that edge. `None` when the centre cannot be
+    /// asked (for example its nats-server is down).
+    pub async fn landed_mark(&self, edge: &str) -> Option<u64> {
+        let stream = self.js.get_stream(subject::STREAM_EVENTS).await.ok()?;
+        match stream
+            .get_last_raw_message_by_subject(&subject::evt_edge(edge))
+            .await
+        {
+            Ok(m) => m
+                .headers
+                .get(h::MESH_SEQ)
+                .and_then(|v| v.as_str().parse::<u64>().ok()),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Some(0),
+            Err(_) => None,
+        }
+    }
+
+    /// Messages in a stream of the centre (`None` when it cannot be asked, or the stream
+    /// does not exist).
+    pub async fn stream_messages(&self, name: &str) -> Option<u64> {
+        let mut s = self.js.get_stream(name).await.ok()?;
+        s.info().await.ok().map(|i| i.state.messages)
+    }
+
+    /// Waits until every edge outbox is empty (the centre acked everything into
+    /// `MESH_INGRESS`) and `MESH_INGRESS` is empty (everything landed). Call it after the
+    /// producers stopped. Returns how long it took.
+    pub async fn wait_drained(&self, deadline: Duration) -> Result<Duration, KitError> {
+        let started = Instant::now();
+        for i in 0..self.sites.len() {
+            let id = &self.sites[i].id;
+            wait_until(&format!("{id} outbox to drain"), deadline, || async {
+                self.edge_metric(i, "mesh_edge_outbox_events").await == Some(0.0)
+            })
+            .await?;
+        }
+        wait_until("MESH_INGRESS to be landed", deadline, || async {
+            self.stream_messages(subject::STREAM_INGRESS).await == Some(0)
+        })
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    /// SIGKILLs the central nats-server.
+    pub fn kill_central(&mut self) {
+        self.central.kill();
+    }
+
+    /// Starts the central nats-server again on the same ports and store; blocks (in place)
+    /// until it accepts clients.
+    pub fn restart_central(&mut self) -> Result<(), KitError> {
+        let central = &mut self.central;
+        tokio::task::block_in_place(|| central.restart()).map_err(|source| KitError::Nats {
+            name: central.name().into(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Every hub process: the central hubs, then each site's.
+    pub fn hubs(&self) -> impl Iterator<Item = &Hub> {
+        self.central_hubs
+            .iter()
+            .chain(self.sites.iter().filter_map(|s| s.hub.as_ref()))
+    }
+
+    /// Two-phase stop: SIGTERM every edge hub, then every central hub, each given `grace`
+    /// to exit (SIGKILL after that); then SIGTERM the edge nats-servers and the central
+    /// one (5 s each, then SIGKILL); the proxies go with the mesh. Blocks in place.
+    /// Returns the hubs that did not exit 0 by themselves.
+    pub fn shutdown(mut self, grace: Duration) -> Vec<String> {
+        let mut unclean = Vec::new();
+        let hubs = self
+            .sites
+            .iter_mut()
+            .filter_map(|s| s.hub.as_mut())
+            .chain(self.central_hubs.iter_mut());
+        for hub in hubs {
+            if !hub.terminate(grace) {
+                unclean.push(hub.process.name().to_string());
+            }
+        }
+        tokio::task::block_in_place(|| {
+            for s in &mut self.sites {
+                s.nats.stop();
+            }
+            self.central.stop();
+        });
+        unclean
+    }
+
+    /// The last `lines` lines of every hub's log, for a report on failure.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for hub in self.hubs() {
+            let text = hub.process.log_text();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("---- last lines of {} ----\n", hub.process.name()));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// A free address on 127.0.0.1 (bound, then released for the child to bind).
+pub fn free_addr() -> Result<SocketAddr, KitError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(io_err("finding a free port"))
+}
