@@ -239,16 +239,16 @@ async fn demo_dead_letter_and_audit(edge_url: &str, central_url: &str) -> anyhow
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
-        let msgs = central_hub::audit::read_all(&js, schemas::subject::STREAM_AUDIT).await?;
-        match central_hub::audit::verify(&msgs, None) {
-            central_hub::audit::Verdict::Ok {
+        let msgs = schemas::audit::read_all(&js, schemas::subject::STREAM_AUDIT).await?;
+        match schemas::audit::verify(&msgs, None) {
+            schemas::audit::Verdict::Ok {
                 count,
                 head_seq,
                 head_hash,
             } => {
                 println!("[audit] verify OK: {count} records, head seq {head_seq} hash {head_hash}")
             }
-            central_hub::audit::Verdict::Bad(p) => println!("[audit] verify FAILED: {p}"),
+            schemas::audit::Verdict::Bad(p) => println!("[audit] verify FAILED: {p}"),
         }
     }
 }

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use central_hub::audit::{self, kind, AuditLog, AuditRecord};
+use central_hub::audit::AuditLog;
 use central_hub::registry::{AgentState, LinkState, Registry};
+use schemas::audit::{self, kind, AuditRecord};
 use support::{mesh_cli, wait_for, Mesh, MeshOpts};
 
 async fn audit_count(js: &jetstream::Context) -> u64 {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use central_hub::audit::{self, kind, AuditRecord};
+use schemas::audit::{self, kind, AuditRecord};
 use schemas::{headers as h, subject};
 use support::{mesh_cli, wait_for, Mesh, MeshOpts};
 

@@ -23,10 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::registry::Registry;
 
-pub use schemas::audit::{
-    kind, read_all, sha256_hex, verify, AuditEvent, AuditRecord, Digest, Problem, Verdict,
-    GENESIS_HASH,
-};
+use schemas::audit::{read_all, AuditEvent, AuditRecord, GENESIS_HASH};
 
 /// What can go wrong reading or extending the audit log.
 #[derive(Debug, thiserror::Error)]

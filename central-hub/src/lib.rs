@@ -83,10 +83,10 @@ pub async fn run(
         &tasks,
     )
     .await?;
-    let config_hash = audit::sha256_hex(cfg.to_toml().as_bytes());
+    let config_hash = schemas::audit::sha256_hex(cfg.to_toml().as_bytes());
     {
         let (h, c) = (hub.clone(), config_hash.clone());
-        let applied = audit::AuditEvent::ConfigApplied(schemas::audit::ConfigApplied {
+        let applied = schemas::audit::AuditEvent::ConfigApplied(schemas::audit::ConfigApplied {
             hub: hub.clone(),
             sha256: config_hash,
             config: cfg.to_toml(),

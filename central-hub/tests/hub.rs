@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use central_hub::audit::{self, AuditEvent, AuditRecord};
 use central_hub::{lander, CentralConfig, SHUTDOWN_DEADLINE};
 use mesh_nats::{NatsServer, ServerConfig};
+use schemas::audit::{self, AuditEvent, AuditRecord};
 use schemas::bundle::BUNDLE_VERSION;
 use schemas::{subject, Bundle, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

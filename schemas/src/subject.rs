@@ -136,10 +136,16 @@ pub fn max_deliveries_advisory(stream: &str) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.*")
 }
 
+/// `$JS.<domain>.API`: the prefix of the JetStream API of `domain` (e.g. for a stream
+/// sourcing another domain's stream).
+pub fn js_api_prefix(domain: &str) -> String {
+    format!("$JS.{domain}.API")
+}
+
 /// `$JS.<domain>.API.INFO`: JetStream account info of `domain`, answered only where that
 /// domain's JetStream is reachable.
 pub fn js_api_info(domain: &str) -> String {
-    format!("$JS.{domain}.API.INFO")
+    format!("{}.INFO", js_api_prefix(domain))
 }
 
 /// `mesh.dlq.<filter>`: dead letters matching an `<edge>.<subject…>` filter.

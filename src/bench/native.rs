@@ -14,6 +14,9 @@ use super::load::{connect, js_latency, js_publish_all, stream_count, wait_count}
 use super::report::SystemResult;
 use super::{BenchArgs, Progress};
 
+/// The JetStream domain of the native edge.
+const EDGE_DOMAIN: &str = "edge";
+
 pub(super) async fn bench_native(
     a: &BenchArgs,
     dir: &Path,
@@ -25,7 +28,7 @@ pub(super) async fn bench_native(
     let mesh = MeshBuilder::new()
         .name("bench-native")
         .hubs(false)
-        .edge_jetstream("edge")
+        .edge_jetstream(EDGE_DOMAIN)
         .nats_binary(bin)
         .dir(dir)
         .start()
@@ -54,7 +57,7 @@ pub(super) async fn bench_native(
                 sources: Some(vec![stream::Source {
                     name: "NATIVE_EDGE".into(),
                     external: Some(stream::External {
-                        api_prefix: "$JS.edge.API".into(),
+                        api_prefix: schemas::subject::js_api_prefix(EDGE_DOMAIN),
                         delivery_prefix: None,
                     }),
                     ..Default::default()

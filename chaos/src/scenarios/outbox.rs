@@ -241,23 +241,22 @@ async fn wait_audited_expelled(mesh: &Mesh, want: u64) -> u64 {
 }
 
 async fn audited_expelled(mesh: &Mesh) -> u64 {
+    use schemas::audit::{AuditEvent, AuditRecord};
     let Ok(records) =
-        central_hub::audit::read_all(mesh.central_js(), schemas::subject::STREAM_AUDIT).await
+        schemas::audit::read_all(mesh.central_js(), schemas::subject::STREAM_AUDIT).await
     else {
         return 0;
     };
+    // The latest total per (edge, reason): each record carries the edge's counter.
     let mut totals: std::collections::HashMap<(String, String), u64> = Default::default();
     for (_, payload) in records {
-        let Ok(r) = serde_json::from_slice::<central_hub::audit::AuditRecord>(&payload) else {
+        let Ok(AuditEvent::OutboxExpelled(e)) = AuditRecord::decode(&payload)
+            .map_err(|_| ())
+            .and_then(|r| r.event().map_err(|_| ()))
+        else {
             continue;
         };
-        if r.kind != central_hub::audit::kind::OUTBOX_EXPELLED {
-            continue;
-        }
-        let field = |k: &str| r.fields.get(k).cloned().unwrap_or_default();
-        let key = (field("edge").to_string(), field("reason").to_string());
-        let total = field("total").as_u64().unwrap_or(0);
-        totals.insert(key, total);
+        totals.insert((e.edge, e.reason), e.total);
     }
     totals.values().sum()
 }
