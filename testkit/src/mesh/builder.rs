@@ -252,7 +252,10 @@ impl MeshBuilder {
                 cfg = cfg.edge_jetstream(domain);
             }
             let nats = start_nats(self.server(cfg)).await?;
-            let data_dir = dir.join(format!("{id}-data"));
+            // `<edge>/`, the folder `mesh up` always kept its outboxes in: an existing data
+            // dir keeps its outboxes (a new, empty one under an old edge id would restart
+            // its sequences at 1 and the lander would skip them as landed).
+            let data_dir = dir.join(id);
             let hub = match &exe {
                 Some(exe) => {
                     let http = free_addr()?;

@@ -22,7 +22,7 @@
 //! central-hub-<id>.log    stdout and stderr of central hub <id>
 //! edge.toml               --config of every edge hub (when given)
 //! <edge>-nats/            edge nats-server of site <edge>
-//! <edge>-data/            edge hub outbox of site <edge> (--data-dir)
+//! <edge>/                 edge hub outbox of site <edge> (--data-dir)
 //! edge-hub-<edge>.log     stdout and stderr of edge hub <edge>
 //! ```
 //!
