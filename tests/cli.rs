@@ -212,3 +212,32 @@ fn help_names_the_nats_server_location() {
         "{text}"
     );
 }
+
+/// Hub logs written to a file (here by the test kit, as under `mesh up`) carry no ANSI
+/// escape codes: colour is only for a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_logs_in_files_have_no_colour_codes() {
+    let m = Mesh::start(MeshOpts::default()).await;
+    m.agent("painter")
+        .await
+        .publish("t", "logs.plain", &b"x"[..])
+        .await
+        .expect("publish");
+    m.events_when(1).await;
+    let logs: Vec<_> = std::fs::read_dir(m.dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    assert!(logs.len() >= 2, "no hub logs in {}", m.dir().display());
+    for p in logs {
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("INFO"), "{} logged nothing", p.display());
+        assert!(
+            !text.contains('\u{1b}'),
+            "{} holds ANSI escape codes",
+            p.display()
+        );
+    }
+}
