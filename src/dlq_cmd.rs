@@ -62,7 +62,8 @@ enum DlqCmd {
     },
 }
 
-fn hv(headers: &HeaderMap, name: &str) -> String {
+/// The value of header `name`, empty when absent (for printing and ids).
+pub(crate) fn hv(headers: &HeaderMap, name: &str) -> String {
     headers
         .get(name)
         .map(|v| v.as_str().to_string())

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::HeaderMap;
 use central_hub::audit::AuditLog;
 use clap::{ArgGroup, Args};
 use schemas::audit::{AuditEvent, ReplayRun};
@@ -14,6 +13,7 @@ use schemas::stream::{Range, RangeReader, Start};
 use schemas::{headers as h, subject, Event};
 
 use crate::audit_cmd::central_js;
+use crate::dlq_cmd::hv;
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("output").required(true).args(["to_stdout", "republish"])))]
@@ -56,13 +56,6 @@ fn time(flag: &str, v: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     Ok(chrono::DateTime::parse_from_rfc3339(v)
         .with_context(|| format!("--{flag} {v:?} is not an RFC 3339 time"))?
         .with_timezone(&chrono::Utc))
-}
-
-fn hv(headers: &HeaderMap, name: &str) -> String {
-    headers
-        .get(name)
-        .map(|v| v.as_str().to_string())
-        .unwrap_or_default()
 }
 
 pub async fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
