@@ -21,8 +21,10 @@ pub struct AuditArgs {
 #[derive(Args, Clone)]
 pub struct Target {
     /// URL of a nats-server that reaches the centre (the centre's, or an edge's).
-    #[arg(long)]
+    #[arg(long, env = "NATS_URL")]
     nats: String,
+    #[command(flatten)]
+    auth: crate::conn::AuthArgs,
     /// Stream holding the audit records.
     #[arg(long, default_value = schemas::subject::STREAM_AUDIT)]
     stream: String,
@@ -85,13 +87,11 @@ enum RegistryCmd {
 }
 
 /// A JetStream context of domain `central`, from the centre or from an edge.
-pub async fn central_js(url: &str) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let client = async_nats::ConnectOptions::new()
-        .name("mesh operator tool")
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .with_context(|| format!("cannot connect to nats-server {url}"))?;
+pub async fn central_js(
+    url: &str,
+    auth: &crate::conn::AuthArgs,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let client = auth.connect(url, "mesh operator tool").await?;
     let js = jetstream::with_domain(client.clone(), schemas::subject::CENTRAL_DOMAIN);
     Ok((client, js))
 }
@@ -112,7 +112,7 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            let (_c, js) = central_js(&target.nats).await?;
+            let (_c, js) = central_js(&target.nats, &target.auth).await?;
             let msgs = audit::read_all(&js, &target.stream).await?;
             match audit::verify(&msgs, digest.as_ref()) {
                 Verdict::Ok {
@@ -136,7 +136,7 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
             }
         }
         AuditCmd::Digest { target, out } => {
-            let (_c, js) = central_js(&target.nats).await?;
+            let (_c, js) = central_js(&target.nats, &target.auth).await?;
             let msgs = audit::read_all(&js, &target.stream).await?;
             let d = match audit::verify(&msgs, None) {
                 Verdict::Ok {
@@ -176,7 +176,7 @@ async fn tail(
     follow: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (_c, js) = central_js(&target.nats).await?;
+    let (_c, js) = central_js(&target.nats, &target.auth).await?;
     let stream = js
         .get_stream(&target.stream)
         .await
@@ -228,7 +228,7 @@ pub async fn registry(a: RegistryArgs) -> anyhow::Result<ExitCode> {
             from_hub,
             json,
         } => {
-            let (client, js) = central_js(&target.nats).await?;
+            let (client, js) = central_js(&target.nats, &target.auth).await?;
             let reg = if from_hub {
                 let reply = tokio::time::timeout(
                     Duration::from_secs(5),

@@ -19,8 +19,10 @@ pub struct DlqArgs {
 #[derive(Args, Clone)]
 pub struct Common {
     /// URL of a nats-server that reaches the centre.
-    #[arg(long)]
+    #[arg(long, env = "NATS_URL")]
     nats: String,
+    #[command(flatten)]
+    auth: crate::conn::AuthArgs,
     /// Only dead letters on `mesh.dlq.<FILTER>`, i.e. `<edge>.<subject…>` with wildcards,
     /// e.g. `e1.orders.>` or `*.orders.created`.
     #[arg(long, default_value = ">")]
@@ -36,8 +38,10 @@ enum DlqCmd {
     },
     /// Every header and the data of one dead letter (ID = its DLQ sequence).
     Show {
-        #[arg(long)]
+        #[arg(long, env = "NATS_URL")]
         nats: String,
+        #[command(flatten)]
+        auth: crate::conn::AuthArgs,
         id: u64,
     },
     /// Publish dead letters again — to their original subject by default, keeping their
@@ -73,7 +77,7 @@ pub(crate) fn hv(headers: &HeaderMap, name: &str) -> String {
 pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
     match a.cmd {
         DlqCmd::List { common } => {
-            let (_c, js) = central_js(&common.nats).await?;
+            let (_c, js) = central_js(&common.nats, &common.auth).await?;
             let ls = dlq::letters(&js, &common.filter).await?;
             for l in &ls {
                 println!(
@@ -91,8 +95,8 @@ pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
             eprintln!("{} dead letters", ls.len());
             Ok(ExitCode::SUCCESS)
         }
-        DlqCmd::Show { nats, id } => {
-            let (_c, js) = central_js(&nats).await?;
+        DlqCmd::Show { nats, auth, id } => {
+            let (_c, js) = central_js(&nats, &auth).await?;
             let m = dlq::letter(&js, id).await?;
             println!("id: {id}\nsubject: {}\ntime: {}", m.subject, m.time);
             let mut names: Vec<_> = m.headers.iter().map(|(k, _)| k.to_string()).collect();
@@ -109,7 +113,7 @@ pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
             rate,
             id,
         } => {
-            let (_c, js) = central_js(&common.nats).await?;
+            let (_c, js) = central_js(&common.nats, &common.auth).await?;
             let r = dlq::Redrive {
                 filter: common.filter,
                 id,
@@ -124,7 +128,7 @@ pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DlqCmd::Purge { common } => {
-            let (_c, js) = central_js(&common.nats).await?;
+            let (_c, js) = central_js(&common.nats, &common.auth).await?;
             let purged = dlq::purge(&js, &common.filter, &operator()).await?;
             println!("purged={purged}");
             Ok(ExitCode::SUCCESS)

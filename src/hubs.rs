@@ -26,6 +26,8 @@ pub struct CentralArgs {
     /// Name of this hub in heartbeats and logs.
     #[arg(long)]
     hub_id: Option<String>,
+    #[command(flatten)]
+    auth: crate::conn::AuthArgs,
 }
 
 #[derive(Args)]
@@ -54,6 +56,8 @@ pub struct EdgeArgs {
     /// What a full outbox does: reject or drop-oldest.
     #[arg(long, value_parser = parse_policy)]
     full_policy: Option<FullPolicy>,
+    #[command(flatten)]
+    auth: crate::conn::AuthArgs,
 }
 
 fn parse_policy(s: &str) -> Result<FullPolicy, String> {
@@ -86,9 +90,16 @@ async fn listener(addr: &Option<String>) -> anyhow::Result<Option<tokio::net::Tc
     }
 }
 
-async fn connect(url: &str, name: String) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .name(name)
+async fn connect(
+    url: &str,
+    name: String,
+    auth: &crate::conn::AuthArgs,
+) -> anyhow::Result<async_nats::Client> {
+    let opts = async_nats::ConnectOptions::new().name(name);
+    auth.client_auth()
+        .apply(opts)
+        .await
+        .with_context(|| format!("cannot connect to nats-server {url}"))?
         .retry_on_initial_connect()
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(url)
@@ -119,7 +130,7 @@ pub async fn central(a: CentralArgs) -> anyhow::Result<ExitCode> {
     if let Err(errs) = cfg.validate() {
         bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
     }
-    let client = connect(&cfg.nats, format!("central hub {}", cfg.hub_name())).await?;
+    let client = connect(&cfg.nats, format!("central hub {}", cfg.hub_name()), &a.auth).await?;
     let http = listener(&cfg.http).await?;
     central_hub::run(cfg, client, http, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -157,7 +168,7 @@ pub async fn edge(a: EdgeArgs) -> anyhow::Result<ExitCode> {
     if let Err(errs) = cfg.validate() {
         bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
     }
-    let client = connect(&cfg.nats, format!("edge hub {}", cfg.id)).await?;
+    let client = connect(&cfg.nats, format!("edge hub {}", cfg.id), &a.auth).await?;
     let http = listener(&cfg.http).await?;
     edge_hub::run(cfg, client, http, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

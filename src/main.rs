@@ -5,6 +5,7 @@
 mod audit_cmd;
 mod bench;
 mod chaos_cmd;
+mod conn;
 mod dlq_cmd;
 mod hubs;
 mod publish;

@@ -13,8 +13,10 @@ use schemas::NewEvent;
 #[derive(Args)]
 pub struct PubArgs {
     /// Edge nats-server URL.
-    #[arg(long)]
+    #[arg(long, env = "NATS_URL")]
     nats: String,
+    #[command(flatten)]
+    auth: crate::conn::AuthArgs,
     /// Agent id (the last token of the ingest subject).
     #[arg(long)]
     agent: String,
@@ -113,15 +115,18 @@ async fn publish(a: &PubArgs, t: &mut Tally) -> Result<(), AgentError> {
     let timeout = Duration::from_secs_f64(a.timeout.max(0.001));
     let agent = match &a.edge {
         Some(edge) => {
-            let client = async_nats::connect(&a.nats)
+            let client = a
+                .auth
+                .client_auth()
+                .connect(&a.nats, &format!("agent {}", a.agent))
                 .await
-                .map_err(|e| AgentError::Connect {
+                .map_err(|reason| AgentError::Connect {
                     url: a.nats.clone(),
-                    reason: e.to_string(),
+                    reason,
                 })?;
             Agent::with_client(client, edge, &a.agent)?
         }
-        None => Agent::connect(&a.nats, &a.agent).await?,
+        None => Agent::connect_with(&a.nats, &a.agent, &a.auth.client_auth()).await?,
     }
     .with_timeout(timeout);
     schemas::subject::validate_subject("SUBJECT", &a.subject)?;

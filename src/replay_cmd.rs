@@ -21,8 +21,10 @@ use crate::dlq_cmd::hv;
 #[command(group(ArgGroup::new("end").args(["until", "to_seq"])))]
 pub struct ReplayArgs {
     /// URL of a nats-server that reaches the centre.
-    #[arg(long)]
+    #[arg(long, env = "NATS_URL")]
     nats: String,
+    #[command(flatten)]
+    auth: crate::conn::AuthArgs,
     /// The stream to read, e.g. MESH_EVENTS.
     #[arg(long)]
     stream: String,
@@ -61,7 +63,7 @@ fn time(flag: &str, v: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 pub async fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let since = a.since.as_deref().map(|v| time("since", v)).transpose()?;
     let until = a.until.as_deref().map(|v| time("until", v)).transpose()?;
-    let (_c, js) = central_js(&a.nats).await?;
+    let (_c, js) = central_js(&a.nats, &a.auth).await?;
     let filter = a.subject.clone().unwrap_or_default();
     let range = Range {
         filter: filter.clone(),

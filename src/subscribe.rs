@@ -10,8 +10,10 @@ use schemas::Event;
 #[derive(Args)]
 pub struct SubArgs {
     /// nats-server URL (an edge's, or the centre's for durable subscriptions).
-    #[arg(long)]
+    #[arg(long, env = "NATS_URL")]
     nats: String,
+    #[command(flatten)]
+    auth: crate::conn::AuthArgs,
     /// Durable consumer name: at-least-once from MESH_EVENTS, resumes after restart.
     #[arg(long)]
     durable: Option<String>,
@@ -48,7 +50,7 @@ pub fn event_json(ev: &Event) -> serde_json::Value {
 }
 
 pub async fn run(a: SubArgs) -> anyhow::Result<ExitCode> {
-    let client = async_nats::connect(&a.nats).await?;
+    let client = a.auth.connect(&a.nats, &format!("agent {}", a.agent)).await?;
     // Subscribing needs no edge: any id works for the subject builders.
     let agent = Agent::with_client(client, "sub", &a.agent)?;
     let limit = a.count.unwrap_or(u64::MAX);

@@ -15,6 +15,7 @@ use std::time::Duration;
 use agents::Agent;
 use anyhow::Context;
 use clap::Args;
+use mesh_nats::auth::Identity;
 use mesh_testkit::{Mesh, MeshBuilder};
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,39 @@ pub struct UpArgs {
     /// Stop by itself after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<f64>,
+    /// No authentication, no TLS, every client in one account: any client can do
+    /// anything. Only for experiments on a trusted machine.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// The demo agents' identities: what each publishes and may read.
+fn demo_agent(edge: &str, agent: &str) -> Identity {
+    let (live, durables): (&[&str], &[(&str, &str)]) = match agent {
+        "auditor" => (&[], &[("demo-auditor", "demo.>")]),
+        "watcher" => (&["demo.>"], &[]),
+        "order-checker" => (&[], &[("demo-order-checker", "demo.orders")]),
+        "me" => (&["demo.>"], &[("me", "demo.>")]),
+        _ => (&[], &[]),
+    };
+    Identity::Agent {
+        edge: edge.into(),
+        agent: agent.into(),
+        live: live.iter().map(|s| s.to_string()).collect(),
+        durables: durables
+            .iter()
+            .map(|(n, f)| (n.to_string(), f.to_string()))
+            .collect(),
+    }
+}
+
+/// Connect demo agent `agent` to edge `site` with its own credential.
+async fn connect_agent(mesh: &Mesh, site: usize, agent: &str) -> anyhow::Result<Agent> {
+    let s = &mesh.sites[site];
+    let auth = mesh.auth(&demo_agent(&s.id, agent))?;
+    Agent::connect_with(&s.nats.client_url(), agent, &auth)
+        .await
+        .with_context(|| format!("demo agent {agent} on {}", s.id))
 }
 
 /// `MESH_LOG` of the hub processes: this command's own, else the hubs' usual default.
@@ -65,10 +99,51 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         .central_hub_ids(["central-1"])
         .edge_ids((1..=a.edges).map(|i| format!("edge-{i}")))
         .hub_log(&hub_log_filter())
+        .secure(!a.insecure)
         .start()
         .await
         .context("cannot start the mesh")?;
     print_components(&mesh);
+    let creds_flags = match mesh.security() {
+        Some(sec) => {
+            let operator = mesh.operator_auth()?;
+            let me = mesh.auth(&demo_agent(&mesh.sites[0].id, "me"))?;
+            for (i, site) in mesh.sites.iter().enumerate() {
+                for agent in demo_agents(i, mesh.sites.len()) {
+                    mesh.auth(&demo_agent(&site.id, &agent))?;
+                }
+            }
+            println!("secure:  TLS CA {}", sec.tls.ca.display());
+            println!("         credentials in {}", sec.creds_dir.display());
+            println!(
+                "         operator {}",
+                operator.creds.as_ref().expect("secure").display()
+            );
+            println!(
+                "         agent me@{} {}",
+                mesh.sites[0].id,
+                me.creds.as_ref().expect("secure").display()
+            );
+            Some((operator, me, sec.tls.ca.clone()))
+        }
+        None => {
+            eprintln!(
+                "WARNING: --insecure: no authentication, no TLS. Any client can publish as any \
+                 agent, forge bundles, read everything and delete the mesh's streams."
+            );
+            None
+        }
+    };
+    let flags = |auth: Option<&mesh_nats::client::ClientAuth>| match (auth, &creds_flags) {
+        (Some(a), Some((_, _, ca))) => format!(
+            " --creds {} --tls-ca {}",
+            a.creds.as_ref().map(|c| c.display().to_string()).unwrap_or_default(),
+            ca.display()
+        ),
+        _ => String::new(),
+    };
+    let op_flags = flags(creds_flags.as_ref().map(|c| &c.0));
+    let me_flags = flags(creds_flags.as_ref().map(|c| &c.1));
 
     let stop = CancellationToken::new();
     let central_url = mesh.central.client_url();
@@ -78,23 +153,24 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         .map(|s| (s.id.clone(), s.nats.client_url()))
         .collect();
     println!(
-        "try:     mesh pub --nats {} --agent me demo.hello '{{\"hi\":1}}'",
+        "try:     mesh pub --nats {}{me_flags} --agent me demo.hello '{{\"hi\":1}}'",
         edge_urls[0].1
     );
-    println!("         mesh sub --nats {central_url} --durable me 'demo.>'");
+    println!(
+        "         mesh sub --nats {}{me_flags} --agent me --durable me 'demo.>'",
+        edge_urls[0].1
+    );
 
     if !a.no_demo {
-        for (id, url) in &edge_urls {
-            let agent = Agent::connect(url, &format!("producer-{}", &id[5..]))
-                .await
-                .with_context(|| format!("demo producer on {id}"))?;
+        for (i, (id, _)) in edge_urls.iter().enumerate() {
+            let agent = connect_agent(&mesh, i, &format!("producer-{}", &id[5..])).await?;
             tokio::spawn(agents::demo::producer(
                 agent,
                 Duration::from_secs(1),
                 |line| println!("[pub ] {line}"),
             ));
         }
-        let auditor = Agent::connect(&edge_urls[0].1, "auditor").await?;
+        let auditor = connect_agent(&mesh, 0, "auditor").await?;
         tokio::spawn(async move {
             if let Err(e) =
                 agents::demo::consumer(auditor, "demo-auditor", |line| println!("[sub ] {line}"))
@@ -103,7 +179,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("demo consumer stopped: {e}");
             }
         });
-        let watcher = Agent::connect(&edge_urls[edge_urls.len() - 1].1, "watcher").await?;
+        let watcher = connect_agent(&mesh, edge_urls.len() - 1, "watcher").await?;
         let mut live = watcher.subscribe_live("demo.>").await?;
         tokio::spawn(async move {
             while let Some(Ok(ev)) = live.next().await {
@@ -118,16 +194,18 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         });
     }
     println!(
-        "         mesh audit verify --nats {0}   mesh dlq list --nats {0}   mesh registry list --nats {0}",
-        central_url
+        "         mesh audit verify --nats {0}{1}\n         mesh dlq list --nats {0}{1}\n         mesh registry list --nats {0}{1}",
+        central_url, op_flags
     );
     if !a.no_demo {
-        let edge_url = edge_urls[0].1.clone();
+        let producer = connect_agent(&mesh, 0, "order-desk").await?;
+        let strict = connect_agent(&mesh, 0, "order-checker").await?;
+        let operator = mesh.operator_auth()?;
         let central_url = central_url.clone();
         let s = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
-                r = demo_dead_letter_and_audit(&edge_url, &central_url) => {
+                r = demo_dead_letter_and_audit(producer, strict, &operator, &central_url) => {
                     if let Err(e) = r {
                         eprintln!("dead-letter / audit demo stopped: {e:#}");
                     }
@@ -152,6 +230,18 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{hub} did not exit cleanly on SIGTERM within {HUB_GRACE:?}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo agents of site `i` of `n`.
+fn demo_agents(i: usize, n: usize) -> Vec<String> {
+    let mut v = vec![format!("producer-{}", i + 1)];
+    if i == 0 {
+        v.extend(["auditor", "order-desk", "order-checker", "me"].map(String::from));
+    }
+    if i == n - 1 {
+        v.push("watcher".into());
+    }
+    v
 }
 
 /// How long each hub has to exit after SIGTERM.
@@ -203,8 +293,12 @@ fn print_components(mesh: &Mesh) {
 
 /// The operator side of the demo: one malformed order is rejected by a strict consumer
 /// and lands in `MESH_DLQ`; then the audit chain is verified every 10 s.
-async fn demo_dead_letter_and_audit(edge_url: &str, central_url: &str) -> anyhow::Result<()> {
-    let producer = Agent::connect(edge_url, "order-desk").await?;
+async fn demo_dead_letter_and_audit(
+    producer: Agent,
+    strict: Agent,
+    operator: &mesh_nats::client::ClientAuth,
+    central_url: &str,
+) -> anyhow::Result<()> {
     producer
         .publish_json(
             "demo.order",
@@ -212,7 +306,6 @@ async fn demo_dead_letter_and_audit(edge_url: &str, central_url: &str) -> anyhow
             &serde_json::json!({"qty": "many"}),
         )
         .await?;
-    let strict = Agent::connect(edge_url, "order-checker").await?;
     let mut sub = strict
         .subscribe("demo-order-checker", "demo.orders")
         .await?;
@@ -234,7 +327,10 @@ async fn demo_dead_letter_and_audit(edge_url: &str, central_url: &str) -> anyhow
             );
         }
     }
-    let client = async_nats::connect(central_url).await?;
+    let client = operator
+        .connect(central_url, "mesh up audit demo")
+        .await
+        .map_err(|e| anyhow::anyhow!("operator connection to {central_url}: {e}"))?;
     let js = async_nats::jetstream::new(client);
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {

@@ -29,6 +29,7 @@ pub use pipeline::Pipeline;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
+pub use mesh_nats::client::ClientAuth;
 use bytes::Bytes;
 use futures::StreamExt;
 use schemas::{subject, ErrorCode, Event, IngestReply, IngestRequest, NewEvent, SchemaError};
@@ -87,14 +88,32 @@ pub struct Agent {
 impl Agent {
     /// Connects to an edge's nats-server and discovers the edge id from the edge hub.
     pub async fn connect(url: &str, id: &str) -> Result<Agent, AgentError> {
+        Agent::connect_with(url, id, &ClientAuth::none()).await
+    }
+
+    /// [`Agent::connect`] with a credential (`.creds` file) and the CA of the mesh: what
+    /// every agent of a secure mesh does.
+    pub async fn connect_with(url: &str, id: &str, auth: &ClientAuth) -> Result<Agent, AgentError> {
         subject::validate_id("agent", id)?;
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("agent {id}"))
-            .connect(url)
+        if let Some(user) = auth.user_name() {
+            // The servers refuse a publish as anyone else; say so now, not after a timeout.
+            let own = user.strip_prefix("agent.").and_then(|r| r.rsplit_once('.'));
+            if own.map(|(_, agent)| agent) != Some(id) {
+                return Err(AgentError::Connect {
+                    url: url.into(),
+                    reason: format!(
+                        "the credential is for {user:?}, not agent {id:?}: an agent may publish \
+                         only as itself"
+                    ),
+                });
+            }
+        }
+        let client = auth
+            .connect(url, &format!("agent {id}"))
             .await
-            .map_err(|e| AgentError::Connect {
+            .map_err(|reason| AgentError::Connect {
                 url: url.into(),
-                reason: e.to_string(),
+                reason,
             })?;
         let edge = discover_edge(&client, Duration::from_secs(5))
             .await

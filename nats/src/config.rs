@@ -11,6 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::auth::ServerAuth;
+use crate::tls::TlsFiles;
 use crate::Error;
 
 /// The central config template (see the comments inside for the verified keys).
@@ -62,6 +64,22 @@ pub struct ServerConfig {
     /// Edge only: enable JetStream with this domain (plain NATS's own edge design, which
     /// the benchmark compares agentmesh with). `None` (the default): core NATS only.
     pub edge_jetstream_domain: Option<String>,
+    /// Operator-mode auth and TLS; `None` = the insecure mode (no auth, no TLS).
+    pub security: Option<Security>,
+}
+
+/// Auth and TLS of a secure mesh's server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    /// Operator, accounts and resolver preload.
+    pub auth: ServerAuth,
+    /// Certificate and key presented on the client and leafnode ports.
+    pub tls: TlsFiles,
+    /// Edge only: the edge site's leaf credential (mesh account).
+    pub leaf_creds: Option<PathBuf>,
+    /// Edge only: the edge site's system-account leaf credential (claim lookups and
+    /// updates, so a revocation reaches the edge).
+    pub sys_leaf_creds: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -77,6 +95,7 @@ impl ServerConfig {
             binary: None,
             start_timeout: DEFAULT_START_TIMEOUT,
             edge_jetstream_domain: None,
+            security: None,
         }
     }
 
@@ -94,6 +113,12 @@ impl ServerConfig {
     /// comparison of `mesh bench`; agentmesh edges never do).
     pub fn edge_jetstream(mut self, domain: &str) -> Self {
         self.edge_jetstream_domain = Some(domain.to_string());
+        self
+    }
+
+    /// Run in operator mode with TLS (see [`Security`]).
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = Some(security);
         self
     }
 
@@ -184,11 +209,7 @@ impl ServerConfig {
             Role::Edge { .. } => EDGE_TEMPLATE,
         };
         let remotes = match &self.role {
-            Role::Edge { remotes } => remotes
-                .iter()
-                .map(|u| quote(u))
-                .collect::<Vec<_>>()
-                .join(", "),
+            Role::Edge { remotes } => self.remote_entries(remotes),
             Role::Central => String::new(),
         };
         template
@@ -201,10 +222,83 @@ impl ServerConfig {
             .replace("{{ports_file_dir}}", &quote(&dir.to_string_lossy()))
             .replace("{{remotes}}", &remotes)
             .replace("{{jetstream}}", &self.edge_jetstream_block(dir))
+            .replace("{{security}}", &self.security_block(dir))
+            .replace("{{leaf_tls}}", &self.leaf_tls_block())
     }
 }
 
 impl ServerConfig {
+    /// The leafnode remotes of an edge: one to the mesh account (all URLs), and in secure
+    /// mode a second for the system account, both with credentials and TLS.
+    fn remote_entries(&self, urls: &[String]) -> String {
+        let urls = urls.iter().map(|u| quote(u)).collect::<Vec<_>>().join(", ");
+        let Some(sec) = &self.security else {
+            return format!("{{ urls: [ {urls} ], compression: s2_fast }}");
+        };
+        let tls = format!("tls {{ ca_file: {} }}", quote(&sec.tls.ca.to_string_lossy()));
+        let mut out = String::new();
+        let mut remote = |account: &str, creds: &Option<PathBuf>| {
+            out.push_str(&format!(
+                "{{ urls: [ {urls} ], account: {}, {}{tls}, compression: s2_fast }}\n    ",
+                quote(account),
+                creds
+                    .as_ref()
+                    .map(|c| format!("credentials: {}, ", quote(&c.to_string_lossy())))
+                    .unwrap_or_default()
+            ));
+        };
+        remote(&sec.auth.mesh_account, &sec.leaf_creds);
+        if sec.sys_leaf_creds.is_some() {
+            remote(&sec.auth.system_account, &sec.sys_leaf_creds);
+        }
+        out.trim_end().to_string()
+    }
+
+    /// Operator mode (resolver with the accounts preloaded) and TLS on the client port.
+    /// The centre runs the full resolver (it takes claim updates); an edge a cache one,
+    /// fed over its system-account leaf link.
+    fn security_block(&self, dir: &Path) -> String {
+        let Some(sec) = &self.security else {
+            return "# insecure: no authentication, no TLS\n".to_string();
+        };
+        let resolver_dir = quote(&dir.join("jwt").to_string_lossy());
+        let resolver = match self.role {
+            Role::Central => format!(
+                "resolver {{ type: full, dir: {resolver_dir}, allow_delete: false, interval: \"2m\" }}"
+            ),
+            Role::Edge { .. } => format!(
+                "resolver {{ type: cache, dir: {resolver_dir}, ttl: \"1h\", limit: 1000 }}"
+            ),
+        };
+        let preload = sec
+            .auth
+            .preload
+            .iter()
+            .map(|(k, jwt)| format!("  {}: {}", quote(k), quote(jwt)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!(
+            "operator: {}\nsystem_account: {}\n{resolver}\nresolver_preload: {{\n{preload}\n}}\n\
+             tls {{\n  cert_file: {}\n  key_file: {}\n  timeout: 5\n}}\n",
+            quote(&sec.auth.operator_jwt),
+            quote(&sec.auth.system_account),
+            quote(&sec.tls.cert.to_string_lossy()),
+            quote(&sec.tls.key.to_string_lossy()),
+        )
+    }
+
+    /// TLS on the centre's leafnode listener (required of every leaf connection).
+    fn leaf_tls_block(&self) -> String {
+        match &self.security {
+            Some(sec) => format!(
+                "tls {{ cert_file: {}, key_file: {}, timeout: 5 }}",
+                quote(&sec.tls.cert.to_string_lossy()),
+                quote(&sec.tls.key.to_string_lossy())
+            ),
+            None => String::new(),
+        }
+    }
+
     fn edge_jetstream_block(&self, dir: &Path) -> String {
         match (&self.role, &self.edge_jetstream_domain) {
             (Role::Edge { .. }, Some(domain)) => format!(

@@ -10,18 +10,21 @@
 //!   to central as a leafnode, redialling every 250 ms and noticing a dead link within ~3 s.
 //! - Library code does not panic on runtime failures: everything returns [`Error`].
 
+pub mod auth;
 mod binary;
 mod config;
 mod error;
 mod probe;
 mod server;
+pub mod tls;
+pub mod client;
 
 pub use binary::{
     ensure_binary, find_binary, find_binary_in, installed_binary_path, tools_dir, tools_dir_from,
     BINARY_ENV, PINNED_VERSION, PIP_PACKAGE, TOOLS_DIR_ENV,
 };
 pub use config::{
-    store_dir, Ports, Role, ServerConfig, CENTRAL_TEMPLATE, DEFAULT_MAX_PAYLOAD,
+    store_dir, Ports, Role, Security, ServerConfig, CENTRAL_TEMPLATE, DEFAULT_MAX_PAYLOAD,
     DEFAULT_START_TIMEOUT, EDGE_TEMPLATE,
 };
 pub use error::Error;

@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use mesh_nats::client::ClientAuth;
+
 /// What an edge hub does when its outbox is full (`--full-policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FullPolicy {
@@ -29,7 +31,7 @@ impl FullPolicy {
 }
 
 /// `mesh edge --nats URL --id EDGE --data-dir DIR [--http ADDR] [--config FILE]
-/// [--outbox-max-bytes N] [--full-policy P]`.
+/// [--outbox-max-bytes N] [--full-policy P] [--creds FILE] [--tls-ca FILE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EdgeArgs {
     nats: String,
@@ -39,6 +41,7 @@ pub struct EdgeArgs {
     config: Option<PathBuf>,
     outbox_max_bytes: Option<u64>,
     full_policy: Option<FullPolicy>,
+    auth: ClientAuth,
 }
 
 impl EdgeArgs {
@@ -52,6 +55,7 @@ impl EdgeArgs {
             config: None,
             outbox_max_bytes: None,
             full_policy: None,
+            auth: ClientAuth::none(),
         }
     }
 
@@ -79,6 +83,12 @@ impl EdgeArgs {
         self
     }
 
+    /// Connect with these credentials (`--creds`, `--tls-ca`).
+    pub fn auth(mut self, auth: ClientAuth) -> EdgeArgs {
+        self.auth = auth;
+        self
+    }
+
     /// The argument vector, starting with the subcommand: `["edge", "--nats", …]`.
     pub fn to_args(&self) -> Vec<String> {
         let mut a = vec![
@@ -102,17 +112,20 @@ impl EdgeArgs {
         if let Some(p) = self.full_policy {
             a.extend(["--full-policy".into(), p.as_str().into()]);
         }
+        auth_args(&self.auth, &mut a);
         a
     }
 }
 
-/// `mesh central --nats URL [--hub-id ID] [--http ADDR] [--config FILE]`.
+/// `mesh central --nats URL [--hub-id ID] [--http ADDR] [--config FILE] [--creds FILE]
+/// [--tls-ca FILE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CentralArgs {
     nats: String,
     hub_id: Option<String>,
     http: Option<SocketAddr>,
     config: Option<PathBuf>,
+    auth: ClientAuth,
 }
 
 impl CentralArgs {
@@ -123,7 +136,14 @@ impl CentralArgs {
             hub_id: None,
             http: None,
             config: None,
+            auth: ClientAuth::none(),
         }
+    }
+
+    /// Connect with these credentials (`--creds`, `--tls-ca`).
+    pub fn auth(mut self, auth: ClientAuth) -> CentralArgs {
+        self.auth = auth;
+        self
     }
 
     /// The hub's name in heartbeats and logs.
@@ -156,7 +176,18 @@ impl CentralArgs {
         if let Some(h) = self.http {
             a.extend(["--http".into(), h.to_string()]);
         }
+        auth_args(&self.auth, &mut a);
         a
+    }
+}
+
+/// `--creds FILE` and `--tls-ca FILE` when set.
+fn auth_args(auth: &ClientAuth, a: &mut Vec<String>) {
+    if let Some(c) = &auth.creds {
+        a.extend(["--creds".into(), c.display().to_string()]);
+    }
+    if let Some(c) = &auth.tls_ca {
+        a.extend(["--tls-ca".into(), c.display().to_string()]);
     }
 }
 

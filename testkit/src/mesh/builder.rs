@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use async_nats::jetstream;
-use mesh_nats::{NatsServer, ServerConfig};
+use mesh_nats::auth::{Identity, MeshKeys};
+use mesh_nats::tls::TlsFiles;
+use mesh_nats::{NatsServer, Security, ServerConfig};
 
-use super::{free_addr, Hub, Mesh, Site};
+use super::{free_addr, Hub, KitSecurity, Mesh, Site};
 use crate::args::{CentralArgs, EdgeArgs};
 use crate::error::{client_err, io_err};
 use crate::process::MeshProcess;
@@ -29,6 +31,7 @@ pub struct MeshBuilder {
     edge_jetstream: Option<String>,
     nats_binary: Option<PathBuf>,
     hub_log: Option<String>,
+    secure: bool,
 }
 
 impl Default for MeshBuilder {
@@ -55,7 +58,16 @@ impl MeshBuilder {
             edge_jetstream: None,
             nats_binary: None,
             hub_log: None,
+            secure: true,
         }
+    }
+
+    /// Secure (the default): operator-mode auth, least-privilege credentials and TLS on
+    /// every port (keys in `keys/`, credentials in `creds/`, the CA in `tls/`). `false`:
+    /// no auth, no TLS, everyone in the default account.
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
     }
 
     /// The `mesh` executable the hubs run from (required unless `hubs(false)`).
@@ -188,18 +200,46 @@ impl MeshBuilder {
                 (t.path().to_path_buf(), Some(t))
             }
         };
+        let security = match self.secure {
+            true => Some(KitSecurity::open(&dir)?),
+            false => None,
+        };
+        let server_sec = |leaf: Option<(PathBuf, PathBuf)>| {
+            security.as_ref().map(|s| {
+                let (leaf_creds, sys_leaf_creds) = match leaf {
+                    Some((a, b)) => (Some(a), Some(b)),
+                    None => (None, None),
+                };
+                Security {
+                    auth: s.server_auth(),
+                    tls: s.tls.clone(),
+                    leaf_creds,
+                    sys_leaf_creds,
+                }
+            })
+        };
         let central_name = format!("{}-central", self.name);
-        let central = start_nats(
-            self.server(ServerConfig::central(&central_name).dir(dir.join("central-nats"))),
-        )
-        .await?;
+        let mut central_cfg = ServerConfig::central(&central_name).dir(dir.join("central-nats"));
+        if let Some(sec) = server_sec(None) {
+            central_cfg = central_cfg.security(sec);
+        }
+        let central = start_nats(self.server(central_cfg)).await?;
         let leaf = central.leaf_addr().ok_or_else(|| KitError::Client {
             what: format!("nats-server {central_name}"),
             source: "has no leafnode port".into(),
         })?;
-        let js = jetstream::new(async_nats::connect(central.client_url()).await.map_err(
-            client_err(format!("connecting to {}", central.client_url())),
-        )?);
+        let kit_auth = match &security {
+            Some(s) => s.auth(&Identity::CentralHub {
+                name: "testkit".into(),
+            })?,
+            None => Default::default(),
+        };
+        let js = jetstream::new(
+            kit_auth
+                .connect(&central.client_url(), "testkit")
+                .await
+                .map_err(client_err(format!("connecting to {}", central.client_url())))?,
+        );
 
         let mut central_hubs = Vec::new();
         if let Some(exe) = &exe {
@@ -207,6 +247,9 @@ impl MeshBuilder {
             for id in &self.central_hub_ids {
                 let http = free_addr()?;
                 let mut args = CentralArgs::new(central.client_url()).hub_id(id).http(http);
+                if let Some(s) = &security {
+                    args = args.auth(s.auth(&Identity::CentralHub { name: id.clone() })?);
+                }
                 if let Some(c) = &cfg {
                     args = args.config(c);
                 }
@@ -251,6 +294,11 @@ impl MeshBuilder {
             if let Some(domain) = &self.edge_jetstream {
                 cfg = cfg.edge_jetstream(domain);
             }
+            if let Some(s) = &security {
+                let leaf = s.creds_file(&Identity::Leaf { edge: id.clone() })?;
+                let sys = s.creds_file(&Identity::SysLeaf { edge: id.clone() })?;
+                cfg = cfg.security(server_sec(Some((leaf, sys))).expect("secure"));
+            }
             let nats = start_nats(self.server(cfg)).await?;
             // `<edge>/`, the folder `mesh up` always kept its outboxes in: an existing data
             // dir keeps its outboxes (a new, empty one under an old edge id would restart
@@ -260,6 +308,9 @@ impl MeshBuilder {
                 Some(exe) => {
                     let http = free_addr()?;
                     let mut args = EdgeArgs::new(nats.client_url(), id, &data_dir).http(http);
+                    if let Some(s) = &security {
+                        args = args.auth(s.auth(&Identity::EdgeHub { edge: id.clone() })?);
+                    }
                     if let Some(c) = &edge_cfg {
                         args = args.config(c);
                     }
@@ -295,6 +346,7 @@ impl MeshBuilder {
             js,
             dir,
             temp,
+            security,
         };
         if let Err(e) = mesh.wait_ready().await {
             let logs = mesh.log_tails(30);
@@ -305,6 +357,27 @@ impl MeshBuilder {
             });
         }
         Ok(mesh)
+    }
+}
+
+impl KitSecurity {
+    /// The keys, CA and credentials directory of the mesh in `dir` (created on first use,
+    /// reused after).
+    pub(super) fn open(dir: &Path) -> Result<KitSecurity, KitError> {
+        let nats_err = |source: mesh_nats::Error| KitError::Nats {
+            name: "mesh security".into(),
+            source: Box::new(source),
+        };
+        let keys = MeshKeys::open_or_create(&dir.join("keys")).map_err(nats_err)?;
+        let tls = TlsFiles::open_or_create(&dir.join("tls")).map_err(nats_err)?;
+        let creds_dir = dir.join("creds");
+        std::fs::create_dir_all(&creds_dir)
+            .map_err(io_err(format!("creating {}", creds_dir.display())))?;
+        Ok(KitSecurity {
+            keys: std::sync::Mutex::new(keys),
+            tls,
+            creds_dir,
+        })
     }
 }
 

@@ -45,6 +45,9 @@ use std::time::{Duration, Instant};
 
 use agents::Agent;
 use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
+use mesh_nats::auth::{Identity, MeshKeys};
+use mesh_nats::client::ClientAuth;
+use mesh_nats::tls::TlsFiles;
 use mesh_nats::NatsServer;
 use schemas::{headers as h, subject};
 
@@ -170,6 +173,65 @@ pub struct Mesh {
     js: jetstream::Context,
     dir: PathBuf,
     temp: Option<tempfile::TempDir>,
+    security: Option<KitSecurity>,
+}
+
+/// Keys, CA and credentials of a secure mesh.
+pub struct KitSecurity {
+    keys: std::sync::Mutex<MeshKeys>,
+    /// The mesh's CA and server certificate.
+    pub tls: TlsFiles,
+    /// Where credentials are written: `<dir>/creds/<identity file name>`.
+    pub creds_dir: PathBuf,
+}
+
+impl KitSecurity {
+    /// The server settings of the mesh (operator, accounts).
+    pub fn server_auth(&self) -> mesh_nats::auth::ServerAuth {
+        self.keys.lock().expect("keys lock").server_auth()
+    }
+
+    /// The credential file of `id`, issued on first use (and kept: a reused directory
+    /// keeps its credentials).
+    pub fn creds_file(&self, id: &Identity) -> Result<PathBuf, KitError> {
+        let path = self.creds_dir.join(id.file_name());
+        if !path.is_file() {
+            self.keys
+                .lock()
+                .expect("keys lock")
+                .issue_to(id, &path)
+                .map_err(|source| KitError::Nats {
+                    name: format!("credential {}", id.user_name()),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(path)
+    }
+
+    /// [`KitSecurity::creds_file`] with the mesh CA.
+    pub fn auth(&self, id: &Identity) -> Result<ClientAuth, KitError> {
+        Ok(ClientAuth::new(self.creds_file(id)?, &self.tls.ca))
+    }
+
+    /// Revoke `who` (user name or public key) and push the account to `central_url`.
+    pub async fn revoke(&self, who: &str, central_url: &str) -> Result<usize, KitError> {
+        let (n, update) = {
+            let mut k = self.keys.lock().expect("keys lock");
+            let n = k.revoke(who).map_err(|source| KitError::Nats {
+                name: format!("revoking {who}"),
+                source: Box::new(source),
+            })?;
+            (n, mesh_nats::client::AccountUpdate::of(&k))
+        };
+        update
+            .push(central_url, Some(&self.tls.ca))
+            .await
+            .map_err(|e| KitError::Client {
+                what: format!("pushing the revocation of {who}"),
+                source: e.into(),
+            })?;
+        Ok(n)
+    }
 }
 
 impl Mesh {
@@ -213,10 +275,43 @@ impl Mesh {
         self.sites[site].proxy()
     }
 
+    /// Keys, CA and credentials; `None` on an insecure mesh.
+    pub fn security(&self) -> Option<&KitSecurity> {
+        self.security.as_ref()
+    }
+
+    /// The credentials of `id` (issued on first use); none on an insecure mesh.
+    pub fn auth(&self, id: &Identity) -> Result<ClientAuth, KitError> {
+        match &self.security {
+            Some(s) => s.auth(id),
+            None => Ok(ClientAuth::none()),
+        }
+    }
+
+    /// The operator credential `operator.creds` (none on an insecure mesh).
+    pub fn operator_auth(&self) -> Result<ClientAuth, KitError> {
+        self.auth(&Identity::Operator {
+            name: "operator".into(),
+        })
+    }
+
+    /// The identity of a test agent: its own ingest subject, every live subject and
+    /// every durable consumer (tests of narrower grants issue their own).
+    pub fn test_agent(edge: &str, id: &str) -> Identity {
+        Identity::Agent {
+            edge: edge.into(),
+            agent: id.into(),
+            live: vec![">".into()],
+            durables: vec![("*".into(), ">".into())],
+        }
+    }
+
     /// A new agent `id` on edge `site`, on its own connection to the edge nats-server.
     pub async fn agent(&self, site: usize, id: &str) -> Result<Agent, KitError> {
         let s = &self.sites[site];
-        let c = async_nats::connect(s.nats.client_url())
+        let auth = self.auth(&Mesh::test_agent(&s.id, id))?;
+        let c = auth
+            .connect(&s.nats.client_url(), &format!("agent {id}"))
             .await
             .map_err(client_err(format!("connecting agent {id} to {}", s.id)))?;
         Agent::with_client(c, &s.id, id).map_err(client_err(format!("agent {id} on {}", s.id)))

@@ -1,0 +1,191 @@
+//! How a mesh client authenticates: a `.creds` file and the CA to verify the servers
+//! against, from flags or the environment the nats CLI uses.
+//!
+//! Invariants:
+//! - [`ClientAuth::from_env`] reads `NATS_CREDS` and `NATS_CA` (the nats CLI's names);
+//!   explicit flags win over the environment.
+//! - With a CA, TLS is required and the server certificate is verified against it; with
+//!   none the client accepts plaintext (a secure server refuses it).
+//! - With creds the client uses the inbox prefix of the identity in the JWT (see
+//!   [`crate::auth::Identity::inbox_prefix`]): a least-privilege identity may subscribe
+//!   to replies only there.
+
+use std::path::{Path, PathBuf};
+
+use crate::auth::{creds_user_name, Identity};
+
+/// Environment variable naming a `.creds` file (as the nats CLI).
+pub const CREDS_ENV: &str = "NATS_CREDS";
+/// Environment variable naming a CA file (as the nats CLI).
+pub const CA_ENV: &str = "NATS_CA";
+/// Environment variable with the server URL (as the nats CLI).
+pub const URL_ENV: &str = "NATS_URL";
+
+/// Credentials and CA of one client connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub creds: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl ClientAuth {
+    /// No credentials, no TLS (an insecure mesh).
+    pub fn none() -> ClientAuth {
+        ClientAuth::default()
+    }
+
+    /// A credential and a CA.
+    pub fn new(creds: impl Into<PathBuf>, tls_ca: impl Into<PathBuf>) -> ClientAuth {
+        ClientAuth {
+            creds: Some(creds.into()),
+            tls_ca: Some(tls_ca.into()),
+        }
+    }
+
+    /// The flags if given, else `NATS_CREDS` / `NATS_CA`.
+    pub fn from_flags_or_env(creds: Option<PathBuf>, tls_ca: Option<PathBuf>) -> ClientAuth {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        ClientAuth {
+            creds: creds.or_else(|| env(CREDS_ENV)),
+            tls_ca: tls_ca.or_else(|| env(CA_ENV)),
+        }
+    }
+
+    /// The inbox prefix for the identity in the creds, if it has a restricted one.
+    pub fn inbox_prefix(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.creds.as_ref()?).ok()?;
+        inbox_prefix_of_user(&creds_user_name(&text)?)
+    }
+
+    /// Apply to connect options: credentials, TLS with the CA, the inbox prefix.
+    pub async fn apply(
+        &self,
+        mut opts: async_nats::ConnectOptions,
+    ) -> std::io::Result<async_nats::ConnectOptions> {
+        if let Some(creds) = &self.creds {
+            opts = opts.credentials_file(creds).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("credentials {}: {e}", creds.display()))
+            })?;
+            if let Some(prefix) = self.inbox_prefix() {
+                opts = opts.custom_inbox_prefix(prefix);
+            }
+        }
+        if let Some(ca) = &self.tls_ca {
+            check_readable(ca)?;
+            opts = opts.require_tls(true).add_root_certificates(ca.clone());
+        }
+        Ok(opts)
+    }
+
+    /// Connect to `url` with these credentials, named `name`.
+    pub async fn connect(&self, url: &str, name: &str) -> Result<async_nats::Client, String> {
+        let opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(std::time::Duration::from_secs(5));
+        let opts = self.apply(opts).await.map_err(|e| e.to_string())?;
+        opts.connect(url).await.map_err(|e| self.explain(e.to_string()))
+    }
+
+    /// The user name in the credential (e.g. `agent.e1.alice`), if there is one.
+    pub fn user_name(&self) -> Option<String> {
+        creds_user_name(&std::fs::read_to_string(self.creds.as_ref()?).ok()?)
+    }
+
+    /// A connect error with the flag that would fix it.
+    pub fn explain(&self, e: String) -> String {
+        let hint = if e.contains("UnknownIssuer") || e.contains("invalid peer certificate") {
+            match &self.tls_ca {
+                None => " (the server uses TLS: pass its CA with --tls-ca or NATS_CA)",
+                Some(_) => " (the server's certificate is not signed by the --tls-ca given)",
+            }
+        } else if e.to_lowercase().contains("authorization violation") {
+            match &self.creds {
+                None => " (the server requires credentials: pass --creds FILE or NATS_CREDS)",
+                Some(_) => " (the credential was refused: revoked, or of another mesh)",
+            }
+        } else if e.contains("tls") && self.tls_ca.is_some() {
+            " (is the server a secure one? --tls-ca makes TLS required)"
+        } else {
+            ""
+        };
+        format!("{e}{hint}")
+    }
+}
+
+fn check_readable(p: &Path) -> std::io::Result<()> {
+    std::fs::metadata(p)
+        .map(|_| ())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("CA file {}: {e}", p.display())))
+}
+
+/// The inbox prefix of a user name from [`Identity::user_name`].
+fn inbox_prefix_of_user(name: &str) -> Option<String> {
+    let mut parts = name.split('.');
+    let id = match (parts.next()?, parts.next(), parts.next()) {
+        ("agent", Some(edge), Some(agent)) => Identity::Agent {
+            edge: edge.into(),
+            agent: agent.into(),
+            live: vec![],
+            durables: vec![],
+        },
+        ("edge-hub", Some(edge), None) => Identity::EdgeHub { edge: edge.into() },
+        ("operator", Some(name), None) => Identity::Operator { name: name.into() },
+        _ => return None,
+    };
+    Some(id.inbox_prefix())
+}
+
+/// Push the mesh account's current JWT (with its revocations) to the centre at `url`,
+/// which stores it and hands it on to every edge over the system-account leaf links.
+/// Returns the centre's answer.
+pub async fn push_account(
+    keys: &crate::auth::MeshKeys,
+    url: &str,
+    tls_ca: Option<&Path>,
+) -> Result<String, String> {
+    let update = AccountUpdate::of(keys);
+    update.push(url, tls_ca).await
+}
+
+/// An account JWT to push and the throwaway system credential that may push it.
+pub struct AccountUpdate {
+    pusher: String,
+    account: String,
+    jwt: String,
+}
+
+impl AccountUpdate {
+    /// The current account JWT of `keys`.
+    pub fn of(keys: &crate::auth::MeshKeys) -> AccountUpdate {
+        AccountUpdate {
+            pusher: keys.claims_pusher().file_text(),
+            account: keys.account_key(),
+            jwt: keys.account_jwt(),
+        }
+    }
+
+    /// Send it to the centre at `url`.
+    pub async fn push(&self, url: &str, tls_ca: Option<&Path>) -> Result<String, String> {
+        push_update(self, url, tls_ca).await
+    }
+}
+
+async fn push_update(u: &AccountUpdate, url: &str, tls_ca: Option<&Path>) -> Result<String, String> {
+    let mut opts = async_nats::ConnectOptions::with_credentials(&u.pusher)
+        .map_err(|e| e.to_string())?
+        .connection_timeout(std::time::Duration::from_secs(5));
+    if let Some(ca) = tls_ca {
+        opts = opts.require_tls(true).add_root_certificates(ca.to_path_buf());
+    }
+    let c = opts.connect(url).await.map_err(|e| e.to_string())?;
+    let subject = crate::auth::account_claims_update(&u.account);
+    let reply = c
+        .request(subject, u.jwt.clone().into())
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&reply.payload).to_string();
+    if text.contains("\"error\"") {
+        return Err(format!("the centre refused the account update: {text}"));
+    }
+    Ok(text)
+}
