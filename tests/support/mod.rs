@@ -10,6 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use agents::Agent;
+use mesh_nats::auth::Identity;
+use mesh_nats::client::ClientAuth;
 use mesh_nats::NatsServer;
 use mesh_testkit::{scrape_blocking, wait_until, FaultProxy, Hub, MeshBuilder, DEADLINE};
 use schemas::Event;
@@ -39,12 +41,23 @@ impl Proc<'_> {
     }
 }
 
-/// Runs `mesh <args>`; returns (exit success, stdout + stderr).
+/// Runs `mesh <args>` with no credentials; returns (exit success, stdout + stderr).
 pub fn mesh_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(args)
-        .output()
-        .expect("run mesh");
+    mesh_cli_as(&ClientAuth::none(), args)
+}
+
+/// Runs `mesh <args>` with `auth` in `NATS_CREDS` / `NATS_CA` (as an operator's shell
+/// would have them); returns (exit success, stdout + stderr).
+pub fn mesh_cli_as(auth: &ClientAuth, args: &[&str]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"));
+    cmd.args(args).env_remove("NATS_CREDS").env_remove("NATS_CA");
+    if let Some(c) = &auth.creds {
+        cmd.env("NATS_CREDS", c);
+    }
+    if let Some(c) = &auth.tls_ca {
+        cmd.env("NATS_CA", c);
+    }
+    let out = cmd.output().expect("run mesh");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -87,6 +100,39 @@ impl Mesh {
             .await
             .unwrap_or_else(|e| panic!("starting the test mesh: {e}"));
         Mesh(mesh)
+    }
+
+    /// `mesh <args>` as the operator (`operator.creds` and the mesh CA).
+    pub fn operator_cli(&self, args: &[&str]) -> (bool, String) {
+        mesh_cli_as(&self.operator(), args)
+    }
+
+    /// `mesh <args>` as test agent `agent` of the edge (see [`mesh_testkit::Mesh::test_agent`]).
+    pub fn agent_cli(&self, agent: &str, args: &[&str]) -> (bool, String) {
+        mesh_cli_as(&self.auth(&mesh_testkit::Mesh::test_agent("e1", agent)), args)
+    }
+
+    /// The operator credential.
+    pub fn operator(&self) -> ClientAuth {
+        self.0.operator_auth().expect("operator credential")
+    }
+
+    /// The credential of `id`, issued on first use.
+    pub fn auth(&self, id: &Identity) -> ClientAuth {
+        self.0.auth(id).expect("credential")
+    }
+
+    /// A client of the central nats-server with the credential of `id`.
+    pub async fn central_client(&self, id: &Identity) -> async_nats::Client {
+        self.auth(id)
+            .connect(&self.central().client_url(), "test client")
+            .await
+            .expect("connect to the centre")
+    }
+
+    /// The test kit's mesh.
+    pub fn kit(&self) -> &mesh_testkit::Mesh {
+        &self.0
     }
 
     /// The fault proxy on the leaf link.
