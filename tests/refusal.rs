@@ -227,3 +227,94 @@ async fn graceful_shutdown_loses_nothing() {
     assert!(v.acked > 100, "{v}");
     assert!(v.ok(), "{v}: {v:?}");
 }
+
+/// Regression (issue 10): a forged bundle claiming `1..=2^63` of the real edge moved its
+/// mark so every later event was skipped, and a `ce-meshseq: not-a-number` on another
+/// edge's subjects was reported to stop landing altogether. In a real mesh now: the
+/// forged bundle is dead-lettered, the poisoned edge is held alone, and the real edge's
+/// 20 events all land, none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_bundles_and_a_poisoned_mark_do_not_stop_the_real_edge() {
+    use schemas::{headers as h, subject, Bundle};
+    let mesh = Mesh::start(MeshOpts::default()).await;
+    let js = mesh.central_js().await;
+    let forged = Bundle {
+        version: schemas::bundle::BUNDLE_VERSION,
+        edge: "e1".into(),
+        first_seq: 1,
+        last_seq: 1 << 63,
+        events: vec![],
+    };
+    js.publish(subject::up("e1"), forged.encode().unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut hs = async_nats::HeaderMap::new();
+    hs.insert(h::MESH_SEQ, "not-a-number");
+    js.publish_with_headers(subject::evt("e9", "x"), hs, "poison".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let held = Bundle {
+        version: schemas::bundle::BUNDLE_VERSION,
+        edge: "e9".into(),
+        first_seq: 1,
+        last_seq: 1,
+        events: vec![],
+    };
+    js.publish_with_headers(
+        subject::up("e9"),
+        held.headers(),
+        held.encode().unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let agent = mesh.agent("a1").await;
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        agent
+            .publish("t", "real.one", format!("{n}"))
+            .await
+            .unwrap();
+    }
+    // The poison is in MESH_EVENTS too, so count rather than decode.
+    support::wait_for("e1's 20 events landed", || async {
+        mesh.central_metric(0, "mesh_central_landed_events_total{edge=\"e1\"}") == 20.0
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut stream = js.get_stream(subject::STREAM_EVENTS).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 21);
+    let last = stream
+        .get_last_raw_message_by_subject(&subject::evt_edge("e1"))
+        .await
+        .unwrap();
+    assert_eq!(last.headers.get(h::MESH_SEQ).unwrap().as_str(), "20");
+    assert_eq!(
+        mesh.central_metric(0, "mesh_central_skipped_events_total"),
+        0.0
+    );
+    assert_eq!(
+        mesh.central_metric(
+            0,
+            "mesh_central_refused_bundles_total{edge=\"_unknown\",reason=\"count\"}"
+        ) + mesh.central_metric(
+            0,
+            "mesh_central_refused_bundles_total{edge=\"e1\",reason=\"count\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        mesh.central_metric(0, "mesh_central_lander_edge_held{edge=\"e9\"}"),
+        1.0
+    );
+}

@@ -9,7 +9,15 @@
 //! receives bundles or heartbeats. The lander pulls again 100 ms after a failure, so
 //! while pulls keep failing the hub stays unready; once one holds for `SETTLE` it is
 //! ready again.
+//!
+//! # Degraded
+//! An edge the lander holds (its high-water mark is unreadable, see [`crate::lander`])
+//! does not make the hub unready: the lander still lands every other edge, and another
+//! hub would hold that edge just the same. `/health/ready` keeps its status code and
+//! says `ready, degraded` with a line `held edge <edge>: <why>` per held edge; alert on
+//! `mesh_central_lander_edge_held`.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,6 +28,8 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Health {
     state: Mutex<State>,
+    /// Edges the lander holds, and why.
+    held: Mutex<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,6 +67,24 @@ impl Health {
     /// Whether `/health/ready` answers 200.
     pub fn ready(&self) -> bool {
         self.ready_at(Instant::now())
+    }
+
+    /// The lander holds `edge` (its mark is unreadable: `why`).
+    pub fn edge_held(&self, edge: &str, why: &str) {
+        self.held
+            .lock()
+            .expect("health held")
+            .insert(edge.to_string(), why.to_string());
+    }
+
+    /// The lander lands `edge` again.
+    pub fn edge_released(&self, edge: &str) {
+        self.held.lock().expect("health held").remove(edge);
+    }
+
+    /// The edges the lander holds, and why; empty when none.
+    pub fn held(&self) -> BTreeMap<String, String> {
+        self.held.lock().expect("health held").clone()
     }
 
     fn ready_at(&self, now: Instant) -> bool {
@@ -100,5 +128,17 @@ mod tests {
         h.pull_open();
         assert!(!h.ready_at(failed + SETTLE / 2), "failed too recently");
         assert!(h.ready_at(failed + SETTLE + Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_held_edge_degrades_but_keeps_it_ready() {
+        let h = Health::default();
+        h.streams_ready();
+        h.pull_open();
+        h.edge_held("e9", "unreadable");
+        assert!(h.ready());
+        assert_eq!(h.held().get("e9").map(String::as_str), Some("unreadable"));
+        h.edge_released("e9");
+        assert!(h.held().is_empty());
     }
 }

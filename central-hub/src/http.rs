@@ -1,6 +1,7 @@
 //! `/metrics`, `/health/live` and `/health/ready` of the central hub. Ready means the
 //! streams exist and the lander is pulling, pinned or on standby (the rule is
-//! [`crate::health`]'s).
+//! [`crate::health`]'s). The body's first line is `ready`, `ready, degraded` or
+//! `not ready`; then one line `held edge <edge>: <why>` per edge the lander holds.
 
 use std::sync::Arc;
 
@@ -49,9 +50,14 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.health.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    let held = s.health.held();
+    let (code, mut body) = match (s.health.ready(), held.is_empty()) {
+        (true, true) => (StatusCode::OK, "ready\n".to_string()),
+        (true, false) => (StatusCode::OK, "ready, degraded\n".to_string()),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()),
+    };
+    for (edge, why) in held {
+        body.push_str(&format!("held edge {edge}: {why}\n"));
     }
+    (code, body)
 }

@@ -24,7 +24,9 @@ pub struct CentralMetrics {
     slow_path: Family<Labels, Counter>,
     mark: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
-    bad_bundles: Counter,
+    refused_bundles: Family<Labels, Counter>,
+    held_bundles: Family<Labels, Counter>,
+    edge_held: Family<Labels, Gauge>,
     /// Events landed from all edges since start (for heartbeats).
     pub landed_total: std::sync::atomic::AtomicU64,
 }
@@ -41,7 +43,9 @@ impl CentralMetrics {
             slow_path: Family::default(),
             mark: Family::default(),
             lag: Family::default(),
-            bad_bundles: Counter::default(),
+            refused_bundles: Family::default(),
+            held_bundles: Family::default(),
+            edge_held: Family::default(),
             landed_total: Default::default(),
         };
         {
@@ -87,9 +91,20 @@ impl CentralMetrics {
                 m.lag.clone(),
             );
             r.register(
-                "bad_bundles",
-                "Bundles refused as undecodable or inconsistent",
-                m.bad_bundles.clone(),
+                "refused_bundles",
+                "Bundles refused to MESH_DLQ, by edge of the subject (_unknown for one this hub \
+                 never landed) and reason",
+                m.refused_bundles.clone(),
+            );
+            r.register(
+                "held_bundles",
+                "Bundles put back because their edge's high-water mark is unreadable, by edge",
+                m.held_bundles.clone(),
+            );
+            r.register(
+                "lander_edge_held",
+                "1 while the lander holds the edge (its high-water mark is unreadable), by edge",
+                m.edge_held.clone(),
             );
         }
         m
@@ -127,8 +142,24 @@ impl CentralMetrics {
             .set(seen.saturating_sub(mark) as i64);
     }
 
-    pub fn bad_bundle(&self) {
-        self.bad_bundles.inc();
+    /// A bundle refused; `edge` is a known edge or `_unknown`, `reason` one of a fixed set.
+    pub fn refused_bundle(&self, edge: &str, reason: &str) {
+        self.refused_bundles
+            .get_or_create(&vec![
+                ("edge".into(), edge.into()),
+                ("reason".into(), reason.into()),
+            ])
+            .inc();
+    }
+
+    /// A bundle of a held edge put back.
+    pub fn held_bundle(&self, e: &str) {
+        self.held_bundles.get_or_create(&edge(e)).inc();
+    }
+
+    /// Whether the lander holds edge `e`.
+    pub fn edge_held(&self, e: &str, held: bool) {
+        self.edge_held.get_or_create(&edge(e)).set(i64::from(held));
     }
 
     pub fn render(&self) -> String {

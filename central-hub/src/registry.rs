@@ -125,7 +125,11 @@ impl Registry {
             AuditEvent::DeadLettered(_) => self.dead_lettered += 1,
             AuditEvent::Redriven(d) => self.redriven += d.count,
             AuditEvent::Purged(p) => self.purged += p.count,
-            AuditEvent::HubStarted(_) | AuditEvent::ReplayRun(_) | AuditEvent::Other { .. } => {}
+            AuditEvent::HubStarted(_)
+            | AuditEvent::ReplayRun(_)
+            | AuditEvent::LanderEdgeHeld(_)
+            | AuditEvent::LanderEdgeReleased(_)
+            | AuditEvent::Other { .. } => {}
         }
     }
 

@@ -1,6 +1,7 @@
 //! Turns what the centre observes into audit records: edge links (from the edges'
 //! status heartbeats on `mesh.hub.edge.<edge>`), outbox expulsions (G2), and what the
-//! lander reports ([`LanderReport`]: agents, and dead letters made while landing).
+//! lander reports ([`LanderReport`]: agents, dead letters made while landing, and edges
+//! it holds or releases).
 //!
 //! Every record is appended with a condition on the [`Registry`] projection at the head
 //! (e.g. `edge.restored` only while the edge is recorded `lost`), so several central
@@ -210,6 +211,16 @@ pub async fn run_reports(mut reports: mpsc::Receiver<LanderReport>, audit: Audit
                 Some(LanderReport::DeadLettered(dead)) => {
                     if let Err(e) = audit.record(&AuditEvent::DeadLettered(dead)).await {
                         tracing::warn!(error = %e, "cannot record a dead letter in the audit log");
+                    }
+                }
+                Some(LanderReport::EdgeHeld(held)) => {
+                    if let Err(e) = audit.record(&AuditEvent::LanderEdgeHeld(held)).await {
+                        tracing::warn!(error = %e, "cannot record a held edge in the audit log");
+                    }
+                }
+                Some(LanderReport::EdgeReleased(released)) => {
+                    if let Err(e) = audit.record(&AuditEvent::LanderEdgeReleased(released)).await {
+                        tracing::warn!(error = %e, "cannot record a released edge in the audit log");
                     }
                 }
             },

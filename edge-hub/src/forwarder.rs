@@ -7,7 +7,8 @@
 //!
 //! Invariants:
 //! * Consecutive bundles cover consecutive ranges, starting at `acked + 1`; a range may
-//!   hold no event for sequences the outbox limits expelled, so the lander can pass them.
+//!   hold no event for sequences the outbox limits expelled (always at its start), and
+//!   its `mesh-missing` header says how many, so the lander can pass them.
 //! * The outbox drops a record only once the centre acknowledged every bundle up to its
 //!   last event, in order (acks are taken front to back).
 //! * On any failure — a publish error, an ack timeout, the uplink going down — every
@@ -116,7 +117,7 @@ pub async fn run_forwarder(
                 match js
                     .publish_with_headers(
                         subject.clone(),
-                        Bundle::headers_for(&edge, cursor, last),
+                        Bundle::headers_for(&edge, cursor, last, n),
                         payload.into(),
                     )
                     .await

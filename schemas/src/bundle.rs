@@ -9,9 +9,12 @@
 //! `first_seq ..= first_seq + events.len() - 1`.
 //!
 //! **Bundle** (one message on `mesh.up.<edge>`, stream `MESH_INGRESS`): the events of
-//! `first_seq ..= last_seq` that are still in the outbox, in order. A sequence in the
-//! range without an event was expelled at the edge (outbox limits); the lander counts the
-//! whole range as covered. Consecutive bundles of one edge cover consecutive ranges.
+//! `first_seq ..= last_seq` that are still in the outbox, in order. Sequences without an
+//! event (expelled by the outbox limits, or dead-lettered at the edge) can only be at the
+//! start of the range, since the outbox drops records from the front; the header
+//! `mesh-missing` says how many there are, and the events are exactly
+//! `first_seq + missing ..= last_seq` (the lander refuses anything else). Consecutive
+//! bundles of one edge cover consecutive ranges.
 
 use async_nats::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -101,12 +104,18 @@ impl Bundle {
     /// Decodes and checks a bundle: known version, `first_seq <= last_seq`, events
     /// strictly ascending inside the range and all from the bundle's edge.
     pub fn decode(bytes: &[u8]) -> Result<Bundle, SchemaError> {
-        let b: Bundle = rmp_serde::from_slice(bytes).map_err(|e| SchemaError::Decode {
-            what: "bundle",
-            reason: e.to_string(),
-        })?;
+        let b = Bundle::decode_unchecked(bytes)?;
         b.check()?;
         Ok(b)
+    }
+
+    /// Decodes a bundle without [`Bundle::check`], for a reader that checks it with rules
+    /// of its own (the lander, which names each inconsistency).
+    pub fn decode_unchecked(bytes: &[u8]) -> Result<Bundle, SchemaError> {
+        rmp_serde::from_slice(bytes).map_err(|e| SchemaError::Decode {
+            what: "bundle",
+            reason: e.to_string(),
+        })
     }
 
     pub fn check(&self) -> Result<(), SchemaError> {
@@ -143,17 +152,29 @@ impl Bundle {
         Ok(())
     }
 
-    /// Headers of the bundle message: a de-duplication id and its range.
+    /// Headers of the bundle message: a de-duplication id, its range and how many
+    /// sequences of it hold no event.
     pub fn headers(&self) -> HeaderMap {
-        Bundle::headers_for(&self.edge, self.first_seq, self.last_seq)
+        Bundle::headers_for(
+            &self.edge,
+            self.first_seq,
+            self.last_seq,
+            self.events.len() as u64,
+        )
     }
 
-    /// [`Bundle::headers`] of a bundle from `edge` covering `first_seq..=last_seq`.
-    pub fn headers_for(edge: &str, first_seq: u64, last_seq: u64) -> HeaderMap {
+    /// [`Bundle::headers`] of a bundle from `edge` covering `first_seq..=last_seq` with
+    /// `events` events (the last ones of the range); `mesh-missing` is set when they do
+    /// not fill it.
+    pub fn headers_for(edge: &str, first_seq: u64, last_seq: u64, events: u64) -> HeaderMap {
         let mut m = HeaderMap::new();
         m.insert(h::NATS_MSG_ID, format!("{edge}:{first_seq}-{last_seq}"));
         m.insert(h::MESH_FIRST_SEQ, first_seq.to_string());
         m.insert(h::MESH_LAST_SEQ, last_seq.to_string());
+        let missing = (last_seq.wrapping_sub(first_seq).wrapping_add(1)).saturating_sub(events);
+        if missing > 0 {
+            m.insert(h::MESH_MISSING, missing.to_string());
+        }
         m
     }
 }
@@ -514,5 +535,22 @@ mod tests {
         b.version = 9;
         assert!(b.check().unwrap_err().to_string().contains("version 9"));
         assert!(Bundle::decode(b"nonsense").is_err());
+    }
+
+    #[test]
+    fn headers_declare_the_missing_sequences() {
+        let missing = |hs: HeaderMap| hs.get(h::MESH_MISSING).map(|v| v.to_string());
+        assert_eq!(missing(Bundle::headers_for("e1", 3, 5, 3)), None);
+        assert_eq!(
+            missing(Bundle::headers_for("e1", 3, 5, 1)).as_deref(),
+            Some("2")
+        );
+        // An edge's dead-letter marker: one sequence, no event.
+        assert_eq!(
+            missing(Bundle::headers_for("e1", 7, 7, 0)).as_deref(),
+            Some("1")
+        );
+        let hs = Bundle::headers_for("e1", 3, 5, 3);
+        assert_eq!(hs.get(h::NATS_MSG_ID).unwrap().as_str(), "e1:3-5");
     }
 }

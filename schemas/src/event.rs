@@ -46,6 +46,30 @@ pub struct Event {
 }
 
 impl Event {
+    /// Checks an accepted event against the wire rules, as the lander does before it lands
+    /// one: a non-nil id, valid edge and agent ids, and the attribute rules of
+    /// [`crate::NewEvent::validate`]. Not the data size: that limit is the edge's, and the
+    /// stream enforces its own.
+    pub fn validate(&self) -> Result<(), SchemaError> {
+        if self.id.is_nil() {
+            return Err(SchemaError::Empty { field: "id".into() });
+        }
+        subject::validate_id("edge", &self.edge)?;
+        subject::validate_id("agent", &self.agent)?;
+        crate::ingest::validate_attributes(
+            &self.subject,
+            &self.ty,
+            [
+                ("content_type", Some(&self.content_type)),
+                ("dataschema", self.dataschema.as_ref()),
+                ("correlation_id", self.correlation_id.as_ref()),
+                ("causation_id", self.causation_id.as_ref()),
+                ("traceparent", self.traceparent.as_ref()),
+                ("tracestate", self.tracestate.as_ref()),
+            ],
+        )
+    }
+
     /// `mesh://<edge>/<agent>`
     pub fn source(&self) -> String {
         format!("mesh://{}/{}", self.edge, self.agent)
@@ -432,6 +456,27 @@ pub(crate) mod tests {
         hm.insert(h::SOURCE, "http://x/y");
         let err = Event::from_message(&hm, Bytes::new()).unwrap_err();
         assert!(err.to_string().contains("ce-source"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_bad_attribute() {
+        assert_eq!(sample().validate(), Ok(()));
+        let mut e = sample();
+        e.agent = "a/b".into();
+        assert!(e.validate().unwrap_err().to_string().contains("agent"));
+        let mut e = sample();
+        e.subject = "a.>".into();
+        assert!(e.validate().unwrap_err().to_string().contains("wildcard"));
+        let mut e = sample();
+        e.id = Uuid::nil();
+        assert!(e
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("id is empty"));
+        let mut e = sample();
+        e.ty = "x\ny".into();
+        assert!(e.validate().unwrap_err().to_string().contains("ty"));
     }
 
     pub fn sample() -> Event {

@@ -26,6 +26,10 @@ pub const MESH_ERROR: &str = "mesh-error";
 /// On a bundle: the first and last edge sequence it covers, for tools reading `MESH_INGRESS`.
 pub const MESH_FIRST_SEQ: &str = "mesh-first-seq";
 pub const MESH_LAST_SEQ: &str = "mesh-last-seq";
+/// On a bundle: how many sequences at the start of its range hold no event (expelled by
+/// the outbox limits, or dead-lettered at the edge). Absent means none; the lander
+/// refuses a bundle whose events do not fill the rest of its range exactly.
+pub const MESH_MISSING: &str = "mesh-missing";
 
 /// The CloudEvents version the mesh speaks.
 pub const SPECVERSION_1_0: &str = "1.0";

@@ -84,36 +84,18 @@ impl NewEvent {
 
     /// Checks every attribute against the wire rules and `limits`.
     pub fn validate(&self, limits: &Limits) -> Result<(), SchemaError> {
-        subject::validate_subject("subject", &self.subject)?;
-        if self.ty.is_empty() {
-            return Err(SchemaError::Empty { field: "ty".into() });
-        }
-        for (field, value) in [
-            ("ty", Some(&self.ty)),
-            ("content_type", self.content_type.as_ref()),
-            ("dataschema", self.dataschema.as_ref()),
-            ("correlation_id", self.correlation_id.as_ref()),
-            ("causation_id", self.causation_id.as_ref()),
-            ("traceparent", self.traceparent.as_ref()),
-            ("tracestate", self.tracestate.as_ref()),
-        ] {
-            if let Some(v) = value {
-                if v.len() > MAX_ATTR_LEN {
-                    return Err(SchemaError::TooLong {
-                        field: field.into(),
-                        len: v.len(),
-                        max: MAX_ATTR_LEN,
-                    });
-                }
-                // Header values cannot carry line breaks or other control characters.
-                if v.chars().any(|c| c.is_control()) {
-                    return Err(SchemaError::Whitespace {
-                        field: field.into(),
-                        value: v.clone(),
-                    });
-                }
-            }
-        }
+        validate_attributes(
+            &self.subject,
+            &self.ty,
+            [
+                ("content_type", self.content_type.as_ref()),
+                ("dataschema", self.dataschema.as_ref()),
+                ("correlation_id", self.correlation_id.as_ref()),
+                ("causation_id", self.causation_id.as_ref()),
+                ("traceparent", self.traceparent.as_ref()),
+                ("tracestate", self.tracestate.as_ref()),
+            ],
+        )?;
         if self.data.len() > limits.max_event_bytes {
             return Err(SchemaError::Oversized {
                 field: "data".into(),
@@ -148,6 +130,43 @@ impl NewEvent {
             data: self.data,
         }
     }
+}
+
+/// The attribute rules of an event, shared by [`NewEvent::validate`] (at the edge) and
+/// [`Event::validate`] (at the centre): a valid subject, a non-empty type, and string
+/// attributes that fit a header (at most [`MAX_ATTR_LEN`] bytes, no control character).
+pub(crate) fn validate_attributes(
+    subject: &str,
+    ty: &str,
+    optional: [(&str, Option<&String>); 6],
+) -> Result<(), SchemaError> {
+    subject::validate_subject("subject", subject)?;
+    if ty.is_empty() {
+        return Err(SchemaError::Empty { field: "ty".into() });
+    }
+    for (field, value) in std::iter::once(("ty", Some(ty))).chain(
+        optional
+            .into_iter()
+            .map(|(f, v)| (f, v.map(String::as_str))),
+    ) {
+        if let Some(v) = value {
+            if v.len() > MAX_ATTR_LEN {
+                return Err(SchemaError::TooLong {
+                    field: field.into(),
+                    len: v.len(),
+                    max: MAX_ATTR_LEN,
+                });
+            }
+            // Header values cannot carry line breaks or other control characters.
+            if v.chars().any(|c| c.is_control()) {
+                return Err(SchemaError::Whitespace {
+                    field: field.into(),
+                    value: v.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A batch of events from one agent.

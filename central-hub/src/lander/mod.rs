@@ -1,5 +1,17 @@
 //! The lander: expands bundles from `MESH_INGRESS` into one `MESH_EVENTS` message per
-//! event, exactly once and in per-edge order.
+//! event, exactly once and in per-edge order, and trusts nothing it receives.
+//!
+//! # What may land
+//! [`check`] runs before any mark is read. A bundle lands only if its subject is
+//! `mesh.up.<edge>` with `<edge>` the bundle's edge and every event's; its range
+//! `first..=last` starts at 1 or later; `mesh-missing` (sequences at the start with no
+//! event: expelled or dead-lettered at the edge) plus its events fill the range exactly,
+//! the events being `first + missing ..= last` in order; and every event passes
+//! [`schemas::Event::validate`]. Anything else is refused ([`Refusal`]): dead-lettered to
+//! `mesh.dlq.<edge>._bundle` with reason `bad-bundle: <the problem, with its values>`,
+//! counted in `mesh_central_refused_bundles_total{edge,reason}`, reported to the tracker
+//! and terminated. A refusal moves no mark and blocks no edge: the edge's real bundle for
+//! the same range still lands (a real bundle refused leaves its edge waiting at the gap).
 //!
 //! # Exactly once
 //! Each edge has a high-water mark: the highest edge sequence landed. It is kept at the
@@ -19,6 +31,24 @@
 //! bundle of an edge, on a redelivered bundle (another lander may have landed part of
 //! it), at a gap, and after any failure.
 //!
+//! # An unreadable mark holds its edge alone
+//! When the mark cannot be read — the last message on `mesh.evt.<edge>.>` has no or an
+//! unparsable `ce-meshseq` (anyone who can publish into `MESH_EVENTS` can put one
+//! there), or the KV value is not 8 bytes — the lander does not guess. Falling back to
+//! the KV key could land duplicates (it lags the stream after a crash), taking 0 could
+//! land everything again, and skipping is loss; so it **holds** the edge: each bundle of
+//! it is nakked for 1 s (`HOLD_RETRY`) and the mark read again when it comes back, nothing
+//! of the edge lands or is skipped, and every other edge lands as before. On the first
+//! failed read it sets `mesh_central_lander_edge_held{edge}`, reports
+//! [`LanderReport::EdgeHeld`] (audited as `lander.edge-held`, naming the stream and
+//! sequence of the bad value) and tells [`Health`] (`/health/ready` stays 200, says
+//! `ready, degraded` and names the edge); every bundle put back counts in
+//! `mesh_central_held_bundles_total{edge}`. When an operator removes the bad value (e.g.
+//! `nats stream rmm MESH_EVENTS <seq>`), the next read succeeds, the edge lands from its
+//! true mark and the hold is released (`lander.edge-released`). An edge whose mark is
+//! cached is not affected until the mark is re-read, and by then its own next event is
+//! the last message again. Nothing is noticed for an edge that never sends a bundle.
+//!
 //! # One lander at a time
 //! The durable consumer `lander` uses a priority group with the pinned-client policy:
 //! the server delivers to one pulling hub only, and moves the pin to a standby hub when
@@ -30,10 +60,10 @@
 //! getting or re-creating the consumer first; every pull opened and every failure is
 //! reported to [`Health`], which `/health/ready` follows. The lander writes no audit
 //! records: it sends a [`LanderReport`] (agents of landed bundles, dead letters it made
-//! or found) to the tracker, which records them. On shutdown it stops pulling and
+//! or found, edges held and released) to the tracker, which records them. On shutdown it stops pulling and
 //! finishes the bundle in hand.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +75,7 @@ use async_nats::jetstream::message::Message;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use schemas::audit::DeadLettered;
+use schemas::audit::{DeadLettered, EdgeHeld, EdgeReleased};
 use schemas::dlq::DeadLetter;
 use schemas::{headers as h, subject, Bundle, Event};
 use tokio::sync::mpsc;
@@ -57,13 +87,18 @@ use crate::metrics::CentralMetrics;
 
 mod rule;
 
-pub use rule::{decide, Decision};
+pub use rule::{check, decide, Decision, Refusal};
 
 /// Durable consumer name and priority group of the landers.
 pub const CONSUMER: &str = "lander";
 pub const GROUP: &str = "lander";
 /// How long the lander waits after a failed pull before it pulls again.
 const PULL_RETRY: Duration = Duration::from_millis(100);
+/// How long a bundle of a held edge waits before it is tried (and the mark read) again.
+const HOLD_RETRY: Duration = Duration::from_secs(1);
+/// The `edge` label of a refused bundle from an edge this lander never landed (so
+/// whoever can publish to `mesh.up.>` cannot grow the metric without bound).
+const UNKNOWN_EDGE: &str = "_unknown";
 
 #[derive(Debug, Clone, Copy)]
 struct Mark {
@@ -82,6 +117,10 @@ pub struct Lander {
     events: jetstream::stream::Stream,
     kv: kv::Store,
     marks: HashMap<String, Mark>,
+    /// Edges this lander landed a bundle of: the `edge` label of refusals.
+    known: HashSet<String>,
+    /// Edges held because their mark is unreadable, and why.
+    held: HashMap<String, String>,
     cfg: LanderConfig,
     metrics: Arc<CentralMetrics>,
     /// Where agents seen and dead letters made are reported, if anywhere.
@@ -99,12 +138,26 @@ pub enum LanderReport {
     /// A dead letter made while landing: a bundle the lander refused, or an event its
     /// edge dead-lettered (an empty bundle carrying `mesh-dlq-reason`).
     DeadLettered(DeadLettered),
+    /// The lander holds an edge: its mark is unreadable (reported once per hold).
+    EdgeHeld(EdgeHeld),
+    /// A held edge's mark is readable again; it lands.
+    EdgeReleased(EdgeReleased),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LandError {
     #[error("reading the mark of edge {edge}: {reason}")]
     Mark { edge: String, reason: String },
+    /// The centre holds a value for the edge's mark that is not a sequence; reading again
+    /// gives the same until someone removes it (see the module doc).
+    #[error("the mark of edge {edge} is unreadable: {reason}")]
+    Unreadable {
+        edge: String,
+        reason: String,
+        /// Stream (or KV bucket) and sequence (or revision) of the bad value.
+        stream: String,
+        seq: u64,
+    },
     #[error("storing event seq {seq} of edge {edge}: {reason}")]
     Publish {
         edge: String,
@@ -130,6 +183,8 @@ impl Lander {
             events,
             kv,
             marks: HashMap::new(),
+            known: HashSet::new(),
+            held: HashMap::new(),
             cfg,
             metrics,
             reports: None,
@@ -152,9 +207,14 @@ impl Lander {
     }
 
     async fn report_dead_letter(&self, dead: DeadLettered) {
+        self.report(LanderReport::DeadLettered(dead)).await;
+    }
+
+    /// Sends a report that must not be lost, waiting for room.
+    async fn report(&self, r: LanderReport) {
         if let Some(tx) = &self.reports {
-            if tx.send(LanderReport::DeadLettered(dead)).await.is_err() {
-                tracing::warn!("cannot report a dead letter: the tracker has stopped");
+            if tx.send(r).await.is_err() {
+                tracing::warn!("cannot report to the tracker: it has stopped");
             }
         }
     }
@@ -251,24 +311,17 @@ impl Lander {
     }
 
     async fn handle(&mut self, msg: Message) {
-        let bundle = match Bundle::decode(&msg.payload) {
-            Ok(b) if msg.subject.as_str() == subject::up(&b.edge) => b,
-            Ok(b) => {
-                self.refuse(
-                    &msg,
-                    format!("bundle of edge {:?} arrived on {}", b.edge, msg.subject),
-                )
-                .await;
-                return;
-            }
-            Err(e) => {
-                self.refuse(&msg, e.to_string()).await;
+        let bundle = match check(&msg.subject, msg.headers.as_ref(), &msg.payload) {
+            Ok(b) => b,
+            Err(refusal) => {
+                self.refuse(&msg, &refusal).await;
                 return;
             }
         };
         let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
         match self.land(&bundle, redelivered).await {
             Ok(Outcome::Landed(n)) => {
+                self.known.insert(bundle.edge.clone());
                 tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, last = bundle.last_seq, landed = n, "bundle landed");
                 self.metrics.landed(&bundle.edge, n, bundle.last_seq);
                 // An empty bundle over an event the edge dead-lettered says so.
@@ -312,6 +365,29 @@ impl Lander {
                 tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, mark, "bundle ahead of a gap; it waits");
                 let _ = msg.ack_with(AckKind::Nak(Some(self.cfg.gap_retry))).await;
             }
+            Err(LandError::Unreadable {
+                edge,
+                reason,
+                stream,
+                seq,
+            }) => {
+                self.metrics.held_bundle(&edge);
+                if !self.held.contains_key(&edge) {
+                    tracing::error!(%edge, %reason, "the mark of an edge is unreadable; holding its bundles");
+                    self.metrics.edge_held(&edge, true);
+                    self.health.edge_held(&edge, &reason);
+                    self.held.insert(edge.clone(), reason.clone());
+                    self.report(LanderReport::EdgeHeld(EdgeHeld {
+                        edge: edge.clone(),
+                        reason,
+                        stream: Some(stream),
+                        seq: Some(seq),
+                    }))
+                    .await;
+                }
+                self.marks.remove(&edge);
+                let _ = msg.ack_with(AckKind::Nak(Some(HOLD_RETRY))).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "landing failed; the bundle will be tried again");
                 self.marks.remove(&bundle.edge);
@@ -323,16 +399,19 @@ impl Lander {
         }
     }
 
-    /// A bundle that can never land (undecodable, inconsistent): move it to `MESH_DLQ`
-    /// as `mesh.dlq.<edge>._bundle` (reason `bad-bundle: …`) and terminate it, so it does
-    /// not block the edges behind it. If the dead letter cannot be stored, the bundle is
-    /// tried again later rather than dropped.
-    async fn refuse(&self, msg: &Message, reason: String) {
+    /// A bundle that can never land ([`check`] refused it): move it to `MESH_DLQ` as
+    /// `mesh.dlq.<edge>._bundle` (reason `bad-bundle: …`) and terminate it, so it does not
+    /// block the edges behind it; no mark moves. If the dead letter cannot be stored, the
+    /// bundle is tried again later rather than dropped.
+    async fn refuse(&self, msg: &Message, refusal: &Refusal) {
+        let reason = refusal.to_string();
         tracing::error!(subject = %msg.subject, %reason, "refusing a bundle");
-        self.metrics.bad_bundle();
-        let edge = subject::edge_of_up(&msg.subject)
-            .filter(|e| subject::validate_id("edge", e).is_ok())
-            .unwrap_or("_");
+        let from = rule::subject_edge(&msg.subject);
+        let label = from
+            .filter(|e| self.known.contains(*e))
+            .unwrap_or(UNKNOWN_EDGE);
+        self.metrics.refused_bundle(label, refusal.label());
+        let edge = from.unwrap_or("_");
         let (seq, deliveries) = msg
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
@@ -379,6 +458,16 @@ impl Lander {
             Some(m) => m,
             None => self.read_mark(&b.edge).await?,
         };
+        if self.held.remove(&b.edge).is_some() {
+            tracing::info!(edge = %b.edge, mark = mark.seq, "the mark of a held edge is readable again; landing it");
+            self.metrics.edge_held(&b.edge, false);
+            self.health.edge_released(&b.edge);
+            self.report(LanderReport::EdgeReleased(EdgeReleased {
+                edge: b.edge.clone(),
+                mark: mark.seq,
+            }))
+            .await;
+        }
         let mut decision = decide(mark.seq, b.first_seq, b.last_seq);
         if decision == Decision::Wait && cached.is_some() {
             // The cached mark may be stale (another lander landed meanwhile).
@@ -523,6 +612,12 @@ impl Lander {
             edge: edge.to_string(),
             reason,
         };
+        let unreadable = |reason: String, stream: &str, seq: u64| LandError::Unreadable {
+            edge: edge.to_string(),
+            reason,
+            stream: stream.to_string(),
+            seq,
+        };
         let entry = self.kv.entry(edge).await.map_err(|e| err(e.to_string()))?;
         let (kv_seq, revision) = match entry {
             Some(e) if e.operation == kv::Operation::Put => (
@@ -530,7 +625,18 @@ impl Lander {
                     .as_ref()
                     .try_into()
                     .map(u64::from_be_bytes)
-                    .map_err(|_| err(format!("KV value is {} bytes, expected 8", e.value.len())))?,
+                    .map_err(|_| {
+                        unreadable(
+                            format!(
+                                "KV {} key {edge} (revision {}) is {} bytes, expected 8",
+                                subject::BUCKET_LANDER,
+                                e.revision,
+                                e.value.len()
+                            ),
+                            subject::BUCKET_LANDER,
+                            e.revision,
+                        )
+                    })?,
                 Some(e.revision),
             ),
             Some(e) => (0, Some(e.revision)),
@@ -541,11 +647,26 @@ impl Lander {
             .get_last_raw_message_by_subject(&subject::evt_edge(edge))
             .await
         {
-            Ok(m) => m
-                .headers
-                .get(h::MESH_SEQ)
-                .and_then(|v| v.as_str().parse::<u64>().ok())
-                .ok_or_else(|| err(format!("last event of {edge} has no valid {}", h::MESH_SEQ)))?,
+            Ok(m) => {
+                let value = m.headers.get(h::MESH_SEQ).map(|v| v.as_str());
+                value.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+                    let found = match value {
+                        Some(v) => format!("{} {v:?}", h::MESH_SEQ),
+                        None => format!("no {}", h::MESH_SEQ),
+                    };
+                    unreadable(
+                        format!(
+                            "last message of {} ({} seq {}, subject {}) has {found}",
+                            subject::evt_edge(edge),
+                            subject::STREAM_EVENTS,
+                            m.sequence,
+                            m.subject
+                        ),
+                        subject::STREAM_EVENTS,
+                        m.sequence,
+                    )
+                })?
+            }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
             Err(e) => return Err(err(e.to_string())),
         };

@@ -13,6 +13,7 @@
 //! | `dlq.dead-lettered` | [`DeadLettered`] | central hub (dead-letter service, tracker for the lander) |
 //! | `dlq.redriven` / `dlq.purged` | [`Redriven`] / [`Purged`] | `mesh dlq` |
 //! | `replay.run` | [`ReplayRun`] | `mesh replay` |
+//! | `lander.edge-held` / `lander.edge-released` | [`EdgeHeld`] / [`EdgeReleased`] | tracker (from the lander's reports), an edge's mark unreadable / readable again |
 //!
 //! A payload's members are the record's `fields`, named exactly as on the wire. Reading
 //! is lenient as the registry always was: a member that is missing takes its default, a
@@ -172,6 +173,31 @@ pub struct ReplayRun {
     pub count: u64,
 }
 
+/// `lander.edge-held`: the lander cannot read the high-water mark of `edge` and puts its
+/// bundles back until it can (nothing of the edge lands, nothing is skipped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EdgeHeld {
+    pub edge: String,
+    /// What is unreadable, e.g. `last event of mesh.evt.e9.> (MESH_EVENTS seq 7) has
+    /// ce-meshseq "not-a-number"`.
+    pub reason: String,
+    /// Stream and sequence of the message that holds the unreadable value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// `lander.edge-released`: the mark of a held edge is readable again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EdgeReleased {
+    pub edge: String,
+    /// The mark read.
+    pub mark: u64,
+}
+
 /// One table, three directions: the variant, its payload and its kind.
 macro_rules! audit_events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ty) = $kind:ident, )*) => {
@@ -233,6 +259,8 @@ audit_events! {
     Redriven(Redriven) = DLQ_REDRIVEN,
     Purged(Purged) = DLQ_PURGED,
     ReplayRun(ReplayRun) = REPLAY_RUN,
+    LanderEdgeHeld(EdgeHeld) = LANDER_EDGE_HELD,
+    LanderEdgeReleased(EdgeReleased) = LANDER_EDGE_RELEASED,
 }
 
 fn object<T: Serialize>(payload: &T) -> Map<String, Value> {
@@ -404,6 +432,12 @@ mod tests {
                 json!({"stream": "MESH_EVENTS", "subject": "", "from_seq": 2, "since": null,
                        "until": null, "to_seq": null, "republish": null, "count": 4}),
             ),
+            (
+                "lander.edge-held",
+                json!({"edge": "e9", "reason": "last message of mesh.evt.e9.> has no ce-meshseq",
+                       "stream": "MESH_EVENTS", "seq": 7}),
+            ),
+            ("lander.edge-released", json!({"edge": "e9", "mark": 0})),
         ];
         for (kind, v) in cases {
             let f = fields(v);

@@ -37,8 +37,8 @@ use crate::stream::{self, Range, StreamError};
 use crate::SchemaError;
 
 pub use event::{
-    AgentQuiet, AgentRef, AuditEvent, ConfigApplied, DeadLettered, EdgeConnected, EdgeLost,
-    EdgeRestored, HubStarted, OutboxExpelled, Purged, Redriven, ReplayRun,
+    AgentQuiet, AgentRef, AuditEvent, ConfigApplied, DeadLettered, EdgeConnected, EdgeHeld,
+    EdgeLost, EdgeReleased, EdgeRestored, HubStarted, OutboxExpelled, Purged, Redriven, ReplayRun,
 };
 pub use verify::{verify, Problem, Verdict};
 
@@ -62,6 +62,10 @@ pub mod kind {
     pub const DLQ_REDRIVEN: &str = "dlq.redriven";
     pub const DLQ_PURGED: &str = "dlq.purged";
     pub const REPLAY_RUN: &str = "replay.run";
+    /// The lander cannot read an edge's high-water mark and holds that edge's bundles.
+    pub const LANDER_EDGE_HELD: &str = "lander.edge-held";
+    /// The mark of an edge the lander held is readable again; its bundles land.
+    pub const LANDER_EDGE_RELEASED: &str = "lander.edge-released";
 }
 
 /// One audit record. `hash` covers every other field (see the module doc).
