@@ -16,7 +16,7 @@ use bytes::Bytes;
 use central_hub::audit::AuditLog;
 use central_hub::registry::{AgentState, LinkState, Registry};
 use schemas::audit::{self, kind, AuditRecord};
-use support::{mesh_cli, wait_for, Mesh, MeshOpts};
+use support::{wait_for, Mesh, MeshOpts};
 
 async fn audit_count(js: &jetstream::Context) -> u64 {
     match js.get_stream(schemas::subject::STREAM_AUDIT).await {
@@ -47,13 +47,14 @@ async fn copy_stream(js: &jetstream::Context, name: &str, payloads: &[Bytes]) {
 /// Copies `payloads` into a fresh stream `name` and runs `mesh audit verify` on it;
 /// returns whether it passed and what it printed.
 async fn verify_copy(
+    mesh: &Mesh,
     js: &jetstream::Context,
     url: &str,
     name: &str,
     payloads: &[Bytes],
 ) -> (bool, String) {
     copy_stream(js, name, payloads).await;
-    mesh_cli(&["audit", "verify", "--nats", url, "--stream", name])
+    mesh.operator_cli(&["audit", "verify", "--nats", url, "--stream", name])
 }
 
 /// Each kind of tampering makes `mesh audit verify` fail at the right record; the intact
@@ -77,11 +78,11 @@ async fn tampering_is_found_at_the_right_record() {
             .unwrap();
     }
     let url = mesh.central().client_url();
-    let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &url]);
+    let (ok, out) = mesh.operator_cli(&["audit", "verify", "--nats", &url]);
     assert!(ok && out.starts_with("OK MESH_AUDIT: "), "{out}");
 
     let digest_file = mesh.dir().join("digest.json");
-    let (ok, out) = mesh_cli(&[
+    let (ok, out) = mesh.operator_cli(&[
         "audit",
         "digest",
         "--nats",
@@ -102,14 +103,14 @@ async fn tampering_is_found_at_the_right_record() {
     let enc = |rs: &[AuditRecord]| rs.iter().map(|r| r.encode()).collect::<Vec<_>>();
 
     // An intact copy verifies.
-    let (ok, out) = verify_copy(&js, &url, "COPY_INTACT", &enc(&records)).await;
+    let (ok, out) = verify_copy(&mesh, &js, &url, "COPY_INTACT", &enc(&records)).await;
     assert!(ok, "{out}");
     assert!(out.contains(&format!("{} records", records.len())), "{out}");
 
     // Rewritten: record 3's actor changed, its hash kept.
     let mut changed = records.clone();
     changed[2].actor = "mallory".into();
-    let (ok, out) = verify_copy(&js, &url, "COPY_CHANGED", &enc(&changed)).await;
+    let (ok, out) = verify_copy(&mesh, &js, &url, "COPY_CHANGED", &enc(&changed)).await;
     assert!(
         !ok && out.contains("record 3 (stream seq 3) was changed"),
         "{out}"
@@ -118,13 +119,13 @@ async fn tampering_is_found_at_the_right_record() {
     // Removed: record 3 left out.
     let mut removed = records.clone();
     removed.remove(2);
-    let (ok, out) = verify_copy(&js, &url, "COPY_REMOVED", &enc(&removed)).await;
+    let (ok, out) = verify_copy(&mesh, &js, &url, "COPY_REMOVED", &enc(&removed)).await;
     assert!(!ok && out.contains("record 3 is missing"), "{out}");
 
     // Reordered: records 3 and 4 swapped.
     let mut swapped = records.clone();
     swapped.swap(2, 3);
-    let (ok, out) = verify_copy(&js, &url, "COPY_REORDERED", &enc(&swapped)).await;
+    let (ok, out) = verify_copy(&mesh, &js, &url, "COPY_REORDERED", &enc(&swapped)).await;
     assert!(
         !ok && out.contains("record 4 stands where record 3 belongs"),
         "{out}"
@@ -142,7 +143,7 @@ async fn tampering_is_found_at_the_right_record() {
         "mallory",
         fields,
     ));
-    let (ok, out) = verify_copy(&js, &url, "COPY_FOREIGN", &enc(&foreign)).await;
+    let (ok, out) = verify_copy(&mesh, &js, &url, "COPY_FOREIGN", &enc(&foreign)).await;
     assert!(
         !ok && out.contains(&format!("record at stream seq {} is foreign", n + 1)),
         "{out}"
@@ -150,7 +151,7 @@ async fn tampering_is_found_at_the_right_record() {
     // ...and a message that is no audit record at all.
     let mut junk = enc(&records);
     junk.insert(1, Bytes::from_static(b"{\"hello\":1}"));
-    let (ok, out) = verify_copy(&js, &url, "COPY_JUNK", &junk).await;
+    let (ok, out) = verify_copy(&mesh, &js, &url, "COPY_JUNK", &junk).await;
     assert!(
         !ok && out.contains("record at stream seq 2 is foreign: not an audit record"),
         "{out}"
@@ -169,10 +170,10 @@ async fn tampering_is_found_at_the_right_record() {
             r
         })
         .collect();
-    let (ok, out) = verify_copy(&js, &url, "COPY_REWRITTEN", &enc(&rewritten)).await;
+    let (ok, out) = verify_copy(&mesh, &js, &url, "COPY_REWRITTEN", &enc(&rewritten)).await;
     assert!(ok, "a consistent rewrite passes without a digest: {out}");
     let digest = digest_file.to_str().unwrap();
-    let (ok, out) = mesh_cli(&[
+    let (ok, out) = mesh.operator_cli(&[
         "audit",
         "verify",
         "--nats",
@@ -186,18 +187,19 @@ async fn tampering_is_found_at_the_right_record() {
         !ok && out.contains("the chain was rewritten before the digest"),
         "{out}"
     );
-    let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &url, "--from-digest", digest]);
+    let (ok, out) =
+        mesh.operator_cli(&["audit", "verify", "--nats", &url, "--from-digest", digest]);
     assert!(ok && out.contains("holds digest"), "{out}");
 
     // The real stream refuses deletes and purges.
     let s = js.get_stream(schemas::subject::STREAM_AUDIT).await.unwrap();
     assert!(s.delete_message(2).await.is_err(), "delete was allowed");
     assert!(s.purge().await.is_err(), "purge was allowed");
-    let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &url]);
+    let (ok, out) = mesh.operator_cli(&["audit", "verify", "--nats", &url]);
     assert!(ok, "{out}");
 
     // The tail prints every record readably.
-    let (ok, out) = mesh_cli(&["audit", "tail", "--nats", &url]);
+    let (ok, out) = mesh.operator_cli(&["audit", "tail", "--nats", &url]);
     assert!(
         ok && out.contains("config.applied") && out.contains("replay.run"),
         "{out}"
@@ -242,9 +244,7 @@ async fn concurrent_writers_keep_one_chain() {
     for t in tasks {
         t.await.unwrap();
     }
-    let client = async_nats::connect(mesh.central().client_url())
-        .await
-        .unwrap();
+    let client = mesh.central_client(&operator()).await;
     wait_for("the edge and both agents recorded", || async {
         hub_registry(&client)
             .await
@@ -293,9 +293,7 @@ async fn hub_registry(client: &async_nats::Client) -> Option<Registry> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_survives_restart_and_records_link_events() {
     let mut mesh = Mesh::start(MeshOpts::default()).await;
-    let client = async_nats::connect(mesh.central().client_url())
-        .await
-        .unwrap();
+    let client = mesh.central_client(&operator()).await;
     for id in ["a1", "a2"] {
         mesh.agent(id).await.publish("t", "x.y", "1").await.unwrap();
     }
@@ -367,7 +365,7 @@ async fn registry_survives_restart_and_records_link_events() {
     );
 
     // The CLI rebuilds the same projection from MESH_AUDIT.
-    let (ok, out) = mesh_cli(&[
+    let (ok, out) = mesh.operator_cli(&[
         "registry",
         "list",
         "--nats",
@@ -377,7 +375,8 @@ async fn registry_survives_restart_and_records_link_events() {
     assert!(ok, "{out}");
     let rebuilt: Registry = serde_json::from_str(&out).expect(&out);
     assert_eq!(rebuilt, before);
-    let (ok, out) = mesh_cli(&["registry", "list", "--nats", &mesh.edge().client_url()]);
+    let (ok, out) =
+        mesh.operator_cli(&["registry", "list", "--nats", &mesh.central().client_url()]);
     assert!(
         ok && out.contains("e1/a1") && out.contains("outages=1"),
         "{out}"
@@ -422,6 +421,12 @@ async fn outbox_expulsions_are_audited() {
             })
     })
     .await;
-    let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &mesh.central().client_url()]);
+    let (ok, out) = mesh.operator_cli(&["audit", "verify", "--nats", &mesh.central().client_url()]);
     assert!(ok, "{out}");
+}
+
+fn operator() -> mesh_nats::auth::Identity {
+    mesh_nats::auth::Identity::Operator {
+        name: "operator".into(),
+    }
 }

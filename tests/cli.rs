@@ -6,14 +6,21 @@ mod support;
 
 use std::process::Command;
 
+use mesh_nats::client::ClientAuth;
 use support::{Mesh, MeshOpts};
 
 fn mesh(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(args)
-        .env("MESH_LOG", "warn")
-        .output()
-        .expect("run mesh");
+    mesh_as(&ClientAuth::none(), args)
+}
+
+/// `mesh <args>` with `--creds` / `--tls-ca` of `auth`.
+fn mesh_as(auth: &ClientAuth, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh"));
+    cmd.args(args).env("MESH_LOG", "warn");
+    if let (Some(c), Some(ca)) = (&auth.creds, &auth.tls_ca) {
+        cmd.arg("--creds").arg(c).arg("--tls-ca").arg(ca);
+    }
+    let out = cmd.output().expect("run mesh");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -31,20 +38,25 @@ fn summary(stdout: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pub_summary_and_exit_status() {
     let mut m = Mesh::start(MeshOpts::default()).await;
+    let cli = m.auth(&mesh_testkit::Mesh::test_agent("e1", "cli"));
     let url = m.edge().client_url();
+    let a = cli.clone();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        mesh(&[
-            "pub",
-            "--nats",
-            &url,
-            "--agent",
-            "cli",
-            "--count",
-            "500",
-            "--size",
-            "100",
-            "orders.created",
-        ])
+        mesh_as(
+            &a,
+            &[
+                "pub",
+                "--nats",
+                &url,
+                "--agent",
+                "cli",
+                "--count",
+                "500",
+                "--size",
+                "100",
+                "orders.created",
+            ],
+        )
     })
     .await
     .unwrap();
@@ -52,20 +64,24 @@ async fn pub_summary_and_exit_status() {
     assert!(summary(&out).starts_with("acked=500 failed=0 "), "{out}");
 
     let url = m.edge().client_url();
+    let a = cli.clone();
     let (ok, out, _) = tokio::task::spawn_blocking(move || {
-        mesh(&[
-            "pub",
-            "--nats",
-            &url,
-            "--agent",
-            "cli",
-            "--batch",
-            "50",
-            "--count",
-            "500",
-            "orders.created",
-            "hello",
-        ])
+        mesh_as(
+            &a,
+            &[
+                "pub",
+                "--nats",
+                &url,
+                "--agent",
+                "cli",
+                "--batch",
+                "50",
+                "--count",
+                "500",
+                "orders.created",
+                "hello",
+            ],
+        )
     })
     .await
     .unwrap();
@@ -101,17 +117,23 @@ async fn pub_summary_and_exit_status() {
 
     // A durable `mesh sub` reads them back from the centre.
     let url = m.central().client_url();
+    let a = cli.clone();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        mesh(&[
-            "sub",
-            "--nats",
-            &url,
-            "--durable",
-            "cli-reader",
-            "--count",
-            "3",
-            "orders.>",
-        ])
+        mesh_as(
+            &a,
+            &[
+                "sub",
+                "--nats",
+                &url,
+                "--agent",
+                "cli",
+                "--durable",
+                "cli-reader",
+                "--count",
+                "3",
+                "orders.>",
+            ],
+        )
     })
     .await
     .unwrap();
@@ -122,10 +144,14 @@ async fn pub_summary_and_exit_status() {
 
     m.edge_hub().kill();
     let url = m.edge().client_url();
+    let a = cli.clone();
     let (ok, out, _) = tokio::task::spawn_blocking(move || {
-        mesh(&[
-            "pub", "--nats", &url, "--agent", "cli", "--edge", "e1", "--count", "3", "x.y",
-        ])
+        mesh_as(
+            &a,
+            &[
+                "pub", "--nats", &url, "--agent", "cli", "--edge", "e1", "--count", "3", "x.y",
+            ],
+        )
     })
     .await
     .unwrap();

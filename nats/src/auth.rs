@@ -149,10 +149,15 @@ pub fn permissions(id: &Identity) -> Permissions {
             }
             for (name, filter) in durables {
                 let (create, name_tok) = if name == "*" {
-                    (js("CONSUMER.CREATE.MESH_EVENTS.*.mesh.evt.>"), "*".to_string())
+                    (
+                        js("CONSUMER.CREATE.MESH_EVENTS.*.mesh.evt.>"),
+                        "*".to_string(),
+                    )
                 } else {
                     (
-                        js(&format!("CONSUMER.CREATE.MESH_EVENTS.{name}.mesh.evt.*.{filter}")),
+                        js(&format!(
+                            "CONSUMER.CREATE.MESH_EVENTS.{name}.mesh.evt.*.{filter}"
+                        )),
                         name.clone(),
                     )
                 };
@@ -443,7 +448,9 @@ impl MeshKeys {
         claims["iat"] = json!(now());
         let body = b64(claims.to_string().as_bytes());
         let input = format!("{header}.{body}");
-        let sig = signer.sign(input.as_bytes()).expect("ed25519 signing cannot fail");
+        let sig = signer
+            .sign(input.as_bytes())
+            .expect("ed25519 signing cannot fail");
         format!("{input}.{}", b64(&sig))
     }
 
@@ -622,7 +629,9 @@ pub fn creds_public_key(text: &str) -> Option<String> {
         .nth(1)?
         .trim();
     let claims = jwt.split('.').nth(1)?;
-    let bytes = data_encoding::BASE64URL_NOPAD.decode(claims.as_bytes()).ok()?;
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(claims.as_bytes())
+        .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     Some(v.get("sub")?.as_str()?.to_string())
 }
@@ -635,7 +644,9 @@ pub fn creds_user_name(text: &str) -> Option<String> {
         .nth(1)?
         .trim();
     let claims = jwt.split('.').nth(1)?;
-    let bytes = data_encoding::BASE64URL_NOPAD.decode(claims.as_bytes()).ok()?;
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(claims.as_bytes())
+        .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     Some(v.get("name")?.as_str()?.to_string())
 }
@@ -653,13 +664,20 @@ mod tests {
         let id = Identity::EdgeHub { edge: "e1".into() };
         let c = k.issue_to(&id, &d.path().join("x.creds")).unwrap();
         let text = fs::read_to_string(d.path().join("x.creds")).unwrap();
-        assert_eq!(creds_public_key(&text).as_deref(), Some(c.public_key.as_str()));
+        assert_eq!(
+            creds_public_key(&text).as_deref(),
+            Some(c.public_key.as_str())
+        );
         assert_eq!(creds_user_name(&text).as_deref(), Some("edge-hub.e1"));
         for f in ["operator.nk", "system.nk", "mesh.nk", "issued.json"] {
             let m = fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(m, 0o600, "{f}");
         }
-        let m = fs::metadata(d.path().join("x.creds")).unwrap().permissions().mode() & 0o777;
+        let m = fs::metadata(d.path().join("x.creds"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(m, 0o600);
         let k2 = MeshKeys::open_or_create(&dir).unwrap();
         assert_eq!(k2.account_key(), acc);
@@ -676,9 +694,12 @@ mod tests {
         assert_eq!(k.revoke("operator.ann").unwrap(), 1);
         let jwt = k.account_jwt();
         let claims = jwt.split('.').nth(1).unwrap();
-        let v: Value =
-            serde_json::from_slice(&data_encoding::BASE64URL_NOPAD.decode(claims.as_bytes()).unwrap())
-                .unwrap();
+        let v: Value = serde_json::from_slice(
+            &data_encoding::BASE64URL_NOPAD
+                .decode(claims.as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
         assert!(v["nats"]["revocations"][&c.public_key].is_i64(), "{v}");
         assert_eq!(k.revoke("operator.ann").unwrap(), 0, "already revoked");
     }
@@ -692,7 +713,13 @@ mod tests {
             durables: vec![],
         });
         assert!(p.publish.contains(&"mesh.ingest.e1.alice".to_string()));
-        assert!(!p.publish.iter().any(|s| s.contains('>') || s.starts_with("mesh.up")));
-        assert_eq!(p.subscribe, vec!["_INBOX.e1.alice.>", "mesh.live.*.orders.>"]);
+        assert!(!p
+            .publish
+            .iter()
+            .any(|s| s.contains('>') || s.starts_with("mesh.up")));
+        assert_eq!(
+            p.subscribe,
+            vec!["_INBOX.e1.alice.>", "mesh.live.*.orders.>"]
+        );
     }
 }

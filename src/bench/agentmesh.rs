@@ -15,7 +15,7 @@ use mesh_testkit::metrics::quantile_between;
 use mesh_testkit::{disk_usage, scrape, wait_until, Hub, Mesh, MeshBuilder};
 
 use super::cpu::{cpu_now, cpu_profile};
-use super::load::{connect, mesh_latency, mesh_publish_all, wait_count};
+use super::load::{bench_auth, connect, mesh_latency, mesh_publish_all, wait_count};
 use super::report::{MeshExtra, SystemResult};
 use super::{BenchArgs, Progress};
 
@@ -32,6 +32,7 @@ pub(super) async fn bench_agentmesh(
     let mut b = MeshBuilder::new()
         .name("bench-mesh")
         .exe(std::env::current_exe()?)
+        .secure(!a.insecure)
         .nats_binary(bin)
         .dir(dir);
     if let Some(path) = &a.edge_config {
@@ -41,7 +42,7 @@ pub(super) async fn bench_agentmesh(
     }
     let mut mesh = b.start().await?;
     let agents = bench_agents(&mesh, a.agents).await?;
-    let js = jetstream::new(connect(&mesh.central.client_url()).await?);
+    let js = jetstream::new(connect(&mesh.central.client_url(), &bench_auth(&mesh)?).await?);
     let edge_http = mesh.sites[0].hub()?.http();
     let events = schemas::subject::STREAM_EVENTS;
 
@@ -200,11 +201,15 @@ async fn bench_agents(mesh: &Mesh, n: usize) -> anyhow::Result<Vec<Agent>> {
     let site = &mesh.sites[0];
     let mut out = Vec::new();
     for i in 0..n {
-        let c = connect(&site.nats.client_url()).await?;
-        out.push(
-            Agent::with_client(c, &site.id, &format!("bench-{i}"))?
-                .with_timeout(Duration::from_secs(30)),
-        );
+        let id = format!("bench-{i}");
+        let auth = mesh.auth(&mesh_nats::auth::Identity::Agent {
+            edge: site.id.clone(),
+            agent: id.clone(),
+            live: vec![],
+            durables: vec![],
+        })?;
+        let c = connect(&site.nats.client_url(), &auth).await?;
+        out.push(Agent::with_client(c, &site.id, &id)?.with_timeout(Duration::from_secs(30)));
     }
     Ok(out)
 }

@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, stream};
 use mesh_testkit::MeshBuilder;
 
 use super::cpu::{cpu_now, cpu_profile};
-use super::load::{connect, js_latency, js_publish_all};
+use super::load::{bench_auth, connect, js_latency, js_publish_all};
 use super::report::SystemResult;
 use super::{BenchArgs, Progress};
 
@@ -23,12 +23,15 @@ pub(super) async fn bench_limit(
         .name("bench-limit")
         .edges(0)
         .hubs(false)
+        .secure(!a.insecure)
         .nats_binary(bin)
         .dir(dir)
         .start()
         .await?;
     let url = mesh.central.client_url();
-    let clients = futures::future::try_join_all((0..a.agents).map(|_| connect(&url))).await?;
+    let auth = bench_auth(&mesh)?;
+    let clients =
+        futures::future::try_join_all((0..a.agents).map(|_| connect(&url, &auth))).await?;
     let js = jetstream::new(clients[0].clone());
     js.create_stream(stream::Config {
         name: "LIMIT".into(),

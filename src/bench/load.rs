@@ -15,12 +15,23 @@ use super::payload::Payloads;
 use super::report::Latency;
 use super::Progress;
 
-/// A client with room for many replies in flight.
-pub(super) async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    Ok(async_nats::ConnectOptions::new()
-        .subscription_capacity(1 << 16)
-        .connect(url)
-        .await?)
+/// A client with room for many replies in flight, authenticated as `auth` (TLS and a
+/// credential on the secure default).
+pub(super) async fn connect(
+    url: &str,
+    auth: &mesh_nats::client::ClientAuth,
+) -> anyhow::Result<async_nats::Client> {
+    let opts = async_nats::ConnectOptions::new().subscription_capacity(1 << 16);
+    Ok(auth.apply(opts).await?.connect(url).await?)
+}
+
+/// A full-rights client identity of a bench mesh (none on an insecure one).
+pub(super) fn bench_auth(
+    mesh: &mesh_testkit::Mesh,
+) -> anyhow::Result<mesh_nats::client::ClientAuth> {
+    Ok(mesh.auth(&mesh_nats::auth::Identity::CentralHub {
+        name: "bench".into(),
+    })?)
 }
 
 /// Messages in stream `name` (0 when it cannot be asked).

@@ -82,6 +82,9 @@ pub struct BenchArgs {
     /// Keep servers' and hubs' directories and logs here (default: a temp dir, removed).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Run every system without authentication and TLS (to measure what they cost).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// A progress line on stderr, rewritten at most five times a second.
@@ -166,6 +169,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let report = Report {
         machine: cpu::machine(),
         nats_server: version,
+        security: if a.insecure { "insecure" } else { "secure" }.into(),
         event_bytes: a.size,
         count: a.count,
         backlog: a.backlog,

@@ -1,6 +1,8 @@
 //! **native**: what a user would build with plain NATS: an edge nats-server with its own
 //! JetStream domain (`edge`), a leaf link through a fault proxy, and a central stream
-//! sourcing the edge stream — a mesh of the test kit without hubs.
+//! sourcing the edge stream — a mesh of the test kit without hubs. On the secure default
+//! it has what agentmesh has: TLS on every port and an authenticated leaf link (one with
+//! no subject restrictions, as sourcing needs the JetStream API of both domains).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use async_nats::jetstream::{self, stream};
 use mesh_testkit::MeshBuilder;
 
 use super::cpu::{cpu_now, cpu_profile};
-use super::load::{connect, js_latency, js_publish_all, stream_count, wait_count};
+use super::load::{bench_auth, connect, js_latency, js_publish_all, stream_count, wait_count};
 use super::report::SystemResult;
 use super::{BenchArgs, Progress};
 
@@ -29,14 +31,18 @@ pub(super) async fn bench_native(
         .name("bench-native")
         .hubs(false)
         .edge_jetstream(EDGE_DOMAIN)
+        .open_leaf_links(true)
+        .secure(!a.insecure)
         .nats_binary(bin)
         .dir(dir)
         .start()
         .await?;
     let (central, edge, proxy) = (&mesh.central, &mesh.sites[0].nats, mesh.proxy(0)?);
-    let central_js = jetstream::new(connect(&central.client_url()).await?);
+    let auth = bench_auth(&mesh)?;
+    let central_js = jetstream::new(connect(&central.client_url(), &auth).await?);
     let url = edge.client_url();
-    let clients = futures::future::try_join_all((0..a.agents).map(|_| connect(&url))).await?;
+    let clients =
+        futures::future::try_join_all((0..a.agents).map(|_| connect(&url, &auth))).await?;
     let edge_js = jetstream::new(clients[0].clone());
     edge_js
         .create_stream(stream::Config {

@@ -46,6 +46,8 @@ pub(super) struct MeshExtra {
 pub(super) struct Report {
     pub(super) machine: String,
     pub(super) nats_server: String,
+    /// "secure" (JWT auth, TLS on every port, the default) or "insecure".
+    pub(super) security: String,
     pub(super) event_bytes: usize,
     pub(super) count: u64,
     pub(super) backlog: u64,
@@ -70,8 +72,8 @@ fn num(v: Option<f64>) -> String {
 pub(super) fn table(r: &Report) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "mesh bench: {} B events, {} events end to end, {} backlog; {}; {}\n\n",
-        r.event_bytes, r.count, r.backlog, r.nats_server, r.machine
+        "mesh bench: {} B events, {} events end to end, {} backlog; {}; {}; {}\n\n",
+        r.event_bytes, r.count, r.backlog, r.security, r.nats_server, r.machine
     ));
     s.push_str(&format!(
         "{:<34} {:>11} {:>11} {:>11} {:>9} {:>10}\n",

@@ -32,6 +32,7 @@ pub struct MeshBuilder {
     nats_binary: Option<PathBuf>,
     hub_log: Option<String>,
     secure: bool,
+    open_leaf_links: bool,
 }
 
 impl Default for MeshBuilder {
@@ -59,7 +60,16 @@ impl MeshBuilder {
             nats_binary: None,
             hub_log: None,
             secure: true,
+            open_leaf_links: false,
         }
+    }
+
+    /// Secure meshes only: leaf links authenticated and on TLS but with no subject
+    /// restrictions (a plain NATS deployment's; `mesh bench`'s native anchor sources
+    /// streams across them). Never for agentmesh sites.
+    pub fn open_leaf_links(mut self, open: bool) -> Self {
+        self.open_leaf_links = open;
+        self
     }
 
     /// Secure (the default): operator-mode auth, least-privilege credentials and TLS on
@@ -238,7 +248,10 @@ impl MeshBuilder {
             kit_auth
                 .connect(&central.client_url(), "testkit")
                 .await
-                .map_err(client_err(format!("connecting to {}", central.client_url())))?,
+                .map_err(client_err(format!(
+                    "connecting to {}",
+                    central.client_url()
+                )))?,
         );
 
         let mut central_hubs = Vec::new();
@@ -295,7 +308,12 @@ impl MeshBuilder {
                 cfg = cfg.edge_jetstream(domain);
             }
             if let Some(s) = &security {
-                let leaf = s.creds_file(&Identity::Leaf { edge: id.clone() })?;
+                let leaf = match self.open_leaf_links {
+                    false => s.creds_file(&Identity::Leaf { edge: id.clone() })?,
+                    true => s.creds_file(&Identity::CentralHub {
+                        name: format!("open-leaf-{id}"),
+                    })?,
+                };
                 let sys = s.creds_file(&Identity::SysLeaf { edge: id.clone() })?;
                 cfg = cfg.security(server_sec(Some((leaf, sys))).expect("secure"));
             }

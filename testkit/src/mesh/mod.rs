@@ -243,7 +243,9 @@ impl Mesh {
             return Ok(());
         }
         let central = &self.central;
-        let n = self.sites.len() as u64;
+        // A secure site has two leaf connections: the mesh account's and the system's.
+        let per_site = if self.security.is_some() { 2 } else { 1 };
+        let n = per_site * self.sites.len() as u64;
         tokio::task::block_in_place(|| central.wait_for_leafnodes(n, LEAF_DEADLINE)).map_err(
             |source| KitError::Nats {
                 name: central.name().into(),
