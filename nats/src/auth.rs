@@ -149,10 +149,15 @@ pub fn permissions(id: &Identity) -> Permissions {
             }
             for (name, filter) in durables {
                 let (create, name_tok) = if name == "*" {
-                    (js("CONSUMER.CREATE.MESH_EVENTS.*.mesh.evt.>"), "*".to_string())
+                    (
+                        js("CONSUMER.CREATE.MESH_EVENTS.*.mesh.evt.>"),
+                        "*".to_string(),
+                    )
                 } else {
                     (
-                        js(&format!("CONSUMER.CREATE.MESH_EVENTS.{name}.mesh.evt.*.{filter}")),
+                        js(&format!(
+                            "CONSUMER.CREATE.MESH_EVENTS.{name}.mesh.evt.*.{filter}"
+                        )),
                         name.clone(),
                     )
                 };
@@ -356,6 +361,16 @@ pub fn write_secret(path: &Path, data: &[u8]) -> Result<(), Error> {
     fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))
 }
 
+/// The list in `<dir>/issued.json`; empty when there is none yet.
+fn read_issued(dir: &Path) -> Result<Vec<Issued>, Error> {
+    let path = dir.join("issued.json");
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| key_err("parsing", &path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("reading", &path, e)),
+    }
+}
+
 fn b64(data: &[u8]) -> String {
     data_encoding::BASE64URL_NOPAD.encode(data)
 }
@@ -392,12 +407,7 @@ impl MeshKeys {
         let operator = load("operator.nk", KeyPair::new_operator)?;
         let system = load("system.nk", KeyPair::new_account)?;
         let account = load("mesh.nk", KeyPair::new_account)?;
-        let issued_path = dir.join("issued.json");
-        let issued = match fs::read(&issued_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| key_err("parsing", &issued_path, e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("reading", &issued_path, e)),
-        };
+        let issued = read_issued(dir)?;
         Ok(MeshKeys {
             dir: dir.to_path_buf(),
             operator,
@@ -431,6 +441,13 @@ impl MeshKeys {
         &self.issued
     }
 
+    /// Re-read `issued.json` before changing it: another process (`mesh creds` beside a
+    /// running `mesh up` or test kit) may have added to it since this one opened the keys.
+    fn reload_issued(&mut self) -> Result<(), Error> {
+        self.issued = read_issued(&self.dir)?;
+        Ok(())
+    }
+
     fn save_issued(&self) -> Result<(), Error> {
         let text = serde_json::to_vec_pretty(&self.issued).expect("issued list serialises");
         write_secret(&self.dir.join("issued.json"), &text)
@@ -443,7 +460,9 @@ impl MeshKeys {
         claims["iat"] = json!(now());
         let body = b64(claims.to_string().as_bytes());
         let input = format!("{header}.{body}");
-        let sig = signer.sign(input.as_bytes()).expect("ed25519 signing cannot fail");
+        let sig = signer
+            .sign(input.as_bytes())
+            .expect("ed25519 signing cannot fail");
         format!("{input}.{}", b64(&sig))
     }
 
@@ -524,6 +543,7 @@ impl MeshKeys {
         let seed = user
             .seed()
             .map_err(|e| key_err("encoding seed", &self.dir, e))?;
+        self.reload_issued()?;
         self.issued.push(Issued {
             name: id.user_name(),
             identity: id.clone(),
@@ -549,6 +569,7 @@ impl MeshKeys {
     /// Revoke every live credential whose user name or public key is `who`; returns how
     /// many. The new [`MeshKeys::account_jwt`] must then reach the servers.
     pub fn revoke(&mut self, who: &str) -> Result<usize, Error> {
+        self.reload_issued()?;
         let t = now();
         let mut n = 0;
         for i in self.issued.iter_mut() {
@@ -622,7 +643,9 @@ pub fn creds_public_key(text: &str) -> Option<String> {
         .nth(1)?
         .trim();
     let claims = jwt.split('.').nth(1)?;
-    let bytes = data_encoding::BASE64URL_NOPAD.decode(claims.as_bytes()).ok()?;
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(claims.as_bytes())
+        .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     Some(v.get("sub")?.as_str()?.to_string())
 }
@@ -635,7 +658,9 @@ pub fn creds_user_name(text: &str) -> Option<String> {
         .nth(1)?
         .trim();
     let claims = jwt.split('.').nth(1)?;
-    let bytes = data_encoding::BASE64URL_NOPAD.decode(claims.as_bytes()).ok()?;
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(claims.as_bytes())
+        .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     Some(v.get("name")?.as_str()?.to_string())
 }
@@ -653,13 +678,20 @@ mod tests {
         let id = Identity::EdgeHub { edge: "e1".into() };
         let c = k.issue_to(&id, &d.path().join("x.creds")).unwrap();
         let text = fs::read_to_string(d.path().join("x.creds")).unwrap();
-        assert_eq!(creds_public_key(&text).as_deref(), Some(c.public_key.as_str()));
+        assert_eq!(
+            creds_public_key(&text).as_deref(),
+            Some(c.public_key.as_str())
+        );
         assert_eq!(creds_user_name(&text).as_deref(), Some("edge-hub.e1"));
         for f in ["operator.nk", "system.nk", "mesh.nk", "issued.json"] {
             let m = fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(m, 0o600, "{f}");
         }
-        let m = fs::metadata(d.path().join("x.creds")).unwrap().permissions().mode() & 0o777;
+        let m = fs::metadata(d.path().join("x.creds"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(m, 0o600);
         let k2 = MeshKeys::open_or_create(&dir).unwrap();
         assert_eq!(k2.account_key(), acc);
@@ -676,11 +708,39 @@ mod tests {
         assert_eq!(k.revoke("operator.ann").unwrap(), 1);
         let jwt = k.account_jwt();
         let claims = jwt.split('.').nth(1).unwrap();
-        let v: Value =
-            serde_json::from_slice(&data_encoding::BASE64URL_NOPAD.decode(claims.as_bytes()).unwrap())
-                .unwrap();
+        let v: Value = serde_json::from_slice(
+            &data_encoding::BASE64URL_NOPAD
+                .decode(claims.as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
         assert!(v["nats"]["revocations"][&c.public_key].is_i64(), "{v}");
         assert_eq!(k.revoke("operator.ann").unwrap(), 0, "already revoked");
+    }
+
+    #[test]
+    fn two_holders_of_the_keys_do_not_lose_each_others_credentials() {
+        // Guards against `mesh creds` beside a running `mesh up`: each wrote its own
+        // in-memory list over the other's.
+        let d = tempfile::tempdir().unwrap();
+        let mut running = MeshKeys::open_or_create(d.path()).unwrap();
+        let mut cli = MeshKeys::open_or_create(d.path()).unwrap();
+        cli.issue(&Identity::Operator { name: "ann".into() })
+            .unwrap();
+        running
+            .issue(&Identity::Operator { name: "bob".into() })
+            .unwrap();
+        assert_eq!(cli.revoke("operator.bob").unwrap(), 1);
+        running
+            .issue(&Identity::Operator { name: "cy".into() })
+            .unwrap();
+        let k = MeshKeys::open_or_create(d.path()).unwrap();
+        let names: Vec<_> = k.issued().iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["operator.ann", "operator.bob", "operator.cy"]);
+        assert!(
+            k.issued()[1].revoked_at.is_some(),
+            "the revocation survives"
+        );
     }
 
     #[test]
@@ -692,7 +752,13 @@ mod tests {
             durables: vec![],
         });
         assert!(p.publish.contains(&"mesh.ingest.e1.alice".to_string()));
-        assert!(!p.publish.iter().any(|s| s.contains('>') || s.starts_with("mesh.up")));
-        assert_eq!(p.subscribe, vec!["_INBOX.e1.alice.>", "mesh.live.*.orders.>"]);
+        assert!(!p
+            .publish
+            .iter()
+            .any(|s| s.contains('>') || s.starts_with("mesh.up")));
+        assert_eq!(
+            p.subscribe,
+            vec!["_INBOX.e1.alice.>", "mesh.live.*.orders.>"]
+        );
     }
 }
