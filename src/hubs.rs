@@ -130,7 +130,12 @@ pub async fn central(a: CentralArgs) -> anyhow::Result<ExitCode> {
     if let Err(errs) = cfg.validate() {
         bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
     }
-    let client = connect(&cfg.nats, format!("central hub {}", cfg.hub_name()), &a.auth).await?;
+    let client = connect(
+        &cfg.nats,
+        format!("central hub {}", cfg.hub_name()),
+        &a.auth,
+    )
+    .await?;
     let http = listener(&cfg.http).await?;
     central_hub::run(cfg, client, http, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -50,7 +50,10 @@ pub fn event_json(ev: &Event) -> serde_json::Value {
 }
 
 pub async fn run(a: SubArgs) -> anyhow::Result<ExitCode> {
-    let client = a.auth.connect(&a.nats, &format!("agent {}", a.agent)).await?;
+    let client = a
+        .auth
+        .connect(&a.nats, &format!("agent {}", a.agent))
+        .await?;
     // Subscribing needs no edge: any id works for the subject builders.
     let agent = Agent::with_client(client, "sub", &a.agent)?;
     let limit = a.count.unwrap_or(u64::MAX);

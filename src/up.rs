@@ -137,7 +137,10 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     let flags = |auth: Option<&mesh_nats::client::ClientAuth>| match (auth, &creds_flags) {
         (Some(a), Some((_, _, ca))) => format!(
             " --creds {} --tls-ca {}",
-            a.creds.as_ref().map(|c| c.display().to_string()).unwrap_or_default(),
+            a.creds
+                .as_ref()
+                .map(|c| c.display().to_string())
+                .unwrap_or_default(),
             ca.display()
         ),
         _ => String::new(),

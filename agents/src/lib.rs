@@ -29,9 +29,9 @@ pub use pipeline::Pipeline;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
-pub use mesh_nats::client::ClientAuth;
 use bytes::Bytes;
 use futures::StreamExt;
+pub use mesh_nats::client::ClientAuth;
 use schemas::{subject, ErrorCode, Event, IngestReply, IngestRequest, NewEvent, SchemaError};
 use serde::Serialize;
 

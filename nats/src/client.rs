@@ -44,7 +44,11 @@ impl ClientAuth {
 
     /// The flags if given, else `NATS_CREDS` / `NATS_CA`.
     pub fn from_flags_or_env(creds: Option<PathBuf>, tls_ca: Option<PathBuf>) -> ClientAuth {
-        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         ClientAuth {
             creds: creds.or_else(|| env(CREDS_ENV)),
             tls_ca: tls_ca.or_else(|| env(CA_ENV)),
@@ -83,7 +87,9 @@ impl ClientAuth {
             .name(name)
             .connection_timeout(std::time::Duration::from_secs(5));
         let opts = self.apply(opts).await.map_err(|e| e.to_string())?;
-        opts.connect(url).await.map_err(|e| self.explain(e.to_string()))
+        opts.connect(url)
+            .await
+            .map_err(|e| self.explain(e.to_string()))
     }
 
     /// The user name in the credential (e.g. `agent.e1.alice`), if there is one.
@@ -170,12 +176,18 @@ impl AccountUpdate {
     }
 }
 
-async fn push_update(u: &AccountUpdate, url: &str, tls_ca: Option<&Path>) -> Result<String, String> {
+async fn push_update(
+    u: &AccountUpdate,
+    url: &str,
+    tls_ca: Option<&Path>,
+) -> Result<String, String> {
     let mut opts = async_nats::ConnectOptions::with_credentials(&u.pusher)
         .map_err(|e| e.to_string())?
         .connection_timeout(std::time::Duration::from_secs(5));
     if let Some(ca) = tls_ca {
-        opts = opts.require_tls(true).add_root_certificates(ca.to_path_buf());
+        opts = opts
+            .require_tls(true)
+            .add_root_certificates(ca.to_path_buf());
     }
     let c = opts.connect(url).await.map_err(|e| e.to_string())?;
     let subject = crate::auth::account_claims_update(&u.account);

@@ -235,7 +235,10 @@ impl ServerConfig {
         let Some(sec) = &self.security else {
             return format!("{{ urls: [ {urls} ], compression: s2_fast }}");
         };
-        let tls = format!("tls {{ ca_file: {} }}", quote(&sec.tls.ca.to_string_lossy()));
+        let tls = format!(
+            "tls {{ ca_file: {} }}",
+            quote(&sec.tls.ca.to_string_lossy())
+        );
         let mut out = String::new();
         let mut remote = |account: &str, creds: &Option<PathBuf>| {
             out.push_str(&format!(

@@ -12,12 +12,12 @@
 
 pub mod auth;
 mod binary;
+pub mod client;
 mod config;
 mod error;
 mod probe;
 mod server;
 pub mod tls;
-pub mod client;
 
 pub use binary::{
     ensure_binary, find_binary, find_binary_in, installed_binary_path, tools_dir, tools_dir_from,

@@ -57,8 +57,9 @@ impl TlsFiles {
         let ca_cert = ca.self_signed(&ca_key).map_err(|e| gen_err(dir, e))?;
 
         let key = KeyPair::generate().map_err(|e| gen_err(dir, e))?;
-        let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .map_err(|e| gen_err(dir, e))?;
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .map_err(|e| gen_err(dir, e))?;
         leaf.distinguished_name
             .push(DnType::CommonName, "agentmesh nats-server");
         leaf.not_after = rcgen::date_time_ymd(2036, 1, 1);

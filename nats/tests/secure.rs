@@ -86,7 +86,13 @@ fn agent(edge: &str, name: &str) -> Identity {
 async fn connect(
     url: &str,
     auth: &ClientAuth,
-) -> Result<(async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>), String> {
+) -> Result<
+    (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ),
+    String,
+> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(3))
@@ -125,14 +131,19 @@ async fn no_credentials_no_plaintext_no_entry() {
         creds: None,
         tls_ca: Some(m.tls.ca.clone()),
     };
-    let e = connect(&tls_url(&m.edge), &none).await.err().expect("anonymous refused");
+    let e = connect(&tls_url(&m.edge), &none)
+        .await
+        .err()
+        .expect("anonymous refused");
     assert!(e.to_lowercase().contains("authorization"), "{e}");
     let mut plain = m.creds(&agent("e1", "alice"));
     plain.tls_ca = None;
     let url = m.edge.client_url();
     assert!(connect(&url, &plain).await.is_err(), "plaintext refused");
     let ok = m.creds(&agent("e1", "alice"));
-    connect(&tls_url(&m.edge), &ok).await.expect("agent with creds and TLS");
+    connect(&tls_url(&m.edge), &ok)
+        .await
+        .expect("agent with creds and TLS");
 }
 
 #[tokio::test]
@@ -140,9 +151,16 @@ async fn an_agent_may_publish_only_its_own_ingest_subject() {
     let mut m = start();
     let auth = m.creds(&agent("e1", "alice"));
     let (c, mut rx) = connect(&tls_url(&m.edge), &auth).await.unwrap();
-    c.publish("mesh.ingest.e1.alice", "ok".into()).await.unwrap();
+    c.publish("mesh.ingest.e1.alice", "ok".into())
+        .await
+        .unwrap();
     c.flush().await.unwrap();
-    for bad in ["mesh.ingest.e1.bob", "mesh.ingest.e2.alice", "mesh.up.e1", "mesh.evt.e1.x"] {
+    for bad in [
+        "mesh.ingest.e1.bob",
+        "mesh.ingest.e2.alice",
+        "mesh.up.e1",
+        "mesh.evt.e1.x",
+    ] {
         c.publish(bad, "x".into()).await.unwrap();
         let v = violation(&mut rx, bad).await;
         assert!(v.contains(bad), "{v}");
@@ -199,7 +217,11 @@ async fn an_edge_site_writes_only_its_own_uplink() {
             .messages
     };
     let (hc2, _) = connect(&tls_url(&m.central), &hub).await.unwrap();
-    assert_eq!(stream_msgs(jetstream::new(hc2)).await, 1, "only the real bundle");
+    assert_eq!(
+        stream_msgs(jetstream::new(hc2)).await,
+        1,
+        "only the real bundle"
+    );
 }
 
 #[tokio::test]
@@ -219,13 +241,19 @@ async fn a_revoked_agent_is_cut_off_within_seconds() {
         }
     })
     .await;
-    assert!(closed.is_ok(), "revoked connection not closed\n{}", m.edge.log_tail(30));
+    assert!(
+        closed.is_ok(),
+        "revoked connection not closed\n{}",
+        m.edge.log_tail(30)
+    );
     assert!(
         connect(&tls_url(&m.edge), &auth).await.is_err(),
         "revoked credential refused"
     );
     let fresh = m.creds(&agent("e1", "mallory"));
-    connect(&tls_url(&m.edge), &fresh).await.expect("a new credential works");
+    connect(&tls_url(&m.edge), &fresh)
+        .await
+        .expect("a new credential works");
 }
 
 async fn push_account(keys: &MeshKeys, url: &str, ca: &Path) {

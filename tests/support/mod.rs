@@ -50,7 +50,9 @@ pub fn mesh_cli(args: &[&str]) -> (bool, String) {
 /// would have them); returns (exit success, stdout + stderr).
 pub fn mesh_cli_as(auth: &ClientAuth, args: &[&str]) -> (bool, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"));
-    cmd.args(args).env_remove("NATS_CREDS").env_remove("NATS_CA");
+    cmd.args(args)
+        .env_remove("NATS_CREDS")
+        .env_remove("NATS_CA");
     if let Some(c) = &auth.creds {
         cmd.env("NATS_CREDS", c);
     }
@@ -109,7 +111,10 @@ impl Mesh {
 
     /// `mesh <args>` as test agent `agent` of the edge (see [`mesh_testkit::Mesh::test_agent`]).
     pub fn agent_cli(&self, agent: &str, args: &[&str]) -> (bool, String) {
-        mesh_cli_as(&self.auth(&mesh_testkit::Mesh::test_agent("e1", agent)), args)
+        mesh_cli_as(
+            &self.auth(&mesh_testkit::Mesh::test_agent("e1", agent)),
+            args,
+        )
     }
 
     /// The operator credential.

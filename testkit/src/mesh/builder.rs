@@ -238,7 +238,10 @@ impl MeshBuilder {
             kit_auth
                 .connect(&central.client_url(), "testkit")
                 .await
-                .map_err(client_err(format!("connecting to {}", central.client_url())))?,
+                .map_err(client_err(format!(
+                    "connecting to {}",
+                    central.client_url()
+                )))?,
         );
 
         let mut central_hubs = Vec::new();
