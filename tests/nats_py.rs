@@ -72,7 +72,7 @@ fn ensure_python() -> PathBuf {
     run(Command::new("python3")
         .args(["-m", "venv", "--clear"])
         .arg(&venv))
-    .unwrap_or_else(|e| panic!("creating the venv (is python3-venv installed?): {e}"));
+    .unwrap_or_else(|e| panic!("creating the venv (on Debian/Ubuntu install python3-venv): {e}"));
     run(Command::new(&python)
         .args([
             "-m",
