@@ -204,8 +204,7 @@ async fn a_revocation_closes_the_agent_within_seconds_and_spares_the_others() {
     );
     let refused = watched(&edge, &victim_auth)
         .await
-        .err()
-        .expect("revoked credential refused");
+        .expect_err("revoked credential refused");
     assert!(
         refused.to_lowercase().contains("authorization"),
         "{refused}"
