@@ -6,6 +6,7 @@ mod audit_cmd;
 mod bench;
 mod chaos_cmd;
 mod conn;
+mod creds_cmd;
 mod dlq_cmd;
 mod hubs;
 mod publish;
@@ -64,6 +65,8 @@ enum Cmd {
     Replay(replay_cmd::ReplayArgs),
     /// Fault-injection scenarios judged against the guarantees: `run`, `list`.
     Chaos(chaos_cmd::ChaosArgs),
+    /// Credentials of a secure mesh: issue (agent, operator, edge, hub), list, revoke, push.
+    Creds(creds_cmd::CredsArgs),
 }
 
 /// The `--help` footer: where the nats-server comes from, computed for this user.
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
             Cmd::Dlq(a) => dlq_cmd::run(a).await,
             Cmd::Replay(a) => replay_cmd::run(a).await,
             Cmd::Chaos(a) => chaos_cmd::run(a).await,
+            Cmd::Creds(a) => creds_cmd::run(a).await,
         }
     });
     match result {

@@ -361,6 +361,16 @@ pub fn write_secret(path: &Path, data: &[u8]) -> Result<(), Error> {
     fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))
 }
 
+/// The list in `<dir>/issued.json`; empty when there is none yet.
+fn read_issued(dir: &Path) -> Result<Vec<Issued>, Error> {
+    let path = dir.join("issued.json");
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| key_err("parsing", &path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("reading", &path, e)),
+    }
+}
+
 fn b64(data: &[u8]) -> String {
     data_encoding::BASE64URL_NOPAD.encode(data)
 }
@@ -397,12 +407,7 @@ impl MeshKeys {
         let operator = load("operator.nk", KeyPair::new_operator)?;
         let system = load("system.nk", KeyPair::new_account)?;
         let account = load("mesh.nk", KeyPair::new_account)?;
-        let issued_path = dir.join("issued.json");
-        let issued = match fs::read(&issued_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| key_err("parsing", &issued_path, e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("reading", &issued_path, e)),
-        };
+        let issued = read_issued(dir)?;
         Ok(MeshKeys {
             dir: dir.to_path_buf(),
             operator,
@@ -434,6 +439,13 @@ impl MeshKeys {
     /// Credentials issued so far (revoked ones included).
     pub fn issued(&self) -> &[Issued] {
         &self.issued
+    }
+
+    /// Re-read `issued.json` before changing it: another process (`mesh creds` beside a
+    /// running `mesh up` or test kit) may have added to it since this one opened the keys.
+    fn reload_issued(&mut self) -> Result<(), Error> {
+        self.issued = read_issued(&self.dir)?;
+        Ok(())
     }
 
     fn save_issued(&self) -> Result<(), Error> {
@@ -531,6 +543,7 @@ impl MeshKeys {
         let seed = user
             .seed()
             .map_err(|e| key_err("encoding seed", &self.dir, e))?;
+        self.reload_issued()?;
         self.issued.push(Issued {
             name: id.user_name(),
             identity: id.clone(),
@@ -556,6 +569,7 @@ impl MeshKeys {
     /// Revoke every live credential whose user name or public key is `who`; returns how
     /// many. The new [`MeshKeys::account_jwt`] must then reach the servers.
     pub fn revoke(&mut self, who: &str) -> Result<usize, Error> {
+        self.reload_issued()?;
         let t = now();
         let mut n = 0;
         for i in self.issued.iter_mut() {
@@ -702,6 +716,31 @@ mod tests {
         .unwrap();
         assert!(v["nats"]["revocations"][&c.public_key].is_i64(), "{v}");
         assert_eq!(k.revoke("operator.ann").unwrap(), 0, "already revoked");
+    }
+
+    #[test]
+    fn two_holders_of_the_keys_do_not_lose_each_others_credentials() {
+        // Guards against `mesh creds` beside a running `mesh up`: each wrote its own
+        // in-memory list over the other's.
+        let d = tempfile::tempdir().unwrap();
+        let mut running = MeshKeys::open_or_create(d.path()).unwrap();
+        let mut cli = MeshKeys::open_or_create(d.path()).unwrap();
+        cli.issue(&Identity::Operator { name: "ann".into() })
+            .unwrap();
+        running
+            .issue(&Identity::Operator { name: "bob".into() })
+            .unwrap();
+        assert_eq!(cli.revoke("operator.bob").unwrap(), 1);
+        running
+            .issue(&Identity::Operator { name: "cy".into() })
+            .unwrap();
+        let k = MeshKeys::open_or_create(d.path()).unwrap();
+        let names: Vec<_> = k.issued().iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["operator.ann", "operator.bob", "operator.cy"]);
+        assert!(
+            k.issued()[1].revoked_at.is_some(),
+            "the revocation survives"
+        );
     }
 
     #[test]

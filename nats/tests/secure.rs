@@ -133,8 +133,7 @@ async fn no_credentials_no_plaintext_no_entry() {
     };
     let e = connect(&tls_url(&m.edge), &none)
         .await
-        .err()
-        .expect("anonymous refused");
+        .expect_err("anonymous refused");
     assert!(e.to_lowercase().contains("authorization"), "{e}");
     let mut plain = m.creds(&agent("e1", "alice"));
     plain.tls_ca = None;
