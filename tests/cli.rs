@@ -115,8 +115,8 @@ async fn pub_summary_and_exit_status() {
     assert_eq!(h("Nats-Msg-Id"), h("ce-id"));
     assert!(h("ce-time").is_some() && h("ce-type").is_some());
 
-    // A durable `mesh sub` reads them back from the centre.
-    let url = m.central().client_url();
+    // A durable `mesh sub` at the edge reads them back from the centre.
+    let url = m.edge().client_url();
     let a = cli.clone();
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
         mesh_as(
