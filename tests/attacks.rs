@@ -669,6 +669,47 @@ async fn fake_acks_cannot_make_an_edge_drop_its_outbox() {
     assert_eq!(events_of(&mesh.0, "e1", "alice").await.len(), 40);
 }
 
+/// Found while writing attack 3: e1's own edge-hub credential can send a *consistent*
+/// bundle for sequences e1 has not sent yet, declaring them all missing (`mesh-missing`,
+/// as the outbox does for expelled events). The lander cannot tell it from a real one:
+/// it lands nothing, moves e1's mark past them, and e1's real events with those
+/// sequences are then "already landed" and dropped. Asserts the secure behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "design question: the lander trusts an edge's own credential to declare its \
+            sequences missing; a stolen edge-hub credential erases that edge's next events"]
+async fn a_stolen_edge_credential_cannot_erase_its_edges_next_events() {
+    let mesh = Kept::start(&["e1"]).await;
+    let m = &mesh.0;
+    let hub = m.auth(&Identity::EdgeHub { edge: "e1".into() }).unwrap();
+    let c = hub
+        .connect(&m.sites[0].nats.client_url(), "forger")
+        .await
+        .unwrap();
+    let js = jetstream::with_domain(c, subject::CENTRAL_DOMAIN);
+    let ahead = Bundle {
+        version: schemas::bundle::BUNDLE_VERSION,
+        edge: "e1".into(),
+        first_seq: 1,
+        last_seq: 5,
+        events: vec![],
+    };
+    let mut hs = ahead.headers();
+    hs.insert(h::NATS_MSG_ID, "forged");
+    js.publish_with_headers(subject::up("e1"), hs, ahead.encode().unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .expect("e1's credential may write mesh.up.e1");
+    let agent = m.agent(0, "alice").await.unwrap();
+    publish_n(&agent, "real.one", 10).await;
+    m.wait_drained(DEADLINE).await.unwrap();
+    assert_eq!(
+        events_of(m, "e1", "alice").await.len(),
+        10,
+        "e1's real events 1..=5 were erased by a forged bundle"
+    );
+}
+
 // ---- helpers ----
 
 /// A test-kit mesh that, on a failing test, keeps its directory and prints the hubs' logs.
