@@ -180,8 +180,10 @@ pub fn permissions(id: &Identity) -> Permissions {
                 format!("mesh.hub.edge.{edge}"),
                 js("INFO"),
                 js("STREAM.INFO.MESH_INGRESS"),
-                // Replies to its agents' requests.
-                "_INBOX.>".into(),
+                // Replies to its agents' requests (their inboxes are `_INBOX.<edge>.<agent>`).
+                format!("_INBOX.{edge}.>"),
+                // Dead letters of events the centre refuses, written by a central hub.
+                format!("mesh.hub.dlq.refused.{edge}"),
             ],
             subscribe: vec![
                 format!("mesh.ingest.{edge}.*"),
@@ -208,6 +210,7 @@ pub fn permissions(id: &Identity) -> Permissions {
                 "$JS.ACK.*.*.MESH_EVENTS.>".into(),
                 "mesh.hub.dlq.failure".into(),
                 "mesh.hub.dlq.reject".into(),
+                format!("mesh.hub.dlq.refused.{edge}"),
             ],
             subscribe: vec![
                 format!("_INBOX.{edge}.>"),
