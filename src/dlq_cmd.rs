@@ -1,5 +1,7 @@
 //! `mesh dlq list|show|redrive|purge`: flags and printing over [`central_hub::dlq`]'s
-//! operator actions on `MESH_DLQ`. Redrive and purge are recorded in the audit log.
+//! operator actions on `MESH_DLQ`. List and show read the stream here; redrive and purge
+//! are requests to a central hub ([`central_hub::ops`]), which does them and records
+//! them in the audit log under the operator's name.
 
 use std::process::ExitCode;
 
@@ -7,6 +9,9 @@ use async_nats::HeaderMap;
 use central_hub::dlq;
 use clap::{Args, Subcommand};
 use schemas::headers as h;
+
+use central_hub::ops;
+use schemas::subject::op;
 
 use crate::audit_cmd::central_js;
 
@@ -113,33 +118,66 @@ pub async fn run(a: DlqArgs) -> anyhow::Result<ExitCode> {
             rate,
             id,
         } => {
-            let (_c, js) = central_js(&common.nats, &common.auth).await?;
+            let operator = operator(&common.auth)?;
+            let (c, _js) = central_js(&common.nats, &common.auth).await?;
             let r = dlq::Redrive {
                 filter: common.filter,
                 id,
                 to,
                 rate,
             };
-            let done = dlq::redrive(&js, &r, &operator(), |s| {
-                println!("redriven {} -> {}", s.dlq_seq, s.target)
-            })
-            .await?;
-            eprintln!("redriven={}", done.len());
+            let done: ops::RedriveReply =
+                match ops::request(&c, &operator, op::DLQ_REDRIVE, &r, ops::TIMEOUT).await {
+                    Ok(d) => d,
+                    Err(e) => return refused(e),
+                };
+            for s in &done.sent {
+                println!("redriven {} -> {}", s.dlq_seq, s.target);
+            }
+            eprintln!("redriven={}", done.sent.len());
             Ok(ExitCode::SUCCESS)
         }
         DlqCmd::Purge { common } => {
-            let (_c, js) = central_js(&common.nats, &common.auth).await?;
-            let purged = dlq::purge(&js, &common.filter, &operator()).await?;
-            println!("purged={purged}");
+            let operator = operator(&common.auth)?;
+            let (c, _js) = central_js(&common.nats, &common.auth).await?;
+            let req = ops::PurgeRequest {
+                filter: common.filter,
+            };
+            let r: ops::PurgeReply =
+                match ops::request(&c, &operator, op::DLQ_PURGE, &req, ops::TIMEOUT).await {
+                    Ok(r) => r,
+                    Err(e) => return refused(e),
+                };
+            println!("purged={}", r.purged);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// `operator:<user>` for audit records written by the command line.
-pub fn operator() -> String {
-    format!(
-        "operator:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    )
+/// The `<operator>` token of this command's requests (`mesh.hub.op.<operator>.…`): the
+/// name in the operator credential (`operator.<name>`), or [`ops::ANONYMOUS`] without a
+/// credential (an insecure mesh). Refuses any other identity's credential.
+pub fn operator(auth: &crate::conn::AuthArgs) -> anyhow::Result<String> {
+    let Some(creds) = &auth.creds else {
+        return Ok(ops::ANONYMOUS.to_string());
+    };
+    let user = auth.client_auth().user_name().ok_or_else(|| {
+        anyhow::anyhow!(
+            "cannot read the user name in the credential {}: is it a .creds file?",
+            creds.display()
+        )
+    })?;
+    match user.strip_prefix("operator.") {
+        Some(name) if !name.is_empty() && !name.contains('.') => Ok(name.to_string()),
+        _ => anyhow::bail!(
+            "the credential {} is {user}'s, not an operator's: this command needs an operator credential (user operator.<name>)",
+            creds.display()
+        ),
+    }
+}
+
+/// Prints a hub's refusal (or why no hub answered) and fails the command.
+pub fn refused(e: ops::OpError) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {e}");
+    Ok(ExitCode::FAILURE)
 }

@@ -1,19 +1,20 @@
-//! `mesh replay`: read a stream range with an ordered consumer (which never changes the
-//! source stream) and print it as JSON lines or republish it; recorded in the audit log.
+//! `mesh replay`: print a stream range as JSON lines, read here with an ordered consumer
+//! (which never changes the source stream), or have a central hub republish it
+//! ([`central_hub::ops`]). Either way a hub records the run in the audit log under the
+//! operator's name: `--to-stdout` by a `replay.record` request after the read.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use central_hub::audit::AuditLog;
+use central_hub::ops;
 use clap::{ArgGroup, Args};
-use schemas::audit::{AuditEvent, ReplayRun};
-use schemas::stream::{Range, RangeReader, Start};
-use schemas::{headers as h, subject, Event};
+use schemas::audit::ReplayRun;
+use schemas::stream::RangeReader;
+use schemas::subject::op;
+use schemas::Event;
 
 use crate::audit_cmd::central_js;
-use crate::dlq_cmd::hv;
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("output").required(true).args(["to_stdout", "republish"])))]
@@ -46,7 +47,8 @@ pub struct ReplayArgs {
     /// One JSON object per message on stdout.
     #[arg(long)]
     to_stdout: bool,
-    /// Publish every message to this subject, keeping its headers, adding its origin.
+    /// Have a central hub publish every message to this subject (outside `mesh.>`),
+    /// keeping its headers, adding its origin.
     #[arg(long)]
     republish: Option<String>,
     /// At most this many messages per second.
@@ -54,33 +56,86 @@ pub struct ReplayArgs {
     rate: Option<f64>,
 }
 
-fn time(flag: &str, v: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    Ok(chrono::DateTime::parse_from_rfc3339(v)
-        .with_context(|| format!("--{flag} {v:?} is not an RFC 3339 time"))?
-        .with_timezone(&chrono::Utc))
+pub async fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let filter = a.subject.clone().unwrap_or_default();
+    // Checks the times before anything is asked of anyone.
+    let range = ops::range(
+        &filter,
+        a.from_seq,
+        a.since.as_deref(),
+        a.until.as_deref(),
+        a.to_seq,
+    )?;
+    let operator = crate::dlq_cmd::operator(&a.auth)?;
+    let (c, js) = central_js(&a.nats, &a.auth).await?;
+    let started = Instant::now();
+    let count = if let Some(target) = a.republish {
+        let req = ops::ReplayRequest {
+            stream: a.stream,
+            subject: filter,
+            from_seq: a.from_seq,
+            since: a.since,
+            until: a.until,
+            to_seq: a.to_seq,
+            rate: a.rate,
+            republish: target,
+        };
+        match ops::request::<_, ops::ReplayReply>(
+            &c,
+            &operator,
+            op::REPLAY_REPUBLISH,
+            &req,
+            ops::TIMEOUT,
+        )
+        .await
+        {
+            Ok(r) => r.count,
+            Err(e) => return crate::dlq_cmd::refused(e),
+        }
+    } else {
+        let count = to_stdout(&js, &a.stream, range, a.rate).await?;
+        let run = ReplayRun {
+            stream: a.stream,
+            subject: filter,
+            from_seq: a.from_seq,
+            since: a.since,
+            until: a.until,
+            to_seq: a.to_seq,
+            republish: None,
+            count,
+        };
+        let recorded = ops::request::<_, ops::RecordReply>(
+            &c,
+            &operator,
+            op::REPLAY_RECORD,
+            &run,
+            ops::TIMEOUT,
+        )
+        .await;
+        if let Err(e) = recorded {
+            eprintln!("replayed={count} but the replay is not in the audit log");
+            return crate::dlq_cmd::refused(e);
+        }
+        count
+    };
+    eprintln!(
+        "replayed={count} elapsed={:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
-pub async fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let since = a.since.as_deref().map(|v| time("since", v)).transpose()?;
-    let until = a.until.as_deref().map(|v| time("until", v)).transpose()?;
-    let (_c, js) = central_js(&a.nats, &a.auth).await?;
-    let filter = a.subject.clone().unwrap_or_default();
-    let range = Range {
-        filter: filter.clone(),
-        start: match (a.from_seq, since) {
-            (Some(s), _) => Start::Seq(s),
-            (None, Some(t)) => Start::Time(t),
-            _ => Start::First,
-        },
-        to_seq: a.to_seq,
-        until,
-    };
-    let mut reader = RangeReader::open(&js, &a.stream, range).await?;
+/// Prints `range` of `stream` as JSON lines; returns how many.
+async fn to_stdout(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    range: schemas::stream::Range,
+    rate: Option<f64>,
+) -> anyhow::Result<u64> {
+    let mut reader = RangeReader::open(js, stream, range).await?;
     let end = reader.end();
-    let started = Instant::now();
     let mut count = 0u64;
-    let gap = a
-        .rate
+    let gap = rate
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
     let mut tick = gap.map(tokio::time::interval);
@@ -99,31 +154,17 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         if let Some(t) = tick.as_mut() {
             t.tick().await;
         }
-        if let Some(target) = &a.republish {
-            let mut hs = m.headers.clone();
-            hs.insert(h::ORIGIN_STREAM, a.stream.as_str());
-            hs.insert(h::ORIGIN_SEQ, seq.to_string().as_str());
-            hs.insert(
-                h::NATS_MSG_ID,
-                format!("replay:{}:{seq}:{}", a.stream, hv(&m.headers, h::ID)).as_str(),
-            );
-            js.publish_with_headers(target.clone(), hs, m.payload.clone())
-                .await?
-                .await
-                .with_context(|| format!("republishing {} seq {seq} to {target}", a.stream))?;
-        } else {
-            let mut obj = match Event::from_message(&m.headers, m.payload.clone()) {
-                Ok(ev) => crate::subscribe::event_json(&ev),
-                Err(_) => serde_json::json!({
-                    "data": String::from_utf8_lossy(&m.payload),
-                }),
-            };
-            obj["stream"] = a.stream.clone().into();
-            obj["seq"] = seq.into();
-            obj["nats_subject"] = m.subject.as_str().into();
-            obj["stored"] = m.stored.to_rfc3339().into();
-            writeln!(out, "{obj}")?;
-        }
+        let mut obj = match Event::from_message(&m.headers, m.payload.clone()) {
+            Ok(ev) => crate::subscribe::event_json(&ev),
+            Err(_) => serde_json::json!({
+                "data": String::from_utf8_lossy(&m.payload),
+            }),
+        };
+        obj["stream"] = stream.into();
+        obj["seq"] = seq.into();
+        obj["nats_subject"] = m.subject.as_str().into();
+        obj["stored"] = m.stored.to_rfc3339().into();
+        writeln!(out, "{obj}")?;
         count += 1;
         if progress && last_progress.elapsed() > Duration::from_millis(250) {
             eprint!("\rreplayed {count} (seq {seq}/{end})");
@@ -134,26 +175,5 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     if progress && count > 0 {
         eprintln!();
     }
-    let log = AuditLog::open(
-        js.clone(),
-        subject::STREAM_AUDIT,
-        &crate::dlq_cmd::operator(),
-    )
-    .await?;
-    log.record(&AuditEvent::ReplayRun(ReplayRun {
-        stream: a.stream,
-        subject: filter,
-        from_seq: a.from_seq,
-        since: a.since,
-        until: a.until,
-        to_seq: a.to_seq,
-        republish: a.republish,
-        count,
-    }))
-    .await?;
-    eprintln!(
-        "replayed={count} elapsed={:.3}s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(count)
 }

@@ -1,6 +1,8 @@
 //! Dead-letter queues: a consumer that always fails an event sends it to `MESH_DLQ` with
 //! every reason header; redrive delivers it again exactly once; `Delivery::reject`
-//! dead-letters at once; purge empties the DLQ. Every step is in the audit log.
+//! dead-letters at once; purge empties the DLQ. Every step is in the audit log, under
+//! the operator credential's name; an operator credential cannot write the mesh's
+//! streams itself, nor ask in another operator's name.
 
 mod support;
 
@@ -8,9 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_nats::auth::Identity;
+use mesh_nats::client::ClientAuth;
 use schemas::audit::{self, kind, AuditRecord};
 use schemas::{headers as h, subject};
-use support::{mesh_cli, wait_for, Mesh, MeshOpts};
+use support::{mesh_cli_as, wait_for, Mesh, MeshOpts};
 
 /// Messages in `MESH_DLQ`; 0 while the central hub has not created it yet.
 async fn dlq_count(js: &async_nats::jetstream::Context) -> u64 {
@@ -101,23 +105,38 @@ async fn failing_consumer_dead_letters_and_redrive_delivers_once() {
     assert_eq!(&m.payload[..], b"poison");
 
     let url = mesh.central().client_url();
-    let (ok, out) = mesh_cli(&["dlq", "list", "--nats", &url, "--filter", "e1.jobs.>"]);
+    let (ok, out) = mesh.operator_cli(&["dlq", "list", "--nats", &url, "--filter", "e1.jobs.>"]);
     assert!(
         ok && out.contains("mesh.dlq.e1.jobs.run") && out.contains("1 dead letters"),
         "{out}"
     );
-    let (ok, out) = mesh_cli(&["dlq", "list", "--nats", &url, "--filter", "e2.>"]);
+    let (ok, out) = mesh.operator_cli(&["dlq", "list", "--nats", &url, "--filter", "e2.>"]);
     assert!(ok && out.contains("0 dead letters"), "{out}");
     let id = info.state.last_sequence.to_string();
-    let (ok, out) = mesh_cli(&["dlq", "show", "--nats", &url, &id]);
+    let (ok, out) = mesh.operator_cli(&["dlq", "show", "--nats", &url, &id]);
     assert!(
         ok && out.contains("mesh-dlq-error: cannot parse poison"),
         "{out}"
     );
 
+    // The edge's leaf link does not carry operator requests: a clear refusal, not a hang.
+    let (ok, out) = mesh.operator_cli(&["dlq", "redrive", "--nats", &mesh.edge().client_url()]);
+    assert!(
+        !ok && out.contains("mesh.hub.op.operator.dlq.redrive"),
+        "{out}"
+    );
+    assert!(
+        out.contains("connect --nats to the centre") || out.contains("no answer"),
+        "{out}"
+    );
+    assert_eq!(dlq_count(&js).await, 1);
+
     fixed.store(true, Ordering::SeqCst);
-    let (ok, out) = mesh_cli(&["dlq", "redrive", "--nats", &mesh.edge().client_url()]);
-    assert!(ok && out.contains("redriven=1"), "{out}");
+    let (ok, out) = mesh.operator_cli(&["dlq", "redrive", "--nats", &url]);
+    assert!(
+        ok && out.contains("redriven 1 -> mesh.evt.e1.jobs.run") && out.contains("redriven=1"),
+        "{out}"
+    );
     wait_for("the redriven event to be processed", || async {
         processed.lock().unwrap().iter().any(|d| d == "poison")
     })
@@ -148,13 +167,14 @@ async fn failing_consumer_dead_letters_and_redrive_delivers_once() {
     assert!(records
         .iter()
         .any(|r| r.kind == kind::DLQ_DEAD_LETTERED && r.fields["error"] == "cannot parse poison"));
-    assert!(records
-        .iter()
-        .any(|r| r.kind == kind::DLQ_REDRIVEN && r.fields["count"] == 1));
+    assert!(records.iter().any(|r| r.kind == kind::DLQ_REDRIVEN
+        && r.fields["count"] == 1
+        && r.actor == "operator:operator"));
     task.abort();
 }
 
-/// `Delivery::reject` dead-letters at once (one delivery); purge removes it, audited.
+/// `Delivery::reject` dead-letters at once (one delivery); purge removes it, audited
+/// under the name in the operator's credential (a second operator, `ann`), never `$USER`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_dead_letters_at_once_and_purge_is_audited() {
     let mesh = Mesh::start(MeshOpts::default()).await;
@@ -179,15 +199,140 @@ async fn reject_dead_letters_at_once_and_purge_is_audited() {
     assert_eq!(hv(h::DLQ_CONSUMER).as_deref(), Some("strict"));
 
     let url = mesh.central().client_url();
-    let (ok, out) = mesh_cli(&["dlq", "purge", "--nats", &url, "--filter", "e1.>"]);
+    let ann = mesh.auth(&Identity::Operator { name: "ann".into() });
+    let args = ["dlq", "purge", "--nats", &url, "--filter", "e1.>"];
+    let (ok, out) = mesh_cli_as(&ann, &args);
     assert!(ok && out.contains("purged=1"), "{out}");
     assert_eq!(dlq_count(&js).await, 0);
     let records = audit_kinds(&js).await;
-    assert!(records
+    let purged: Vec<_> = records
         .iter()
-        .any(|r| r.kind == kind::DLQ_PURGED && r.fields["count"] == 1));
-    let (ok, out) = mesh_cli(&["audit", "verify", "--nats", &url]);
+        .filter(|r| r.kind == kind::DLQ_PURGED)
+        .collect();
+    assert_eq!(purged.len(), 1, "{records:?}");
+    assert_eq!(purged[0].fields["count"], 1);
+    assert_eq!(
+        purged[0].actor, "operator:ann",
+        "the credential's name, not $USER"
+    );
+    let (ok, out) = mesh.operator_cli(&["audit", "verify", "--nats", &url]);
     assert!(ok, "{out}");
+    // An agent's credential is not an operator's: refused before anything is asked.
+    let (ok, out) = mesh.agent_cli("worker", &args);
+    assert!(!ok && out.contains("not an operator's"), "{out}");
+}
+
+/// Connects with `auth`, collecting the server's errors (permissions violations).
+async fn connect_watching(
+    url: &str,
+    auth: &ClientAuth,
+) -> (
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = async_nats::ConnectOptions::new().event_callback(move |ev| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(ev.to_string());
+        }
+    });
+    let opts = auth.apply(opts).await.expect("credential options");
+    (opts.connect(url).await.expect("connect"), rx)
+}
+
+/// Waits for the server to report a permissions violation naming `what`.
+async fn violation(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no permissions violation for {what}"))
+            .unwrap();
+        if ev.to_lowercase().contains("permissions violation") && ev.contains(what) {
+            return;
+        }
+    }
+}
+
+/// Guards the centre's monopoly on writes: with an operator credential, a direct publish
+/// to `MESH_AUDIT`, `MESH_EVENTS` or `MESH_DLQ`, a purge or a delete through the
+/// JetStream API, and a request in another operator's name are all refused by the
+/// nats-server, and the streams are unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_credential_cannot_write_the_streams_or_act_as_another() {
+    let mesh = Mesh::start(MeshOpts::default()).await;
+    let agent = mesh.agent("producer").await;
+    agent.publish("job", "jobs.x", "x").await.unwrap();
+    let worker = mesh.agent("worker").await;
+    let mut sub = worker.subscribe("strict", "jobs.>").await.unwrap();
+    let d = sub.next().await.unwrap().unwrap();
+    d.reject("kept for the test").await.unwrap();
+    let js = mesh.central_js().await;
+    assert_eq!(dlq_count(&js).await, 1);
+
+    let url = mesh.central().client_url();
+    let (c, mut errors) = connect_watching(&url, &mesh.operator()).await;
+    let ojs = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(c.clone());
+    for target in ["mesh.audit.x", "mesh.evt.e1.x", "mesh.dlq.e1.x"] {
+        let acked = match ojs.publish(target, "forged".into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!acked, "{target}: a store ack for an operator's publish");
+        violation(&mut errors, target).await;
+    }
+    for api in [
+        "$JS.API.STREAM.PURGE.MESH_DLQ",
+        "$JS.API.STREAM.DELETE.MESH_AUDIT",
+    ] {
+        let r = c
+            .send_request(
+                api,
+                async_nats::Request::new()
+                    .payload("{}".into())
+                    .timeout(Some(Duration::from_secs(2))),
+            )
+            .await;
+        assert!(r.is_err(), "{api}: answered {r:?}");
+        violation(&mut errors, api).await;
+    }
+    // Another operator's request subject: refused, so no hub acts in ann's name.
+    let as_ann = subject::hub_op("ann", subject::op::DLQ_PURGE);
+    let r = c
+        .send_request(
+            as_ann.clone(),
+            async_nats::Request::new()
+                .payload(r#"{"filter":">"}"#.into())
+                .timeout(Some(Duration::from_secs(2))),
+        )
+        .await;
+    assert!(r.is_err(), "{as_ann}: answered {r:?}");
+    violation(&mut errors, &as_ann).await;
+
+    // Nothing changed.
+    assert_eq!(dlq_count(&js).await, 1, "MESH_DLQ not purged");
+    for (stream, subj) in [
+        (subject::STREAM_AUDIT, "mesh.audit.x"),
+        (subject::STREAM_EVENTS, "mesh.evt.e1.x"),
+        (subject::STREAM_DLQ, "mesh.dlq.e1.x"),
+    ] {
+        let s = js
+            .get_stream(stream)
+            .await
+            .expect("the stream still exists");
+        assert!(
+            s.get_last_raw_message_by_subject(subj).await.is_err(),
+            "{subj} stored in {stream}"
+        );
+    }
+    let records = audit_kinds(&js).await;
+    assert!(
+        !records.iter().any(|r| r.kind == kind::DLQ_PURGED),
+        "{records:?}"
+    );
 }
 
 /// An event the centre refuses for good (here: larger than `MESH_INGRESS` accepts) is

@@ -61,6 +61,8 @@ pub type Condition = Box<dyn Fn(&Registry) -> bool + Send + Sync>;
 
 struct Append {
     kind: String,
+    /// Overrides the handle's actor (a request done on someone's behalf).
+    actor: Option<String>,
     fields: Map<String, Value>,
     condition: Option<Condition>,
     done: oneshot::Sender<Result<Option<AuditRecord>, AuditError>>,
@@ -140,7 +142,19 @@ impl AuditLog {
 
     /// Records `event`; returns the record once JetStream stored it.
     pub async fn record(&self, event: &AuditEvent) -> Result<AuditRecord, AuditError> {
-        self.send(event.kind(), event.to_fields(), None)
+        self.send(event.kind(), event.to_fields(), None, None)
+            .await?
+            .ok_or(AuditError::Stopped)
+    }
+
+    /// Records `event` with `actor` instead of this handle's: what a hub does at an
+    /// authenticated operator's request is recorded under that operator.
+    pub async fn record_as(
+        &self,
+        event: &AuditEvent,
+        actor: &str,
+    ) -> Result<AuditRecord, AuditError> {
+        self.send(event.kind(), event.to_fields(), None, Some(actor.into()))
             .await?
             .ok_or(AuditError::Stopped)
     }
@@ -152,7 +166,7 @@ impl AuditLog {
         event: &AuditEvent,
         condition: Condition,
     ) -> Result<Option<AuditRecord>, AuditError> {
-        self.send(event.kind(), event.to_fields(), Some(condition))
+        self.send(event.kind(), event.to_fields(), Some(condition), None)
             .await
     }
 
@@ -169,7 +183,7 @@ impl AuditLog {
                 m
             }
         };
-        self.send(kind, fields, None)
+        self.send(kind, fields, None, None)
             .await?
             .ok_or(AuditError::Stopped)
     }
@@ -179,11 +193,13 @@ impl AuditLog {
         kind: &str,
         fields: Map<String, Value>,
         condition: Option<Condition>,
+        actor: Option<String>,
     ) -> Result<Option<AuditRecord>, AuditError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Append(Append {
                 kind: kind.into(),
+                actor,
                 fields,
                 condition,
                 done,
@@ -256,7 +272,7 @@ impl Writer {
                 self.head.0 + 1,
                 &self.head.1,
                 &a.kind,
-                &self.actor,
+                a.actor.as_deref().unwrap_or(&self.actor),
                 a.fields.clone(),
             );
             let mut headers = async_nats::HeaderMap::new();

@@ -8,13 +8,16 @@
 //!
 //! Every mesh action is recorded in the hash-chained [`audit`] log; the [`registry`] of
 //! edges and agents is a projection of it, rebuilt on start-up; the [`tracker`] turns
-//! edge heartbeats and the lander's reports into audit records. `/health/ready` follows
+//! edge heartbeats and the lander's reports into audit records. Operators' writes
+//! (redrive, purge, replay) are [`ops`] requests a hub serves, recorded under the
+//! operator's name. `/health/ready` follows
 //! [`health`]: the streams exist and the lander is pulling.
 //!
 //! [`run`] takes its connection, an optional HTTP listener and a shutdown future. Shutdown
 //! is two-phase, within [`SHUTDOWN_DEADLINE`]: first the lander stops pulling and
 //! finishes the bundle in hand; then the tracker, the dead-letter service, the registry
-//! server, the heartbeat and HTTP stop, the tracker after recording what the lander
+//! server, the operator requests (a run stops between two messages), the heartbeat and
+//! HTTP stop, the tracker after recording what the lander
 //! reported last; the audit writer drains its queue and stops last. Every task is on one
 //! `TaskTracker`, the lander and the audit writer included.
 
@@ -25,6 +28,7 @@ pub mod health;
 pub mod http;
 pub mod lander;
 pub mod metrics;
+pub mod ops;
 pub mod registry;
 pub mod streams;
 pub mod tracker;
@@ -123,6 +127,12 @@ pub async fn run(
     tasks.spawn(
         dlq::DeadLetters::new(js.clone(), audit.clone()).run(client.clone(), stop_rest.clone()),
     );
+    tasks.spawn(ops::run(
+        client.clone(),
+        js.clone(),
+        audit.clone(),
+        stop_rest.clone(),
+    ));
     let mut lander_task = tasks.spawn(lander.run(stop_lander.clone()));
     tracing::info!(%hub, "central hub started");
 

@@ -65,7 +65,8 @@ pub enum Identity {
     SysLeaf { edge: String },
     /// A central hub: the only writer of the mesh's streams.
     CentralHub { name: String },
-    /// A human operator (replay, dlq, audit, registry).
+    /// A human operator (replay, dlq, audit, registry): reads the streams, and asks the
+    /// central hubs (on `mesh.hub.op.<name>.>`) for every write.
     Operator { name: String },
 }
 
@@ -235,9 +236,12 @@ pub fn permissions(id: &Identity) -> Permissions {
             subscribe: s(&[">"]),
             publish_deny: vec![],
         },
-        Identity::Operator { .. } => {
+        Identity::Operator { name } => {
             let mut publish = vec![
                 "mesh.hub.registry".to_string(),
+                // Its requests to the central hubs, which do every write (redrive, purge,
+                // replay, audit records) with this `<name>` token as the actor.
+                format!("mesh.hub.op.{name}.>"),
                 "$JS.API.INFO".into(),
                 "$JS.API.STREAM.INFO.*".into(),
                 "$JS.API.STREAM.NAMES".into(),
@@ -763,5 +767,45 @@ mod tests {
             p.subscribe,
             vec!["_INBOX.e1.alice.>", "mesh.live.*.orders.>"]
         );
+    }
+
+    /// Whether NATS subject pattern `pat` (with `*` and `>`) matches subject `s`.
+    fn matches(pat: &str, s: &str) -> bool {
+        let (mut p, mut t) = (pat.split('.'), s.split('.'));
+        loop {
+            match (p.next(), t.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn an_operator_asks_the_hubs_in_its_own_name_and_writes_nothing() {
+        let p = permissions(&Identity::Operator { name: "ann".into() });
+        let may = |s: &str| {
+            p.publish.iter().any(|a| matches(a, s)) && !p.publish_deny.iter().any(|d| matches(d, s))
+        };
+        assert!(may("mesh.hub.op.ann.dlq.redrive"));
+        assert!(may("mesh.hub.registry"));
+        assert!(may("$JS.API.STREAM.INFO.MESH_DLQ"));
+        for s in [
+            "mesh.hub.op.bob.dlq.purge",
+            "mesh.evt.e1.x",
+            "mesh.audit.x",
+            "mesh.dlq.e1.x",
+            "$KV.MESH_LANDER.e1",
+            "$JS.API.STREAM.CREATE.X",
+            "$JS.API.STREAM.UPDATE.MESH_EVENTS",
+            "$JS.API.STREAM.DELETE.MESH_AUDIT",
+            "$JS.API.STREAM.PURGE.MESH_DLQ",
+            "$JS.API.STREAM.MSG.DELETE.MESH_DLQ",
+            "$JS.central.API.STREAM.PURGE.MESH_DLQ",
+        ] {
+            assert!(!may(s), "an operator may publish {s}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! | `mesh.audit.<kind>` | audit records (stream `MESH_AUDIT`) |
 //! | `mesh.dlq.<edge>.<subject…>` | dead letters (stream `MESH_DLQ`) |
 //! | `mesh.hub.>` | heartbeats and control requests |
+//! | `mesh.hub.op.<operator>.<verb…>` | an operator's request to the central hubs (see [`hub_op`]) |
 //! | `$JS.<domain>.API.INFO` | JetStream account info of a domain (the edge's uplink probe) |
 //!
 //! Identities (edge and agent ids) are single tokens of `[A-Za-z0-9_-]`, at most
@@ -129,6 +130,36 @@ pub fn edge_of_hub_edge(subject: &str) -> Option<&str> {
 pub const HUB_DLQ_FAILURE: &str = "mesh.hub.dlq.failure";
 /// Request (JSON [`crate::dlq::DeadLetterRequest`]): dead-letter one message now.
 pub const HUB_DLQ_REJECT: &str = "mesh.hub.dlq.reject";
+
+/// Every operator request: `mesh.hub.op.<operator>.<verb…>` (the central hubs' queue
+/// subscription).
+pub const HUB_OP_ALL: &str = "mesh.hub.op.*.>";
+
+/// The verbs of operator requests, the `<verb…>` of [`hub_op`].
+pub mod op {
+    /// Redrive dead letters (`mesh dlq redrive`).
+    pub const DLQ_REDRIVE: &str = "dlq.redrive";
+    /// Purge dead letters (`mesh dlq purge`).
+    pub const DLQ_PURGE: &str = "dlq.purge";
+    /// Republish a stream range (`mesh replay --republish`).
+    pub const REPLAY_REPUBLISH: &str = "replay.republish";
+    /// Record a replay the operator read itself (`mesh replay --to-stdout`).
+    pub const REPLAY_RECORD: &str = "replay.record";
+}
+
+/// `mesh.hub.op.<operator>.<verb>`: where operator `operator` asks the central hubs to
+/// do `verb` (one of [`op`]). The nats-servers let an operator's credential publish only
+/// under its own `<operator>` token, so a hub takes that token as the actor.
+pub fn hub_op(operator: &str, verb: &str) -> String {
+    format!("mesh.hub.op.{operator}.{verb}")
+}
+
+/// `(operator, verb)` of a [`hub_op`] subject; `None` if it is not one.
+pub fn parse_hub_op(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("mesh.hub.op.")?;
+    let (operator, verb) = rest.split_once('.')?;
+    (!operator.is_empty() && !verb.is_empty()).then_some((operator, verb))
+}
 
 /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.*`: JetStream's advisory when a
 /// message of `stream` reached a consumer's `max_deliver`.
@@ -320,6 +351,16 @@ mod tests {
         assert_eq!(edge_of_up("mesh.up."), None);
         assert_eq!(edge_of_up("mesh.up.a.b"), None);
         assert_eq!(edge_of_up("mesh.evt.e1"), None);
+    }
+
+    #[test]
+    fn hub_op_round_trip() {
+        let s = hub_op("ann", op::DLQ_REDRIVE);
+        assert_eq!(s, "mesh.hub.op.ann.dlq.redrive");
+        assert_eq!(parse_hub_op(&s), Some(("ann", "dlq.redrive")));
+        assert_eq!(parse_hub_op("mesh.hub.op.ann"), None);
+        assert_eq!(parse_hub_op("mesh.hub.op..dlq.purge"), None);
+        assert_eq!(parse_hub_op("mesh.hub.registry"), None);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Operator actions on `MESH_DLQ` (`mesh dlq list|show|redrive|purge`): reading dead
-//! letters, sending them back, and deleting them. Redrive and purge are recorded in the
-//! audit log under the operator's actor.
+//! letters (any reader), sending them back and deleting them (a central hub only, at an
+//! operator's request, see [`crate::ops`]). Redrive and purge are recorded in the audit
+//! log under the requesting operator as actor.
 //!
 //! A redrive publishes each dead letter to its original subject (`mesh-dlq-subject`) or
 //! to `to`, with the headers of [`schemas::dlq::redrive_headers`] (its `ce-id` kept),
 //! waits for the store ack, and only then deletes it from `MESH_DLQ`: a failure leaves
-//! the dead letter in place and stops the run.
+//! the dead letter in place and stops the run; so does the hub's shutdown, between two
+//! letters. Whatever was redriven before a stop is recorded all the same.
 
 use std::time::Duration;
 
@@ -13,12 +15,15 @@ use async_nats::jetstream::{self, message::StreamMessage as RawMessage};
 use schemas::audit::{AuditEvent, Purged, Redriven};
 use schemas::stream::{self, Range, StreamMessage};
 use schemas::{headers as h, subject};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::DlqError;
 use crate::audit::AuditLog;
 
-/// What to redrive, where, how fast.
-#[derive(Debug, Clone, Default)]
+/// What to redrive, where, how fast (also the body of a `dlq.redrive` request).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Redrive {
     /// `<edge>.<subject…>` with wildcards, as for [`letters`].
     pub filter: String,
@@ -31,7 +36,7 @@ pub struct Redrive {
 }
 
 /// One dead letter sent back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sent {
     /// Its sequence in `MESH_DLQ` (now deleted there).
     pub dlq_seq: u64,
@@ -60,14 +65,36 @@ pub async fn letter(js: &jetstream::Context, id: u64) -> Result<RawMessage, DlqE
         })
 }
 
-/// Redrives the dead letters `r` selects, calling `each` after every one, and records
-/// the run as `dlq.redriven` with `actor`. Returns what was sent.
+/// Redrives the dead letters `r` selects and records the run as `dlq.redriven` under
+/// `actor` in `audit`. Returns what was sent; stops early (with
+/// [`DlqError::Interrupted`]) once `stop` is cancelled.
 pub async fn redrive(
     js: &jetstream::Context,
     r: &Redrive,
+    audit: &AuditLog,
     actor: &str,
-    mut each: impl FnMut(&Sent),
+    stop: &CancellationToken,
 ) -> Result<Vec<Sent>, DlqError> {
+    let mut done = Vec::new();
+    let run = redrive_each(js, r, stop, &mut done).await;
+    if run.is_ok() || !done.is_empty() {
+        let event = AuditEvent::Redriven(Redriven {
+            count: done.len() as u64,
+            ids: done.iter().map(|s| s.dlq_seq).collect(),
+            filter: r.filter.clone(),
+            to: r.to.clone(),
+        });
+        audit.record_as(&event, actor).await?;
+    }
+    run.map(|()| done)
+}
+
+async fn redrive_each(
+    js: &jetstream::Context,
+    r: &Redrive,
+    stop: &CancellationToken,
+    done: &mut Vec<Sent>,
+) -> Result<(), DlqError> {
     let stream = dlq_stream(js).await?;
     let mut ls = letters(js, &r.filter).await?;
     if let Some(id) = r.id {
@@ -84,10 +111,18 @@ pub async fn redrive(
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
     let mut tick = gap.map(tokio::time::interval);
-    let mut done = Vec::new();
     for l in &ls {
         if let Some(t) = tick.as_mut() {
-            t.tick().await;
+            tokio::select! {
+                _ = t.tick() => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+        if stop.is_cancelled() {
+            return Err(DlqError::Interrupted {
+                done: done.len() as u64,
+                of: ls.len() as u64,
+            });
         }
         let target = match &r.to {
             Some(t) => t.clone(),
@@ -118,27 +153,23 @@ pub async fn redrive(
                 seq: l.seq,
                 source: e.into(),
             })?;
-        let sent = Sent {
+        tracing::info!(dlq_seq = l.seq, %target, "redriven");
+        done.push(Sent {
             dlq_seq: l.seq,
             target,
-        };
-        each(&sent);
-        done.push(sent);
+        });
     }
-    let log = AuditLog::open(js.clone(), subject::STREAM_AUDIT, actor).await?;
-    log.record(&AuditEvent::Redriven(Redriven {
-        count: done.len() as u64,
-        ids: done.iter().map(|s| s.dlq_seq).collect(),
-        filter: r.filter.clone(),
-        to: r.to.clone(),
-    }))
-    .await?;
-    Ok(done)
+    Ok(())
 }
 
-/// Deletes the dead letters on `mesh.dlq.<filter>` and records it as `dlq.purged` with
-/// `actor`. Returns how many went.
-pub async fn purge(js: &jetstream::Context, filter: &str, actor: &str) -> Result<u64, DlqError> {
+/// Deletes the dead letters on `mesh.dlq.<filter>` and records it as `dlq.purged` under
+/// `actor` in `audit`. Returns how many went.
+pub async fn purge(
+    js: &jetstream::Context,
+    filter: &str,
+    audit: &AuditLog,
+    actor: &str,
+) -> Result<u64, DlqError> {
     let purged = dlq_stream(js)
         .await?
         .purge()
@@ -149,12 +180,15 @@ pub async fn purge(js: &jetstream::Context, filter: &str, actor: &str) -> Result
             source: e.into(),
         })?
         .purged;
-    let log = AuditLog::open(js.clone(), subject::STREAM_AUDIT, actor).await?;
-    log.record(&AuditEvent::Purged(Purged {
-        count: purged,
-        filter: filter.to_string(),
-    }))
-    .await?;
+    audit
+        .record_as(
+            &AuditEvent::Purged(Purged {
+                count: purged,
+                filter: filter.to_string(),
+            }),
+            actor,
+        )
+        .await?;
     Ok(purged)
 }
 

@@ -16,7 +16,9 @@
 //! delivery; every hub keeps the latest per message in a bounded in-memory cache (a
 //! diagnostic, not state: without it the headers say `unknown`).
 //!
-//! Operator actions on the queue are [`letters`], [`letter`], [`redrive`] and [`purge`].
+//! Operator actions on the queue are [`letters`], [`letter`] (reads, run anywhere) and
+//! [`redrive`] and [`purge`] (writes, run by a hub for an operator's request, see
+//! [`crate::ops`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -95,6 +97,9 @@ pub enum DlqError {
         #[source]
         source: async_nats::Error,
     },
+    /// The hub began shutting down during a redrive; the rest stay in `MESH_DLQ`.
+    #[error("the central hub stopped after redriving {done} of {of} dead letters; run the redrive again for the rest")]
+    Interrupted { done: u64, of: u64 },
     /// `MESH_DLQ` could not be purged.
     #[error("purging MESH_DLQ of {filter:?}: {source}")]
     Purge {
