@@ -18,7 +18,9 @@ fn seeds(dir: &Path) -> Vec<String> {
         for e in std::fs::read_dir(dir.join(sub)).unwrap() {
             let p = e.unwrap().path();
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
-            if p.extension().is_some_and(|x| x == "nk" || x == "creds" || x == "json") {
+            if p.extension()
+                .is_some_and(|x| x == "nk" || x == "creds" || x == "json")
+            {
                 assert_eq!(mode, 0o600, "{} has mode {mode:o}", p.display());
             }
             let text = std::fs::read_to_string(&p).unwrap_or_default();
@@ -59,7 +61,9 @@ async fn no_seed_in_logs_configs_metrics_or_audit_records() {
     }
     mesh.drained_events().await;
     // A revocation goes through the system account: its traces must hold no seed either.
-    let victim = Identity::Operator { name: "gone".into() };
+    let victim = Identity::Operator {
+        name: "gone".into(),
+    };
     mesh.auth(&victim);
     mesh.kit()
         .security()
@@ -76,7 +80,14 @@ async fn no_seed_in_logs_configs_metrics_or_audit_records() {
     // What the hubs print with their credentials given.
     let hub_creds = mesh.auth(&Identity::EdgeHub { edge: "e1".into() });
     for args in [
-        vec!["edge", "--id", "e1", "--data-dir", "/nonexistent", "--print-config"],
+        vec![
+            "edge",
+            "--id",
+            "e1",
+            "--data-dir",
+            "/nonexistent",
+            "--print-config",
+        ],
         vec!["central", "--print-config"],
     ] {
         let (ok, out) = mesh_cli_as(&hub_creds, &args);
@@ -86,11 +97,7 @@ async fn no_seed_in_logs_configs_metrics_or_audit_records() {
     // Metrics pages and the audit log.
     for hub in mesh.kit().hubs() {
         let page = mesh_testkit::scrape_blocking(hub.http()).expect("metrics page");
-        let text: String = page
-            .samples()
-            .iter()
-            .map(|s| format!("{s:?}\n"))
-            .collect();
+        let text: String = page.samples().iter().map(|s| format!("{s:?}\n")).collect();
         texts.push((format!("metrics of {}", hub.id()), text));
     }
     let js = mesh.central_js().await;

@@ -17,7 +17,8 @@
 //!   per-edge high-water mark, not by the stream's duplicate window alone (G3).
 //! * A bundle the centre refuses permanently (too large for the server or the stream) is
 //!   sent again one event per bundle; a single event still refused is dead-lettered to
-//!   `mesh.dlq.<edge>.<subject>` (reason `refused-by-centre: …`), and an empty bundle
+//!   `mesh.dlq.<edge>.<subject>` (reason `refused-by-centre: …`) by a central hub, asked on
+//!   `mesh.hub.dlq.refused.<edge>` (edge hubs may not write `MESH_DLQ`), and an empty bundle
 //!   covering its sequence lets the lander pass it — it never blocks the events behind it.
 
 use std::collections::VecDeque;
@@ -296,13 +297,22 @@ async fn refused(
         let mut dead = DeadLetter::refused_by_centre(ev, &why);
         let mut headers = ev.to_headers();
         dead.apply(&mut headers);
-        let subject = schemas::subject::dlq(edge, &ev.subject);
-        let mut sent = publish(js, &subject, headers.clone(), ev.data.clone()).await;
-        if sent.as_ref().is_err_and(permanent) {
+        // A central hub writes it to MESH_DLQ: edge hubs may not write the stream.
+        let client = js.client();
+        let room = (client.server_info().max_payload as usize).saturating_sub(64 * 1024);
+        let mut sent = if ev.data.len() <= room {
+            ask_dead_letter(&client, edge, headers.clone(), ev.data.clone()).await
+        } else {
+            Err(TOO_LARGE.to_string())
+        };
+        if sent
+            .as_ref()
+            .is_err_and(|e| e.contains(TOO_LARGE) || e.contains("maximum"))
+        {
             // Too large for the DLQ as well: keep the attributes, say what was left out.
             dead.error = format!("{why}; data of {} bytes left out", ev.data.len());
             dead.apply(&mut headers);
-            sent = publish(js, &subject, headers, bytes::Bytes::new()).await;
+            sent = ask_dead_letter(&client, edge, headers, bytes::Bytes::new()).await;
         }
         if let Err(e) = sent {
             failed("dead-letter", &e);
@@ -336,6 +346,29 @@ async fn refused(
         return false;
     }
     true
+}
+
+/// What [`refused`] says of data too large to send at all.
+const TOO_LARGE: &str = "larger than the server's max_payload";
+
+/// Asks the central hubs to dead-letter one refused event (`mesh.hub.dlq.refused.<edge>`);
+/// the `MESH_DLQ` sequence, or why not.
+async fn ask_dead_letter(
+    client: &async_nats::Client,
+    edge: &str,
+    headers: async_nats::HeaderMap,
+    data: bytes::Bytes,
+) -> Result<u64, String> {
+    let subject = schemas::subject::hub_dlq_refused(edge);
+    let reply = client
+        .request_with_headers(subject.clone(), headers, data)
+        .await
+        .map_err(|e| format!("{subject}: {e}"))?;
+    match serde_json::from_slice::<schemas::dlq::DeadLetterReply>(&reply.payload) {
+        Ok(schemas::dlq::DeadLetterReply::Ok { dlq_seq }) => Ok(dlq_seq),
+        Ok(schemas::dlq::DeadLetterReply::Err { message }) => Err(message),
+        Err(e) => Err(format!("undecodable answer on {subject}: {e}")),
+    }
 }
 
 async fn publish(

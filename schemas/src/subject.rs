@@ -128,6 +128,23 @@ pub fn edge_of_hub_edge(subject: &str) -> Option<&str> {
 /// Agents report a failed delivery here (JSON [`crate::dlq::FailureNote`]), so the
 /// dead letter can carry the consumer's error text and failure times.
 pub const HUB_DLQ_FAILURE: &str = "mesh.hub.dlq.failure";
+/// Request from edge hub `<edge>`: one event the centre refuses for good, as the event's
+/// headers plus the `mesh-dlq-*` ones and its data (maybe left out); a central hub writes
+/// it to `MESH_DLQ` and answers a [`crate::dlq::DeadLetterReply`].
+pub fn hub_dlq_refused(edge: &str) -> String {
+    format!("mesh.hub.dlq.refused.{edge}")
+}
+
+/// Every edge's refused-event requests (the central hubs' queue subscription).
+pub const HUB_DLQ_REFUSED_ALL: &str = "mesh.hub.dlq.refused.*";
+
+/// The edge of a `mesh.hub.dlq.refused.<edge>` subject.
+pub fn edge_of_hub_dlq_refused(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("mesh.hub.dlq.refused.")
+        .filter(|e| validate_id("edge", e).is_ok())
+}
+
 /// Request (JSON [`crate::dlq::DeadLetterRequest`]): dead-letter one message now.
 pub const HUB_DLQ_REJECT: &str = "mesh.hub.dlq.reject";
 

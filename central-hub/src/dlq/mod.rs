@@ -4,7 +4,12 @@
 //! * JetStream's max-deliveries advisory for a consumer of `MESH_EVENTS`
 //!   (`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MESH_EVENTS.*`), received by one hub of
 //!   a queue group, reason `max-deliveries`;
-//! * a [`DeadLetterRequest`] from an agent (`Delivery::reject`), reason `rejected: …`.
+//! * a [`DeadLetterRequest`] from an agent (`Delivery::reject`), reason `rejected: …`;
+//! * an event the centre refuses for good (too large for `MESH_INGRESS`), sent by its
+//!   edge hub on `mesh.hub.dlq.refused.<edge>` (only that edge's credential may): written
+//!   only if the event is valid, of that edge, and carries a `refused-by-centre` reason.
+//!   Edge hubs never write `MESH_DLQ` themselves; the audit record of such a dead letter
+//!   comes with the edge's empty bundle over its sequence (see the lander).
 //!
 //! A dead letter is published on `mesh.dlq.<edge>.<subject…>` with the event's own
 //! headers (so `ce-id` is kept and any tool reads it as an event) plus the `mesh-dlq-*`
@@ -263,9 +268,12 @@ impl DeadLetters {
                 client
                     .queue_subscribe(subject::HUB_DLQ_REJECT, QUEUE.into())
                     .await?,
+                client
+                    .queue_subscribe(subject::HUB_DLQ_REFUSED_ALL, QUEUE.into())
+                    .await?,
             ))
         };
-        let (mut adv, mut notes, mut rejects) = match subs.await {
+        let (mut adv, mut notes, mut rejects, mut refused) = match subs.await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot subscribe for dead-lettering");
@@ -301,9 +309,63 @@ impl DeadLetters {
                     let body = serde_json::to_vec(&answer).unwrap_or_default();
                     let _ = client.publish(reply, body.into()).await;
                 }
+                Some(m) = refused.next() => {
+                    let Some(reply) = m.reply.clone() else { continue };
+                    let answer = match self.refused_by_centre(&m).await {
+                        Ok(dlq_seq) => DeadLetterReply::Ok { dlq_seq },
+                        Err(message) => {
+                            tracing::warn!(subject = %m.subject, %message, "refused an edge's dead letter");
+                            DeadLetterReply::Err { message }
+                        }
+                    };
+                    let body = serde_json::to_vec(&answer).unwrap_or_default();
+                    let _ = client.publish(reply, body.into()).await;
+                }
                 _ = stop.cancelled() => return,
                 else => return,
             }
         }
+    }
+
+    /// Writes an edge's refused event to `MESH_DLQ` after checking it is one (see the
+    /// module doc); returns its `MESH_DLQ` sequence or the refusal.
+    async fn refused_by_centre(&self, m: &async_nats::Message) -> Result<u64, String> {
+        let edge = subject::edge_of_hub_dlq_refused(&m.subject)
+            .ok_or_else(|| format!("{} is not mesh.hub.dlq.refused.<edge>", m.subject))?;
+        let headers = m
+            .headers
+            .clone()
+            .ok_or("a dead letter without the event's headers")?;
+        let ev = schemas::Event::from_message(&headers, m.payload.clone())
+            .map_err(|e| format!("not an event: {e}"))?;
+        ev.validate().map_err(|e| format!("invalid event: {e}"))?;
+        if ev.edge != edge {
+            return Err(format!(
+                "edge {edge} may not dead-letter an event of edge {}",
+                ev.edge
+            ));
+        }
+        let reason = headers
+            .get(h::DLQ_REASON)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        if !reason.starts_with(why::refused_by_centre("").trim_end_matches(' ')) {
+            return Err(format!(
+                "an edge dead-letters only events the centre refused, not {reason:?}"
+            ));
+        }
+        let mut headers = headers;
+        headers.insert(
+            h::NATS_MSG_ID,
+            format!("dlq:refused:{edge}:{}", ev.seq).as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(subject::dlq(edge, &ev.subject), headers, m.payload.clone())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ack.sequence)
     }
 }
