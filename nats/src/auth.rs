@@ -251,8 +251,6 @@ pub fn permissions(id: &Identity) -> Permissions {
                 "$JS.API.CONSUMER.CREATE.>".into(),
                 "$JS.API.CONSUMER.INFO.>".into(),
                 "$JS.API.CONSUMER.MSG.NEXT.>".into(),
-                "$JS.API.CONSUMER.DELETE.>".into(),
-                "$JS.ACK.>".into(),
             ];
             // The same through the domain prefix, for operators connected at an edge.
             let domain: Vec<String> = publish
@@ -266,14 +264,10 @@ pub fn permissions(id: &Identity) -> Permissions {
                 // Operators read; they never touch the mesh's own consumers.
                 publish_deny: vec![
                     "$JS.API.CONSUMER.CREATE.MESH_INGRESS.>".into(),
-                    "$JS.API.CONSUMER.DELETE.MESH_INGRESS.>".into(),
                     "$JS.API.CONSUMER.CREATE.*.lander.>".into(),
-                    "$JS.API.CONSUMER.DELETE.*.lander".into(),
                     "$JS.API.CONSUMER.CREATE.KV_MESH_LANDER.>".into(),
                     js("CONSUMER.CREATE.MESH_INGRESS.>"),
-                    js("CONSUMER.DELETE.MESH_INGRESS.>"),
                     js("CONSUMER.CREATE.*.lander.>"),
-                    js("CONSUMER.DELETE.*.lander"),
                 ],
             }
         }
