@@ -299,7 +299,7 @@ async fn refused(
         dead.apply(&mut headers);
         // A central hub writes it to MESH_DLQ: edge hubs may not write the stream.
         let client = js.client();
-        let room = (client.server_info().max_payload as usize).saturating_sub(64 * 1024);
+        let room = client.server_info().max_payload.saturating_sub(64 * 1024);
         let mut sent = if ev.data.len() <= room {
             ask_dead_letter(&client, edge, headers.clone(), ev.data.clone()).await
         } else {
