@@ -248,7 +248,9 @@ pub fn permissions(id: &Identity) -> Permissions {
                 "$JS.API.STREAM.LIST".into(),
                 "$JS.API.STREAM.MSG.GET.*".into(),
                 "$JS.API.DIRECT.GET.>".into(),
-                "$JS.API.CONSUMER.CREATE.>".into(),
+                // Unnamed (ephemeral) consumers only: the ordered consumers of the read
+                // commands. A named create would also update an existing consumer.
+                "$JS.API.CONSUMER.CREATE.*".into(),
                 "$JS.API.CONSUMER.INFO.>".into(),
                 "$JS.API.CONSUMER.MSG.NEXT.>".into(),
             ];
@@ -263,9 +265,11 @@ pub fn permissions(id: &Identity) -> Permissions {
                 subscribe: vec![format!("{}.>", id.inbox_prefix())],
                 // Operators read; they never touch the mesh's own consumers.
                 publish_deny: vec![
+                    "$JS.API.CONSUMER.CREATE.MESH_INGRESS".into(),
                     "$JS.API.CONSUMER.CREATE.MESH_INGRESS.>".into(),
                     "$JS.API.CONSUMER.CREATE.*.lander.>".into(),
                     "$JS.API.CONSUMER.CREATE.KV_MESH_LANDER.>".into(),
+                    js("CONSUMER.CREATE.MESH_INGRESS"),
                     js("CONSUMER.CREATE.MESH_INGRESS.>"),
                     js("CONSUMER.CREATE.*.lander.>"),
                 ],
@@ -697,7 +701,12 @@ mod tests {
         let k2 = MeshKeys::open_or_create(&dir).unwrap();
         assert_eq!(k2.account_key(), acc);
         assert_eq!(k2.issued().len(), 1);
-        assert!(!format!("{k2:?} {c:?}").contains("SU"), "no seed in Debug");
+        let shown = format!("{k2:?} {c:?}");
+        let account_seed = fs::read_to_string(dir.join("mesh.nk")).unwrap();
+        assert!(
+            !shown.contains(&c.seed) && !shown.contains(account_seed.trim()),
+            "no seed in Debug"
+        );
     }
 
     #[test]
