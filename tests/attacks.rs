@@ -843,23 +843,12 @@ impl Attacker {
     }
 }
 
-/// Connect, collecting the connection's events (server errors) on a channel.
+/// [`ClientAuth::connect_watched`]: connect, with the connection's events on a channel.
 async fn connect(
     url: &str,
     auth: &ClientAuth,
 ) -> Result<(async_nats::Client, UnboundedReceiver<String>), String> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let opts = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(3))
-        .event_callback(move |ev| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(ev.to_string());
-            }
-        });
-    let opts = auth.apply(opts).await.map_err(|e| e.to_string())?;
-    let c = opts.connect(url).await.map_err(|e| e.to_string())?;
-    Ok((c, rx))
+    auth.connect_watched(url).await
 }
 
 /// `$JS.central.API.<api>`.

@@ -142,25 +142,12 @@ async fn issuing_works_at_an_edge_cut_off_from_the_centre() {
     landed(&mesh, "islander", 1).await;
 }
 
-/// Connects with `auth`, reporting the client's events (disconnects, errors) on a channel.
+/// [`ClientAuth::connect_watched`]: connect, with the connection's events on a channel.
 async fn watched(
     url: &str,
     auth: &ClientAuth,
 ) -> Result<(async_nats::Client, mpsc::UnboundedReceiver<String>), String> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let opts = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(3))
-        .event_callback(move |ev| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(ev.to_string());
-            }
-        });
-    let opts = auth.apply(opts).await.map_err(|e| e.to_string())?;
-    opts.connect(url)
-        .await
-        .map_err(|e| auth.explain(e.to_string()))
-        .map(|c| (c, rx))
+    auth.connect_watched(url).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

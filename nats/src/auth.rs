@@ -640,8 +640,8 @@ fn uuid_like() -> String {
     kp.public_key()[1..27].to_string()
 }
 
-/// The public key in a `.creds` file's JWT (its `sub`), for `mesh creds revoke FILE`.
-pub fn creds_public_key(text: &str) -> Option<String> {
+/// The claims of the user JWT in a `.creds` file.
+fn creds_claims(text: &str) -> Option<Value> {
     let jwt = text
         .lines()
         .skip_while(|l| !l.contains("BEGIN NATS USER JWT"))
@@ -651,23 +651,17 @@ pub fn creds_public_key(text: &str) -> Option<String> {
     let bytes = data_encoding::BASE64URL_NOPAD
         .decode(claims.as_bytes())
         .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    Some(v.get("sub")?.as_str()?.to_string())
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The public key in a `.creds` file's JWT (its `sub`), for `mesh creds revoke FILE`.
+pub fn creds_public_key(text: &str) -> Option<String> {
+    Some(creds_claims(text)?.get("sub")?.as_str()?.to_string())
 }
 
 /// The user name in a `.creds` file's JWT.
 pub fn creds_user_name(text: &str) -> Option<String> {
-    let jwt = text
-        .lines()
-        .skip_while(|l| !l.contains("BEGIN NATS USER JWT"))
-        .nth(1)?
-        .trim();
-    let claims = jwt.split('.').nth(1)?;
-    let bytes = data_encoding::BASE64URL_NOPAD
-        .decode(claims.as_bytes())
-        .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    Some(v.get("name")?.as_str()?.to_string())
+    Some(creds_claims(text)?.get("name")?.as_str()?.to_string())
 }
 
 #[cfg(test)]

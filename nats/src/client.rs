@@ -92,6 +92,36 @@ impl ClientAuth {
             .map_err(|e| self.explain(e.to_string()))
     }
 
+    /// [`ClientAuth::connect`] that also reports the connection's events (server errors
+    /// such as permissions violations, disconnects) as text on a channel: how tests and
+    /// probes see a refusal, which NATS reports asynchronously.
+    pub async fn connect_watched(
+        &self,
+        url: &str,
+    ) -> Result<
+        (
+            async_nats::Client,
+            tokio::sync::mpsc::UnboundedReceiver<String>,
+        ),
+        String,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let opts = async_nats::ConnectOptions::new()
+            .connection_timeout(std::time::Duration::from_secs(3))
+            .event_callback(move |ev| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(ev.to_string());
+                }
+            });
+        let opts = self.apply(opts).await.map_err(|e| e.to_string())?;
+        let client = opts
+            .connect(url)
+            .await
+            .map_err(|e| self.explain(e.to_string()))?;
+        Ok((client, rx))
+    }
+
     /// The user name in the credential (e.g. `agent.e1.alice`), if there is one.
     pub fn user_name(&self) -> Option<String> {
         creds_user_name(&std::fs::read_to_string(self.creds.as_ref()?).ok()?)
