@@ -457,6 +457,27 @@ impl Mesh {
 
 /// A free address on 127.0.0.1 (bound, then released for the child to bind).
 pub fn free_addr() -> Result<SocketAddr, KitError> {
+    // Not from the kernel's ephemeral range (32768-60999 on Linux): the port is free now
+    // but bound later by a child process, and in that window any nats-server started on
+    // port -1, or any outgoing connection, could take an ephemeral-range port (seen: a
+    // central hub's --http "Address already in use"). Below it, only this function picks
+    // ports; a per-process cursor from a pid-derived start keeps tests apart.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().map_err(io_err("finding a free port"));
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(io_err("finding a free port"))
