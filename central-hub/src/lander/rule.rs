@@ -194,22 +194,11 @@ mod tests {
     use super::*;
 
     fn ev(edge: &str, seq: u64) -> schemas::Event {
-        schemas::Event {
-            id: uuid::Uuid::now_v7(),
-            edge: edge.into(),
-            agent: "a1".into(),
-            seq,
-            ty: "t".into(),
-            subject: "jobs.run".into(),
-            time: chrono::Utc::now(),
-            content_type: "text/plain".into(),
-            dataschema: None,
-            correlation_id: None,
-            causation_id: None,
-            traceparent: None,
-            tracestate: None,
-            data: bytes::Bytes::from_static(b"x"),
+        schemas::NewEvent {
+            content_type: Some("text/plain".into()),
+            ..schemas::NewEvent::new("t", "jobs.run", &b"x"[..])
         }
+        .into_event(edge, "a1", seq, chrono::Utc::now())
     }
 
     fn bundle(edge: &str, first: u64, last: u64, seqs: &[u64]) -> Bundle {

@@ -59,22 +59,11 @@ pub async fn ready_status(addr: SocketAddr) -> u16 {
 
 /// An event of `edge` and `agent` with edge sequence `seq`.
 pub fn event_of(edge: &str, agent: &str, seq: u64) -> Event {
-    Event {
-        id: uuid::Uuid::now_v7(),
-        edge: edge.into(),
-        agent: agent.into(),
-        seq,
-        ty: "t".into(),
-        subject: "jobs.run".into(),
-        time: chrono::Utc::now(),
-        content_type: "text/plain".into(),
-        dataschema: None,
-        correlation_id: None,
-        causation_id: None,
-        traceparent: None,
-        tracestate: None,
-        data: format!("{seq}").into(),
+    schemas::NewEvent {
+        content_type: Some("text/plain".into()),
+        ..schemas::NewEvent::new("t", "jobs.run", format!("{seq}"))
     }
+    .into_event(edge, agent, seq, chrono::Utc::now())
 }
 
 /// An event of edge `e1`.
