@@ -167,8 +167,8 @@ pub fn operator(auth: &crate::conn::AuthArgs) -> anyhow::Result<String> {
             creds.display()
         )
     })?;
-    match user.strip_prefix("operator.") {
-        Some(name) if !name.is_empty() && !name.contains('.') => Ok(name.to_string()),
+    match mesh_nats::auth::Identity::from_user_name(&user) {
+        Some(mesh_nats::auth::Identity::Operator { name }) => Ok(name),
         _ => anyhow::bail!(
             "the credential {} is {user}'s, not an operator's: this command needs an operator credential (user operator.<name>)",
             creds.display()

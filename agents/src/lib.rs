@@ -97,8 +97,11 @@ impl Agent {
         subject::validate_id("agent", id)?;
         if let Some(user) = auth.user_name() {
             // The servers refuse a publish as anyone else; say so now, not after a timeout.
-            let own = user.strip_prefix("agent.").and_then(|r| r.rsplit_once('.'));
-            if own.map(|(_, agent)| agent) != Some(id) {
+            let own = match mesh_nats::auth::Identity::from_user_name(&user) {
+                Some(mesh_nats::auth::Identity::Agent { agent, .. }) => Some(agent),
+                _ => None,
+            };
+            if own.as_deref() != Some(id) {
                 return Err(AgentError::Connect {
                     url: url.into(),
                     reason: format!(

@@ -83,6 +83,30 @@ impl Identity {
         }
     }
 
+    /// The identity a user name of [`Identity::user_name`] names, for the kinds whose
+    /// name says all a client needs (agents, without their grants; edge hubs; operators).
+    pub fn from_user_name(name: &str) -> Option<Identity> {
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return None;
+        }
+        Some(match parts.as_slice() {
+            ["agent", edge, agent] => Identity::Agent {
+                edge: edge.to_string(),
+                agent: agent.to_string(),
+                live: vec![],
+                durables: vec![],
+            },
+            ["edge-hub", edge] => Identity::EdgeHub {
+                edge: edge.to_string(),
+            },
+            ["operator", name] => Identity::Operator {
+                name: name.to_string(),
+            },
+            _ => return None,
+        })
+    }
+
     /// The file name `mesh up` and the test kit give its credential.
     pub fn file_name(&self) -> String {
         match self {
@@ -701,6 +725,32 @@ mod tests {
             !shown.contains(&c.seed) && !shown.contains(account_seed.trim()),
             "no seed in Debug"
         );
+    }
+
+    #[test]
+    fn user_names_name_their_identity() {
+        for id in [
+            Identity::Agent {
+                edge: "e1".into(),
+                agent: "alice".into(),
+                live: vec![],
+                durables: vec![],
+            },
+            Identity::EdgeHub { edge: "e1".into() },
+            Identity::Operator { name: "ann".into() },
+        ] {
+            assert_eq!(Identity::from_user_name(&id.user_name()), Some(id));
+        }
+        for bad in [
+            "operator.",
+            "agent.e1",
+            "agent.e.1.a",
+            "leaf.e1",
+            "operator.a.b",
+            "",
+        ] {
+            assert_eq!(Identity::from_user_name(bad), None, "{bad}");
+        }
     }
 
     #[test]

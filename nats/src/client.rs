@@ -57,8 +57,7 @@ impl ClientAuth {
 
     /// The inbox prefix for the identity in the creds, if it has a restricted one.
     pub fn inbox_prefix(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.creds.as_ref()?).ok()?;
-        inbox_prefix_of_user(&creds_user_name(&text)?)
+        Some(Identity::from_user_name(&self.user_name()?)?.inbox_prefix())
     }
 
     /// Apply to connect options: credentials, TLS with the CA, the inbox prefix.
@@ -154,23 +153,6 @@ fn check_readable(p: &Path) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("CA file {}: {e}", p.display())))
 }
 
-/// The inbox prefix of a user name from [`Identity::user_name`].
-fn inbox_prefix_of_user(name: &str) -> Option<String> {
-    let mut parts = name.split('.');
-    let id = match (parts.next()?, parts.next(), parts.next()) {
-        ("agent", Some(edge), Some(agent)) => Identity::Agent {
-            edge: edge.into(),
-            agent: agent.into(),
-            live: vec![],
-            durables: vec![],
-        },
-        ("edge-hub", Some(edge), None) => Identity::EdgeHub { edge: edge.into() },
-        ("operator", Some(name), None) => Identity::Operator { name: name.into() },
-        _ => return None,
-    };
-    Some(id.inbox_prefix())
-}
-
 /// Push the mesh account's current JWT (with its revocations) to the centre at `url`,
 /// which stores it and hands it on to every edge over the system-account leaf links.
 /// Returns the centre's answer.
@@ -202,32 +184,24 @@ impl AccountUpdate {
 
     /// Send it to the centre at `url`.
     pub async fn push(&self, url: &str, tls_ca: Option<&Path>) -> Result<String, String> {
-        push_update(self, url, tls_ca).await
+        let mut opts = async_nats::ConnectOptions::with_credentials(&self.pusher)
+            .map_err(|e| e.to_string())?
+            .connection_timeout(std::time::Duration::from_secs(5));
+        if let Some(ca) = tls_ca {
+            opts = opts
+                .require_tls(true)
+                .add_root_certificates(ca.to_path_buf());
+        }
+        let c = opts.connect(url).await.map_err(|e| e.to_string())?;
+        let subject = crate::auth::account_claims_update(&self.account);
+        let reply = c
+            .request(subject, self.jwt.clone().into())
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&reply.payload).to_string();
+        if text.contains("\"error\"") {
+            return Err(format!("the centre refused the account update: {text}"));
+        }
+        Ok(text)
     }
-}
-
-async fn push_update(
-    u: &AccountUpdate,
-    url: &str,
-    tls_ca: Option<&Path>,
-) -> Result<String, String> {
-    let mut opts = async_nats::ConnectOptions::with_credentials(&u.pusher)
-        .map_err(|e| e.to_string())?
-        .connection_timeout(std::time::Duration::from_secs(5));
-    if let Some(ca) = tls_ca {
-        opts = opts
-            .require_tls(true)
-            .add_root_certificates(ca.to_path_buf());
-    }
-    let c = opts.connect(url).await.map_err(|e| e.to_string())?;
-    let subject = crate::auth::account_claims_update(&u.account);
-    let reply = c
-        .request(subject, u.jwt.clone().into())
-        .await
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&reply.payload).to_string();
-    if text.contains("\"error\"") {
-        return Err(format!("the centre refused the account update: {text}"));
-    }
-    Ok(text)
 }

@@ -1,7 +1,7 @@
 //! A secure central and edge (operator mode, TLS): who gets in, what the servers refuse,
 //! and that a revocation reaches the edge. Real nats-server processes, real clients.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -218,7 +218,9 @@ async fn a_revoked_agent_is_cut_off_within_seconds() {
     let auth = m.creds(&agent("e1", "mallory"));
     let (_c, mut rx) = connect(&tls_url(&m.edge), &auth).await.unwrap();
     assert_eq!(m.keys.revoke("agent.e1.mallory").unwrap(), 1);
-    push_account(&m.keys, &tls_url(&m.central), &m.tls.ca).await;
+    mesh_nats::client::push_account(&m.keys, &tls_url(&m.central), Some(&m.tls.ca))
+        .await
+        .expect("the centre takes the account");
     // The edge's cache resolver gets the update over the system leaf link and closes
     // the revoked user's connection.
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
@@ -242,17 +244,4 @@ async fn a_revoked_agent_is_cut_off_within_seconds() {
     connect(&tls_url(&m.edge), &fresh)
         .await
         .expect("a new credential works");
-}
-
-async fn push_account(keys: &MeshKeys, url: &str, ca: &Path) {
-    let pusher = keys.claims_pusher();
-    let opts = async_nats::ConnectOptions::with_credentials(&pusher.file_text())
-        .unwrap()
-        .require_tls(true)
-        .add_root_certificates(ca.to_path_buf());
-    let c = opts.connect(url).await.unwrap();
-    let subject = mesh_nats::auth::account_claims_update(&keys.account_key());
-    let reply = c.request(subject, keys.account_jwt().into()).await.unwrap();
-    let text = String::from_utf8_lossy(&reply.payload).to_string();
-    assert!(!text.contains("error"), "{text}");
 }
