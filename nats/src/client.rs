@@ -21,6 +21,26 @@ pub const CA_ENV: &str = "NATS_CA";
 /// Environment variable with the server URL (as the nats CLI).
 pub const URL_ENV: &str = "NATS_URL";
 
+/// The servers of a URL list as the nats CLI takes it: `nats://a:4222,nats://b:4222`
+/// (commas, optional spaces). A clustered centre is given as every node's URL; the client
+/// connects to one and moves to another when it fails.
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let list: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(format!("no server URL in {urls:?}"));
+    }
+    list.iter()
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("server URL {u:?}: {e}"))
+        })
+        .collect()
+}
+
 /// Credentials and CA of one client connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientAuth {
@@ -80,13 +100,14 @@ impl ClientAuth {
         Ok(opts)
     }
 
-    /// Connect to `url` with these credentials, named `name`.
+    /// Connect to `url` (one URL, or a comma-separated list: [`server_addrs`]) with these
+    /// credentials, named `name`.
     pub async fn connect(&self, url: &str, name: &str) -> Result<async_nats::Client, String> {
         let opts = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(std::time::Duration::from_secs(5));
         let opts = self.apply(opts).await.map_err(|e| e.to_string())?;
-        opts.connect(url)
+        opts.connect(server_addrs(url)?)
             .await
             .map_err(|e| self.explain(e.to_string()))
     }
@@ -115,7 +136,7 @@ impl ClientAuth {
             });
         let opts = self.apply(opts).await.map_err(|e| e.to_string())?;
         let client = opts
-            .connect(url)
+            .connect(server_addrs(url)?)
             .await
             .map_err(|e| self.explain(e.to_string()))?;
         Ok((client, rx))
@@ -192,7 +213,10 @@ impl AccountUpdate {
                 .require_tls(true)
                 .add_root_certificates(ca.to_path_buf());
         }
-        let c = opts.connect(url).await.map_err(|e| e.to_string())?;
+        let c = opts
+            .connect(server_addrs(url)?)
+            .await
+            .map_err(|e| e.to_string())?;
         let subject = crate::auth::account_claims_update(&self.account);
         let reply = c
             .request(subject, self.jwt.clone().into())
@@ -203,5 +227,21 @@ impl AccountUpdate {
             return Err(format!("the centre refused the account update: {text}"));
         }
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_addrs;
+
+    #[test]
+    fn url_lists_split_on_commas() {
+        let a = server_addrs("nats://127.0.0.1:1, nats://127.0.0.1:2,").unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1].port(), 2);
+        assert!(server_addrs(" , ").unwrap_err().contains("no server URL"));
+        assert!(server_addrs("nats://a:1,nats://b:x")
+            .unwrap_err()
+            .contains("\"nats://b:x\""));
     }
 }

@@ -5,8 +5,10 @@
 //!   ephemeral port") and the real port is learnt from the ports file / `/varz` after start.
 //! - Strings put into the config (server name, paths, URLs) are always double-quoted and escaped,
 //!   so no value can inject config syntax.
-//! - Central: JetStream on, domain `central`, a leafnode listener. Edge: no JetStream, exactly one
-//!   leafnode remote holding all the given URLs.
+//! - Central: JetStream on, domain `central`, a leafnode listener; optionally one node of a
+//!   cluster ([`Cluster`]: a fixed route port, the routes to every other node, mutual TLS on
+//!   the routes when secure). Edge: no JetStream, exactly one leafnode remote holding all the
+//!   given URLs (every node of a clustered centre).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -66,6 +68,32 @@ pub struct ServerConfig {
     pub edge_jetstream_domain: Option<String>,
     /// Operator-mode auth and TLS; `None` = the insecure mode (no auth, no TLS).
     pub security: Option<Security>,
+    /// Central only: this server is one node of a cluster; `None` = a single server.
+    pub cluster: Option<Cluster>,
+}
+
+/// One node's part of a clustered centre: nats-server `cluster {}` (routes) under a
+/// JetStream cluster of the same domain. Every node lists the route URL of every other
+/// node, so the cluster forms whichever node starts first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The cluster's name (`central` in a mesh): the same on every node.
+    pub name: String,
+    /// The route listener's port. Fixed (not 0): the other nodes' routes name it before
+    /// this node starts.
+    pub port: u16,
+    /// `nats-route://host:port` of every other node (or of a proxy in front of it).
+    pub routes: Vec<String>,
+    /// The route address this node tells its peers (`cluster.advertise`), e.g. a proxy's;
+    /// `None` = its own listener.
+    pub advertise: Option<String>,
+}
+
+impl Cluster {
+    /// The route URL of the node listening on route port `port` on 127.0.0.1.
+    pub fn route_url(port: u16) -> String {
+        format!("nats-route://127.0.0.1:{port}")
+    }
 }
 
 /// Auth and TLS of a secure mesh's server.
@@ -96,7 +124,14 @@ impl ServerConfig {
             start_timeout: DEFAULT_START_TIMEOUT,
             edge_jetstream_domain: None,
             security: None,
+            cluster: None,
         }
+    }
+
+    /// Central only: run as one node of `cluster`.
+    pub fn cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// A central server: JetStream enabled, domain `central`, a leafnode listener.
@@ -186,6 +221,35 @@ impl ServerConfig {
         if self.max_payload == 0 {
             return Err(invalid("max_payload is 0".into()));
         }
+        if let Some(c) = &self.cluster {
+            if self.role != Role::Central {
+                return Err(invalid(
+                    "only a central server can be a cluster node".into(),
+                ));
+            }
+            if c.port == 0 {
+                return Err(invalid(
+                    "cluster port is 0; the other nodes' routes need a fixed port".into(),
+                ));
+            }
+            if c.name.is_empty()
+                || c.name
+                    .chars()
+                    .any(|ch| !ch.is_ascii_alphanumeric() && ch != '-' && ch != '_')
+            {
+                return Err(invalid(format!(
+                    "cluster name {:?} must be letters, digits, '-' or '_'",
+                    c.name
+                )));
+            }
+            for url in c.routes.iter().chain(&c.advertise) {
+                if url.is_empty() || url.chars().any(char::is_whitespace) {
+                    return Err(invalid(format!(
+                        "cluster route {url:?} is not host:port or a URL"
+                    )));
+                }
+            }
+        }
         if let Role::Edge { remotes } = &self.role {
             if remotes.is_empty() {
                 return Err(invalid("edge has no leafnode remote URLs".into()));
@@ -224,6 +288,7 @@ impl ServerConfig {
             .replace("{{jetstream}}", &self.edge_jetstream_block(dir))
             .replace("{{security}}", &self.security_block(dir))
             .replace("{{leaf_tls}}", &self.leaf_tls_block())
+            .replace("{{cluster}}", &self.cluster_block())
     }
 }
 
@@ -287,6 +352,40 @@ impl ServerConfig {
             quote(&sec.auth.system_account),
             quote(&sec.tls.cert.to_string_lossy()),
             quote(&sec.tls.key.to_string_lossy()),
+        )
+    }
+
+    /// The `cluster {}` block of a cluster node: listener, name, routes; when secure, mutual
+    /// TLS on the routes (`verify: true`: a node must present a certificate of the mesh CA,
+    /// so nothing but the mesh's own servers can join).
+    fn cluster_block(&self) -> String {
+        let Some(c) = &self.cluster else {
+            return "# a single server: no cluster".to_string();
+        };
+        let routes = c
+            .routes
+            .iter()
+            .map(|r| quote(r))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let advertise = c
+            .advertise
+            .as_ref()
+            .map(|a| format!("\n  advertise: {}", quote(a)))
+            .unwrap_or_default();
+        let tls = match &self.security {
+            Some(sec) => format!(
+                "\n  tls {{ cert_file: {}, key_file: {}, ca_file: {}, verify: true, timeout: 5 }}",
+                quote(&sec.tls.cert.to_string_lossy()),
+                quote(&sec.tls.key.to_string_lossy()),
+                quote(&sec.tls.ca.to_string_lossy())
+            ),
+            None => String::new(),
+        };
+        format!(
+            "cluster {{\n  name: {}\n  listen: 127.0.0.1:{}{advertise}\n  routes: [ {routes} ]{tls}\n}}",
+            quote(&c.name),
+            c.port
         )
     }
 

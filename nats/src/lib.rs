@@ -24,7 +24,7 @@ pub use binary::{
     BINARY_ENV, PINNED_VERSION, PIP_PACKAGE, TOOLS_DIR_ENV,
 };
 pub use config::{
-    store_dir, Ports, Role, Security, ServerConfig, CENTRAL_TEMPLATE, DEFAULT_MAX_PAYLOAD,
+    store_dir, Cluster, Ports, Role, Security, ServerConfig, CENTRAL_TEMPLATE, DEFAULT_MAX_PAYLOAD,
     DEFAULT_START_TIMEOUT, EDGE_TEMPLATE,
 };
 pub use error::Error;

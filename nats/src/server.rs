@@ -284,6 +284,43 @@ impl NatsServer {
         })
     }
 
+    /// The route port of a cluster node.
+    pub fn route_port(&self) -> Option<u16> {
+        self.cfg.cluster.as_ref().map(|c| c.port)
+    }
+
+    /// The server name of the JetStream meta leader as this node sees it (`/jsz`
+    /// `meta_cluster.leader`); `None` while there is none (or this node is not clustered).
+    pub fn meta_leader(&self) -> Result<Option<String>, Error> {
+        let v = self.monitor_json("/jsz")?;
+        Ok(v.pointer("/meta_cluster/leader")
+            .and_then(serde_json::Value::as_str)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string))
+    }
+
+    /// Poll `/jsz` until this node knows a JetStream meta leader, or `timeout` passes;
+    /// returns the leader's server name.
+    pub fn wait_for_meta_leader(&self, timeout: Duration) -> Result<String, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.meta_leader() {
+                Ok(Some(l)) => return Ok(l),
+                Ok(None) => "no meta leader yet".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::WaitTimeout {
+                    server: self.cfg.name.clone(),
+                    what: "a JetStream meta leader".into(),
+                    waited: timeout,
+                    last,
+                });
+            }
+            thread::sleep(POLL.max(Duration::from_millis(50)));
+        }
+    }
+
     /// Number of leafnode connections (`/leafz` `leafnodes`): on central, connected edges; on an
     /// edge, 1 while its link to central is up.
     pub fn leafnode_count(&self) -> Result<u64, Error> {
