@@ -50,6 +50,12 @@ pub enum KitError {
         /// The edge id.
         site: String,
     },
+    /// A route cut was asked for on a centre built without `route_proxies(true)`.
+    #[error("central node {node} has no route proxies (build the mesh with central_nodes(n) and route_proxies(true))")]
+    NoRouteProxies {
+        /// The node, 1-based.
+        node: usize,
+    },
     /// A hub was asked for on a mesh built with `hubs(false)`.
     #[error("{what} does not exist: the mesh was built with hubs(false)")]
     NoHub {

@@ -23,7 +23,7 @@ pub mod wait;
 
 pub use args::{CentralArgs, EdgeArgs, FullPolicy};
 pub use error::{BoxError, KitError};
-pub use mesh::{free_addr, Hub, Mesh, MeshBuilder, Site};
+pub use mesh::{free_addr, Hub, Mesh, MeshBuilder, RouteProxy, Site};
 pub use metrics::{scrape, scrape_blocking, Scrape};
 pub use process::{disk_usage, MeshProcess};
 pub use proxy::{FaultProxy, LinkState};

@@ -134,15 +134,20 @@ pub fn quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> 
 /// `GET /metrics` on `addr`, parsed; `None` when the hub does not answer within 2 s or
 /// answers other than 200.
 pub async fn scrape(addr: SocketAddr) -> Option<Scrape> {
+    http_get(addr, "/metrics").await.map(|b| Scrape::parse(&b))
+}
+
+/// `GET path` on a hub's `addr`: the body of a 200 answer within 2 s, else `None`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(request(addr).as_bytes()).await.ok()?;
+        s.write_all(request_of(addr, path).as_bytes()).await.ok()?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.ok()?;
         Some(out)
     };
     let raw = tokio::time::timeout(FETCH_TIMEOUT, fetch).await.ok()??;
-    body(&raw).map(|b| Scrape::parse(&b))
+    body(&raw)
 }
 
 /// [`scrape`] for callers that cannot `.await` (a plain `fn` in a test): the same request
@@ -157,7 +162,11 @@ pub fn scrape_blocking(addr: SocketAddr) -> Option<Scrape> {
 }
 
 fn request(addr: SocketAddr) -> String {
-    format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+    request_of(addr, "/metrics")
+}
+
+fn request_of(addr: SocketAddr, path: &str) -> String {
+    format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
 }
 
 /// The body of a 200 answer.

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use async_nats::jetstream;
 use mesh_nats::auth::{Identity, MeshKeys};
 use mesh_nats::tls::TlsFiles;
-use mesh_nats::{NatsServer, Security, ServerConfig};
+use mesh_nats::{Cluster, NatsServer, Security, ServerConfig};
 
-use super::{free_addr, Hub, KitSecurity, Mesh, Site};
+use super::{free_addr, Hub, KitSecurity, Mesh, RouteProxy, Site};
 use crate::args::{CentralArgs, EdgeArgs};
 use crate::error::{client_err, io_err};
 use crate::process::MeshProcess;
@@ -33,6 +33,8 @@ pub struct MeshBuilder {
     hub_log: Option<String>,
     secure: bool,
     open_leaf_links: bool,
+    central_nodes: usize,
+    route_proxies: bool,
 }
 
 impl Default for MeshBuilder {
@@ -61,7 +63,28 @@ impl MeshBuilder {
             hub_log: None,
             secure: true,
             open_leaf_links: false,
+            central_nodes: 1,
+            route_proxies: false,
         }
+    }
+
+    /// The centre as a cluster of `n` nats-server nodes (default 1: a single server). With
+    /// more than one, the nodes route to each other (cluster `central`, mutual TLS when
+    /// secure), every hub and the kit connect with every node's URL, every edge's leaf
+    /// remote lists every node's leaf port (not proxied: faults of a clustered centre are
+    /// node kills and route cuts), and unless [`MeshBuilder::central_toml`] is given the
+    /// central hubs run with `events.replicas` and `ingress.replicas` = min(n, 3).
+    pub fn central_nodes(mut self, n: usize) -> Self {
+        self.central_nodes = n.max(1);
+        self
+    }
+
+    /// Clustered centres only: every route runs through a [`FaultProxy`] of its own, one
+    /// per ordered pair of nodes, so [`Mesh::isolate_central_node`] can cut one node off
+    /// from the others while clients and leafs still reach it.
+    pub fn route_proxies(mut self, on: bool) -> Self {
+        self.route_proxies = on;
+        self
     }
 
     /// Secure meshes only: leaf links authenticated and on TLS but with no subject
@@ -228,14 +251,20 @@ impl MeshBuilder {
                 }
             })
         };
-        let central_name = format!("{}-central", self.name);
-        let mut central_cfg = ServerConfig::central(&central_name).dir(dir.join("central-nats"));
-        if let Some(sec) = server_sec(None) {
-            central_cfg = central_cfg.security(sec);
-        }
-        let central = start_nats(self.server(central_cfg)).await?;
+        let (mut nodes, route_proxies) = self.start_centre(&dir, server_sec(None)).await?;
+        let central = nodes.remove(0);
+        let central_peers = nodes;
+        let central_url = std::iter::once(&central)
+            .chain(&central_peers)
+            .map(NatsServer::client_url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let leaf_urls: Vec<String> = std::iter::once(&central)
+            .chain(&central_peers)
+            .filter_map(NatsServer::leaf_url)
+            .collect();
         let leaf = central.leaf_addr().ok_or_else(|| KitError::Client {
-            what: format!("nats-server {central_name}"),
+            what: format!("nats-server {}", central.name()),
             source: "has no leafnode port".into(),
         })?;
         let kit_auth = match &security {
@@ -244,22 +273,27 @@ impl MeshBuilder {
             })?,
             None => Default::default(),
         };
-        let js = jetstream::new(
+        let mut js = jetstream::new(
             kit_auth
-                .connect(&central.client_url(), "testkit")
+                .connect(&central_url, "testkit")
                 .await
-                .map_err(client_err(format!(
-                    "connecting to {}",
-                    central.client_url()
-                )))?,
+                .map_err(client_err(format!("connecting to {central_url}")))?,
         );
+        js.set_timeout(KIT_JS_TIMEOUT);
 
         let mut central_hubs = Vec::new();
         if let Some(exe) = &exe {
-            let cfg = write_config(&dir, "central.toml", &self.central_toml)?;
+            let replicas = self.central_nodes.min(3);
+            let central_toml = match (&self.central_toml, replicas) {
+                (None, r) if r > 1 => Some(format!(
+                    "[events]\nreplicas = {r}\n\n[ingress]\nreplicas = {r}\n"
+                )),
+                (t, _) => t.clone(),
+            };
+            let cfg = write_config(&dir, "central.toml", &central_toml)?;
             for id in &self.central_hub_ids {
                 let http = free_addr()?;
-                let mut args = CentralArgs::new(central.client_url()).hub_id(id).http(http);
+                let mut args = CentralArgs::new(&central_url).hub_id(id).http(http);
                 if let Some(s) = &security {
                     args = args.auth(s.auth(&Identity::CentralHub { name: id.clone() })?);
                 }
@@ -289,7 +323,7 @@ impl MeshBuilder {
         };
         let mut sites = Vec::new();
         for (i, id) in self.edge_ids.iter().enumerate() {
-            let proxy = match self.proxied {
+            let proxy = match self.proxied && central_peers.is_empty() {
                 true => Some(
                     FaultProxy::start(leaf)
                         .await
@@ -298,11 +332,11 @@ impl MeshBuilder {
                 ),
                 false => None,
             };
-            let remote = match &proxy {
-                Some(p) => p.url("nats-leaf"),
-                None => format!("nats-leaf://{leaf}"),
+            let remotes = match &proxy {
+                Some(p) => vec![p.url("nats-leaf")],
+                None => leaf_urls.clone(),
             };
-            let mut cfg = ServerConfig::edge(&format!("{}-{id}", self.name), vec![remote])
+            let mut cfg = ServerConfig::edge(&format!("{}-{id}", self.name), remotes)
                 .dir(dir.join(format!("{id}-nats")));
             if let Some(domain) = &self.edge_jetstream {
                 cfg = cfg.edge_jetstream(domain);
@@ -361,6 +395,8 @@ impl MeshBuilder {
             central_hubs,
             sites,
             central,
+            central_peers,
+            route_proxies,
             js,
             dir,
             temp,
@@ -377,6 +413,107 @@ impl MeshBuilder {
         Ok(mesh)
     }
 }
+
+impl MeshBuilder {
+    /// The central nats-server, or the nodes of a clustered centre (waiting until every
+    /// node knows the JetStream meta leader), and the route proxies if asked for.
+    async fn start_centre(
+        &self,
+        dir: &Path,
+        security: Option<Security>,
+    ) -> Result<(Vec<NatsServer>, Vec<RouteProxy>), KitError> {
+        let n = self.central_nodes;
+        if n == 1 {
+            let mut cfg = ServerConfig::central(&format!("{}-central", self.name))
+                .dir(dir.join("central-nats"));
+            if let Some(sec) = security {
+                cfg = cfg.security(sec);
+            }
+            return Ok((vec![start_nats(self.server(cfg)).await?], Vec::new()));
+        }
+        // Route ports are fixed before any node starts: each names the others'. A kept
+        // directory keeps them (its configs hold them).
+        let mut ports = Vec::with_capacity(n);
+        for i in 0..n {
+            ports.push(match existing_route_port(&dir.join(node_dir(i))) {
+                Some(p) => p,
+                None => free_addr()?.port(),
+            });
+        }
+        let mut proxies = Vec::new();
+        let mut routes: Vec<Vec<String>> = vec![Vec::new(); n];
+        for (from, list) in routes.iter_mut().enumerate() {
+            for (to, port) in ports.iter().enumerate().filter(|(to, _)| *to != from) {
+                if self.route_proxies {
+                    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
+                    let p = FaultProxy::start(upstream)
+                        .await
+                        .map_err(io_err(format!(
+                            "starting the route proxy n{} -> n{}",
+                            from + 1,
+                            to + 1
+                        )))?
+                        .with_seed(self.seed.wrapping_add((100 + from * n + to) as u64));
+                    list.push(p.url("nats-route"));
+                    proxies.push(RouteProxy { from, to, proxy: p });
+                } else {
+                    list.push(Cluster::route_url(*port));
+                }
+            }
+        }
+        let mut nodes = Vec::with_capacity(n);
+        for (i, routes) in routes.into_iter().enumerate() {
+            let mut cfg = ServerConfig::central(&format!("{}-central-{}", self.name, i + 1))
+                .dir(dir.join(node_dir(i)))
+                .cluster(Cluster {
+                    name: "central".into(),
+                    port: ports[i],
+                    routes,
+                    // Behind route proxies a node tells its peers an address where
+                    // nothing listens, so no peer dials it around its proxy (an
+                    // "implicit" route); every pair is configured explicitly anyway.
+                    advertise: self.route_proxies.then(|| "127.0.0.1:1".to_string()),
+                })
+                .start_timeout(std::time::Duration::from_secs(30));
+            if let Some(sec) = &security {
+                cfg = cfg.security(sec.clone());
+            }
+            nodes.push(start_nats(self.server(cfg)).await?);
+        }
+        for node in &nodes {
+            let name = node.name().to_string();
+            tokio::task::block_in_place(|| {
+                node.wait_for_meta_leader(std::time::Duration::from_secs(30))
+            })
+            .map_err(|source| KitError::Nats {
+                name,
+                source: Box::new(source),
+            })?;
+        }
+        Ok((nodes, proxies))
+    }
+}
+
+/// The folder of node `i` (0-based) of a clustered centre.
+fn node_dir(i: usize) -> String {
+    format!("central-nats-{}", i + 1)
+}
+
+/// The route port in the config a node of a kept directory was last started with.
+fn existing_route_port(dir: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(dir.join(mesh_nats::CONFIG_FILE)).ok()?;
+    let cluster = &text[text.find("cluster {")?..];
+    let listen = &cluster[cluster.find("listen: 127.0.0.1:")? + "listen: 127.0.0.1:".len()..];
+    listen
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// How long the kit's JetStream requests wait: a clustered centre answers after an
+/// election, which takes seconds.
+const KIT_JS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl KitSecurity {
     /// The keys, CA and credentials directory of the mesh in `dir` (created on first use,

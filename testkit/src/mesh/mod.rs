@@ -6,8 +6,9 @@
 //!  edge hub e2 ─ edge nats e2 ─ [proxy e2] ─┼─► central nats-server ◄─ central hub c0..cn
 //! ```
 //!
-//! One central nats-server (JetStream, domain `central`), `0..n` central hubs, and edge
-//! sites, each an edge nats-server leaf-linked to the centre (through its own
+//! One central nats-server (JetStream, domain `central`) or a cluster of them
+//! ([`MeshBuilder::central_nodes`], optionally with a [`FaultProxy`] on every route),
+//! `0..n` central hubs, and edge sites, each an edge nats-server leaf-linked to the centre (through its own
 //! [`FaultProxy`] unless `proxied(false)`) with an edge hub on it (unless `hubs(false)`,
 //! which leaves plain nats-servers, as `mesh bench`'s native-NATS comparison needs).
 //!
@@ -18,6 +19,7 @@
 //!
 //! ```text
 //! central-nats/           central nats-server: config, JetStream store, log
+//! central-nats-<i>/       node i (1-based) of a clustered centre, instead
 //! central.toml            --config of every central hub (when given)
 //! central-hub-<id>.log    stdout and stderr of central hub <id>
 //! edge.toml               --config of every edge hub (when given)
@@ -64,6 +66,9 @@ pub use builder::MeshBuilder;
 
 /// How long a mesh without hubs waits for its leaf links.
 const LEAF_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a central hub may take to become ready (R3 streams on a fresh cluster take
+/// seconds each).
+const HUB_READY_DEADLINE: Duration = Duration::from_secs(90);
 
 /// A hub process with its id and `--http` address (metrics, health).
 pub struct Hub {
@@ -162,14 +167,25 @@ impl Site {
     }
 }
 
+/// The proxy on the route from node `from` to node `to` of a clustered centre (0-based).
+pub struct RouteProxy {
+    pub from: usize,
+    pub to: usize,
+    pub proxy: FaultProxy,
+}
+
 /// A running mesh. Fields drop in declaration order: central hubs, sites, the centre.
 pub struct Mesh {
     /// Central hub processes (`mesh central`).
     pub central_hubs: Vec<Hub>,
     /// The edge sites.
     pub sites: Vec<Site>,
-    /// The central nats-server (JetStream, domain `central`).
+    /// The central nats-server (JetStream, domain `central`); node 1 of a clustered centre.
     pub central: NatsServer,
+    /// Nodes 2..n of a clustered centre (empty for a single server).
+    pub central_peers: Vec<NatsServer>,
+    /// The route proxies of a clustered centre built with `route_proxies(true)`.
+    pub route_proxies: Vec<RouteProxy>,
     js: jetstream::Context,
     dir: PathBuf,
     temp: Option<tempfile::TempDir>,
@@ -235,23 +251,205 @@ impl KitSecurity {
 }
 
 impl Mesh {
-    async fn wait_ready(&self) -> Result<(), KitError> {
+    async fn wait_ready(&mut self) -> Result<(), KitError> {
+        self.wait_central_hubs_ready().await?;
         if self.sites.iter().all(|s| s.hub.is_some()) {
             for i in 0..self.sites.len() {
                 self.wait_uplink(i, true).await?;
             }
             return Ok(());
         }
-        let central = &self.central;
         // A secure site has two leaf connections: the mesh account's and the system's.
         let per_site = if self.security.is_some() { 2 } else { 1 };
         let n = per_site * self.sites.len() as u64;
-        tokio::task::block_in_place(|| central.wait_for_leafnodes(n, LEAF_DEADLINE)).map_err(
-            |source| KitError::Nats {
-                name: central.name().into(),
-                source: Box::new(source),
+        if self.central_peers.is_empty() {
+            let central = &self.central;
+            return tokio::task::block_in_place(|| central.wait_for_leafnodes(n, LEAF_DEADLINE))
+                .map_err(|source| KitError::Nats {
+                    name: central.name().into(),
+                    source: Box::new(source),
+                });
+        }
+        wait_until(
+            &format!("{n} leaf connections over the central nodes"),
+            LEAF_DEADLINE,
+            || async {
+                let nodes = self.central_nodes();
+                let count = tokio::task::block_in_place(|| {
+                    nodes
+                        .iter()
+                        .map(|s| s.leafnode_count().unwrap_or(0))
+                        .sum::<u64>()
+                });
+                count == n
             },
         )
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits until every central hub answers `/health/ready` with 200 (its streams exist
+    /// and its lander pulls); fails at once when one exits (e.g. it refused to start).
+    async fn wait_central_hubs_ready(&mut self) -> Result<(), KitError> {
+        let deadline = Instant::now() + HUB_READY_DEADLINE;
+        for hub in &mut self.central_hubs {
+            loop {
+                if crate::metrics::http_get(hub.http, "/health/ready")
+                    .await
+                    .is_some()
+                {
+                    break;
+                }
+                if !hub.is_running() {
+                    return Err(KitError::Client {
+                        what: hub.process.name().to_string(),
+                        source: "exited before it was ready".into(),
+                    });
+                }
+                if Instant::now() > deadline {
+                    return Err(KitError::Timeout {
+                        what: format!("{} to be ready", hub.process.name()),
+                        waited: HUB_READY_DEADLINE,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The central nats-server nodes: node 1 ([`Mesh::central`]), then the peers.
+    pub fn central_nodes(&self) -> Vec<&NatsServer> {
+        std::iter::once(&self.central)
+            .chain(&self.central_peers)
+            .collect()
+    }
+
+    /// Node `i` (0-based) of the centre.
+    pub fn central_node_mut(&mut self, i: usize) -> &mut NatsServer {
+        match i {
+            0 => &mut self.central,
+            i => &mut self.central_peers[i - 1],
+        }
+    }
+
+    /// Every central node's client URL, comma-separated (what the hubs are given).
+    pub fn central_url(&self) -> String {
+        self.central_nodes()
+            .iter()
+            .map(|s| s.client_url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the node named `name`.
+    fn node_index(&self, name: &str) -> Option<usize> {
+        self.central_nodes().iter().position(|s| s.name() == name)
+    }
+
+    /// The node holding the JetStream meta leader, as the first running node that knows
+    /// one says.
+    pub fn meta_leader(&self) -> Option<usize> {
+        let nodes = self.central_nodes();
+        let name = tokio::task::block_in_place(|| {
+            nodes.iter().find_map(|s| s.meta_leader().ok().flatten())
+        })?;
+        self.node_index(&name)
+    }
+
+    /// The node holding the leader of stream `name` (`None` while it has none).
+    pub async fn stream_leader(&self, name: &str) -> Option<usize> {
+        let mut s = self.js.get_stream(name).await.ok()?;
+        let leader = s.info().await.ok()?.cluster.clone()?.leader?;
+        self.node_index(&leader)
+    }
+
+    /// The node holding the leader of consumer `consumer` of stream `stream`.
+    pub async fn consumer_leader(&self, stream: &str, consumer: &str) -> Option<usize> {
+        let s = self.js.get_stream(stream).await.ok()?;
+        let mut c: jetstream::consumer::PullConsumer = s.get_consumer(consumer).await.ok()?;
+        let leader = c.info().await.ok()?.cluster.clone()?.leader?;
+        self.node_index(&leader)
+    }
+
+    /// The node the mesh-account leaf link of edge `site` is on.
+    pub fn leaf_node(&self, site: usize) -> Option<usize> {
+        let edge = self.sites[site].nats.name().to_string();
+        let nodes = self.central_nodes();
+        tokio::task::block_in_place(|| {
+            nodes.iter().position(|s| {
+                s.monitor_json("/leafz").ok().is_some_and(|v| {
+                    v["leafs"].as_array().into_iter().flatten().any(|l| {
+                        l["name"].as_str() == Some(&edge)
+                            && l["account"].as_str() != Some("$SYS")
+                            && !l["account"]
+                                .as_str()
+                                .is_some_and(|a| self.is_system_account(a))
+                    })
+                })
+            })
+        })
+    }
+
+    fn is_system_account(&self, account: &str) -> bool {
+        self.security
+            .as_ref()
+            .is_some_and(|s| s.server_auth().system_account == account)
+    }
+
+    /// The node central hub `hub` (its index) is connected to, from the nodes' `/connz`.
+    pub fn hub_node(&self, hub: usize) -> Option<usize> {
+        let name = format!("central hub {}", self.central_hubs[hub].id);
+        let nodes = self.central_nodes();
+        tokio::task::block_in_place(|| {
+            nodes.iter().position(|s| {
+                s.monitor_json("/connz?limit=1024").ok().is_some_and(|v| {
+                    v["connections"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["name"].as_str() == Some(&name))
+                })
+            })
+        })
+    }
+
+    /// SIGKILLs central node `i`.
+    pub fn kill_central_node(&mut self, i: usize) {
+        self.central_node_mut(i).kill();
+    }
+
+    /// Starts central node `i` again on its ports and store; blocks (in place) until it
+    /// accepts clients.
+    pub fn restart_central_node(&mut self, i: usize) -> Result<(), KitError> {
+        let node = self.central_node_mut(i);
+        tokio::task::block_in_place(|| node.restart()).map_err(|source| KitError::Nats {
+            name: node.name().into(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Cuts node `i` off from every other node (black-holes each route proxy to or from
+    /// it); clients and leaf links still reach it. Needs `route_proxies(true)`.
+    pub fn isolate_central_node(&self, i: usize) -> Result<(), KitError> {
+        self.route_proxies_of(i)?.for_each(|p| p.proxy.cut());
+        Ok(())
+    }
+
+    /// Heals what [`Mesh::isolate_central_node`] cut.
+    pub fn rejoin_central_node(&self, i: usize) -> Result<(), KitError> {
+        self.route_proxies_of(i)?.for_each(|p| p.proxy.heal());
+        Ok(())
+    }
+
+    fn route_proxies_of(&self, i: usize) -> Result<impl Iterator<Item = &RouteProxy>, KitError> {
+        if self.route_proxies.is_empty() {
+            return Err(KitError::NoRouteProxies { node: i + 1 });
+        }
+        Ok(self
+            .route_proxies
+            .iter()
+            .filter(move |p| p.from == i || p.to == i))
     }
 
     /// The directory holding every store and log.
@@ -433,6 +631,9 @@ impl Mesh {
         tokio::task::block_in_place(|| {
             for s in &mut self.sites {
                 s.nats.stop();
+            }
+            for n in &mut self.central_peers {
+                n.stop();
             }
             self.central.stop();
         });
