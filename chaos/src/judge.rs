@@ -99,10 +99,21 @@ impl std::fmt::Display for Verdict {
 /// Every event in `MESH_EVENTS`, in stream order, read with an ordered consumer through
 /// `js` (a context of the central domain). Messages that are not events are an error.
 pub async fn read_stream(js: &jetstream::Context) -> Result<Vec<Event>, async_nats::Error> {
+    Ok(read_stream_timed(js)
+        .await?
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect())
+}
+
+/// [`read_stream`] with the time the stream stored each event.
+pub async fn read_stream_timed(
+    js: &jetstream::Context,
+) -> Result<Vec<(Event, chrono::DateTime<chrono::Utc>)>, async_nats::Error> {
     let mut reader = RangeReader::open(js, schemas::subject::STREAM_EVENTS, Range::all()).await?;
     let mut out = Vec::new();
     while let Some(m) = reader.next().await? {
-        out.push(Event::from_message(&m.headers, m.payload)?);
+        out.push((Event::from_message(&m.headers, m.payload)?, m.stored));
     }
     Ok(out)
 }

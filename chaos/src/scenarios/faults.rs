@@ -76,6 +76,12 @@ impl Faults {
         Ok(())
     }
 
+    /// Logs a fault that is not an [`Action`] (the cluster scenarios' node faults).
+    pub(crate) fn note(&mut self, what: &str) {
+        self.lines
+            .push(format!("+{:.2}s {what}", self.t0.elapsed().as_secs_f64()));
+    }
+
     /// Time since the start of the load.
     pub(crate) fn elapsed(&self) -> Duration {
         self.t0.elapsed()

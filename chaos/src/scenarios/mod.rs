@@ -45,6 +45,7 @@ use serde::Serialize;
 
 use crate::producer::AgentLog;
 
+mod cluster;
 mod faults;
 mod judging;
 mod load;
@@ -123,6 +124,30 @@ pub const SCENARIOS: &[ScenarioInfo] = &[
         name: "two-edges",
         about: "two edges under load, each partitioned at a different, overlapping time",
     },
+    ScenarioInfo {
+        name: "cluster-kill-events-leader",
+        about: "3-node centre: SIGKILL the node holding the MESH_EVENTS leader, restart it 4-7 s later; stall vs a native R3 publisher",
+    },
+    ScenarioInfo {
+        name: "cluster-kill-meta-leader",
+        about: "3-node centre: SIGKILL the JetStream meta leader's node, restart it 4-7 s later",
+    },
+    ScenarioInfo {
+        name: "cluster-kill-leaf-node",
+        about: "3-node centre: move every leader off the node the edge's leaf link is on, SIGKILL it; stall <= 5 s",
+    },
+    ScenarioInfo {
+        name: "cluster-kill-hub-node",
+        about: "3-node centre: move every leader off the node the landing central hub is on, SIGKILL it; stall <= 5 s",
+    },
+    ScenarioInfo {
+        name: "cluster-rolling-restart",
+        about: "3-node centre: restart every node in turn (SIGTERM), each once the one before is healthy",
+    },
+    ScenarioInfo {
+        name: "cluster-isolate-node",
+        about: "3-node centre: cut the MESH_EVENTS leader's node off from the other two (fault proxies on its routes) for 4-7 s",
+    },
 ];
 
 /// How to run scenarios.
@@ -187,6 +212,27 @@ pub struct Report {
     pub kept_dir: Option<String>,
     /// Wall time of the whole scenario, start-up and judging included.
     pub elapsed_s: f64,
+    /// Cluster scenarios: the longest time without a landing after the fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall_s: Option<f64>,
+    /// Cluster scenarios: the native R3 publisher's longest time without an ack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_stall_s: Option<f64>,
+    /// Cluster scenarios: the bound the stall was held to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall_bound_s: Option<f64>,
+    /// Cluster scenarios: whether the fault took a node holding a leader of the mesh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_died: Option<bool>,
+    /// Cluster scenarios: from the end of the stall until the backlog was gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_s: Option<f64>,
+    /// Cluster scenarios: events landed per second while the backlog drained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_rate: Option<f64>,
+    /// Cluster scenarios: the same after both central hubs were away for 2 s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normal_drain_rate: Option<f64>,
 }
 
 impl Report {
@@ -217,6 +263,7 @@ pub async fn run(name: &str, opts: &RunOpts) -> Result<Report, ScenarioError> {
     let result = match info.name {
         "outbox-reject" => outbox::outbox_reject(opts, &t, &mut report).await,
         "outbox-drop-oldest" => outbox::outbox_drop_oldest(opts, &t, &mut report).await,
+        c if cluster::is_cluster(c) => cluster::run_cluster(opts, &t, &mut rng, &mut report).await,
         other => {
             let plan = plan(other, &t, &mut rng);
             run_plan(opts, &t, plan, &mut report).await

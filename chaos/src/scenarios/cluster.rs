@@ -1,0 +1,540 @@
+//! Scenarios on a clustered centre: three central nats-server nodes (R3 streams), two
+//! central hubs, one edge, and faults of the centre's nodes.
+//!
+//! Each run:
+//! 1. starts the mesh and, side by side, a **native anchor**: a plain JetStream publisher
+//!    writing into its own R3 stream `CHAOS_NATIVE` on the same cluster at the same rate,
+//!    retrying each message until it is acked (`Nats-Msg-Id`, so a retry stores nothing
+//!    twice) and recording when each ack came;
+//! 2. measures the **normal drain rate**: both central hubs are stopped for 2 s under load
+//!    and started again, and the backlog that built up is timed as it lands;
+//! 3. plays the scenario's fault (targets found at that moment: the node holding the
+//!    `MESH_EVENTS` leader, the meta leader, the node the edge's leaf link is on, the node
+//!    the landing hub is connected to), keeps the load on, then judges as every scenario
+//!    does (lost, duplicated, reordered, corrupted);
+//! 4. reads the landing times (`MESH_EVENTS`'s own store time of every event) and reports
+//!    the **landing stall** (the longest time without a landing, from the fault on), the
+//!    time until the **backlog is gone** (every event lands within [`LAG_OK`] of its
+//!    `ce-time` again) and the **drain rate** meanwhile, beside the native publisher's
+//!    stall (the longest time between two acks from the fault on).
+//!
+//! The bounds (violations when broken): where a node holding a leader of the mesh's
+//! streams or of the lander's consumer dies or is cut off, the mesh's stall may exceed
+//! the native publisher's by at most [`NATIVE_MARGIN`] (its leader is put on the same
+//! node, so it pays the same election); where none does (the leaves are moved off the
+//! node first), the stall is at most [`STALL_BOUND`]; the drain rate is at least
+//! [`DRAIN_FLOOR`] of the normal one. These are CI's margins; `docs/CHAOS.md` holds the
+//! measured figures.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, stream};
+use chrono::{DateTime, Utc};
+use mesh_testkit::{KitError, Mesh, MeshBuilder};
+use schemas::subject;
+use tokio_util::sync::CancellationToken;
+
+use super::faults::Faults;
+use super::judging::{finish, judge, recovery};
+use super::load::Load;
+use super::monitor::Monitor;
+use super::plan::{Action, Rng, Timeline};
+use super::{start_mesh, Report, RunOpts, ScenarioError};
+use crate::producer::AgentLog;
+
+/// A mesh stall may exceed the native publisher's by this much.
+pub(crate) const NATIVE_MARGIN: Duration = Duration::from_secs(1);
+/// Where no leader dies, the stall is at most this.
+pub(crate) const STALL_BOUND: Duration = Duration::from_secs(5);
+/// The drain after the fault runs at no less than this share of the normal drain rate.
+pub(crate) const DRAIN_FLOOR: f64 = 0.5;
+/// An event that lands within this of its `ce-time` is not part of a backlog.
+pub(crate) const LAG_OK: Duration = Duration::from_millis(500);
+
+const NATIVE_STREAM: &str = "CHAOS_NATIVE";
+const NODES: usize = 3;
+
+/// The mesh's leaders a node may hold: streams, then the lander's consumer.
+const MESH_STREAMS: &[&str] = &[
+    subject::STREAM_INGRESS,
+    subject::STREAM_EVENTS,
+    subject::STREAM_AUDIT,
+    subject::STREAM_DLQ,
+    "KV_MESH_LANDER",
+];
+
+/// The fault of each cluster scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    KillEventsLeader,
+    KillMetaLeader,
+    KillLeafNode,
+    KillHubNode,
+    RollingRestart,
+    IsolateNode,
+}
+
+fn fault_of(name: &str) -> Option<Fault> {
+    Some(match name {
+        "cluster-kill-events-leader" => Fault::KillEventsLeader,
+        "cluster-kill-meta-leader" => Fault::KillMetaLeader,
+        "cluster-kill-leaf-node" => Fault::KillLeafNode,
+        "cluster-kill-hub-node" => Fault::KillHubNode,
+        "cluster-rolling-restart" => Fault::RollingRestart,
+        "cluster-isolate-node" => Fault::IsolateNode,
+        _ => return None,
+    })
+}
+
+/// Whether `name` is a cluster scenario.
+pub(crate) fn is_cluster(name: &str) -> bool {
+    fault_of(name).is_some()
+}
+
+/// Runs cluster scenario `name` (see the module doc).
+pub(crate) async fn run_cluster(
+    opts: &RunOpts,
+    t: &Timeline,
+    rng: &mut Rng,
+    report: &mut Report,
+) -> Result<(), ScenarioError> {
+    let fault = fault_of(&report.scenario).expect("a cluster scenario");
+    let builder = MeshBuilder::new()
+        .seed(rng.next_u64())
+        .central_nodes(NODES)
+        .central_hubs(2)
+        .route_proxies(fault == Fault::IsolateNode);
+    let mut mesh = start_mesh(opts, &report.scenario, builder).await?;
+    let rate = 250.0;
+    let agents: Vec<(usize, String)> = vec![(0, "a1".into()), (0, "a2".into())];
+    let native = Native::start(&mesh, rate * agents.len() as f64).await?;
+    let monitor = Monitor::start(&mesh)?;
+    let load = Load::start(&mesh, &agents, rate, 256, Duration::from_secs(5)).await?;
+    let mut faults = Faults::new();
+
+    // The normal drain: both hubs away for 2 s, then back.
+    faults.sleep_until(t.warm).await;
+    let base_from = SystemTime::now();
+    faults.apply(&mut mesh, Action::TermCentralHub(0))?;
+    faults.apply(&mut mesh, Action::TermCentralHub(1))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    faults.apply(&mut mesh, Action::StartCentralHub(0))?;
+    faults.apply(&mut mesh, Action::StartCentralHub(1))?;
+    let settle = recovery(&mesh, &load.high_water()).await;
+    if settle.is_none() {
+        report
+            .violations
+            .push("the backlog of the normal drain never landed".into());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The fault.
+    let fault_from = SystemTime::now();
+    let native_from = Instant::now();
+    let leader_died = play(&mut mesh, &mut faults, fault, rng, report).await?;
+    let high = load.high_water();
+    let tail_end = faults.elapsed() + Duration::from_secs(3).max(t.d.mul_f64(0.2));
+    let (recovered, ()) = tokio::join!(recovery(&mesh, &high), faults.sleep_until(tail_end));
+    let logs = load.stop().await;
+    let native_stall = native.stop(native_from).await;
+    let failed: usize = logs.iter().map(AgentLog::failures).sum();
+    if failed > 0 {
+        report.violations.push(format!(
+            "G6: {failed} publishes at the edge failed while only the centre was faulty"
+        ));
+    }
+    judge(&mut mesh, logs, recovered, monitor, &faults, report).await?;
+
+    // Landing times.
+    let landed = read_landing(&mesh).await?;
+    let base = drain(&landed, base_from);
+    let after = drain(&landed, fault_from);
+    report.native_stall_s = native_stall.map(|d| d.as_secs_f64());
+    report.stall_s = after.as_ref().map(|d| d.stall.as_secs_f64());
+    report.drain_s = after.as_ref().map(|d| d.drain.as_secs_f64());
+    report.drain_rate = after.as_ref().map(|d| d.rate);
+    report.normal_drain_rate = base.as_ref().map(|d| d.rate);
+    report.leader_died = Some(leader_died);
+    match (&after, native_stall) {
+        (None, _) => report
+            .violations
+            .push("no landing stall or drain could be measured after the fault".into()),
+        (Some(a), Some(n)) if leader_died => {
+            report.stall_bound_s = Some((n + NATIVE_MARGIN).as_secs_f64());
+            if a.stall > n + NATIVE_MARGIN {
+                report.violations.push(format!(
+                    "landing stalled {:.2}s, more than the native publisher's {:.2}s + {:?}",
+                    a.stall.as_secs_f64(),
+                    n.as_secs_f64(),
+                    NATIVE_MARGIN
+                ));
+            }
+        }
+        (Some(_), None) if leader_died => report
+            .violations
+            .push("the native publisher's stall could not be measured".into()),
+        (Some(a), _) => {
+            report.stall_bound_s = Some(STALL_BOUND.as_secs_f64());
+            if a.stall > STALL_BOUND {
+                report.violations.push(format!(
+                    "landing stalled {:.2}s where no leader died (bound {STALL_BOUND:?})",
+                    a.stall.as_secs_f64()
+                ));
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (&after, &base) {
+        // A backlog too small to time says nothing about the rate.
+        if a.events >= 1000 && b.rate > 0.0 && a.rate < DRAIN_FLOOR * b.rate {
+            report.violations.push(format!(
+                "the backlog drained at {:.0} events/s, under {DRAIN_FLOOR} x the normal {:.0}",
+                a.rate, b.rate
+            ));
+        }
+    }
+    finish(&mut mesh, faults, report);
+    Ok(())
+}
+
+/// Plays `fault`; whether a node holding a leader of the mesh died or was cut off.
+async fn play(
+    mesh: &mut Mesh,
+    faults: &mut Faults,
+    fault: Fault,
+    rng: &mut Rng,
+    report: &mut Report,
+) -> Result<bool, ScenarioError> {
+    let down = rng.secs(4.0, 7.0);
+    let target = match fault {
+        Fault::KillEventsLeader | Fault::IsolateNode => {
+            mesh.stream_leader(subject::STREAM_EVENTS).await
+        }
+        Fault::KillMetaLeader => mesh.meta_leader(),
+        Fault::KillLeafNode => mesh.leaf_node(0),
+        Fault::KillHubNode => {
+            let hub = landing_hub(mesh).await.unwrap_or(0);
+            mesh.hub_node(hub)
+        }
+        Fault::RollingRestart => Some(0),
+    };
+    let Some(target) = target else {
+        return Err(ScenarioError::Kit(KitError::Client {
+            what: format!("finding the target node of {fault:?}"),
+            source: "no node answered".into(),
+        }));
+    };
+    report
+        .notes
+        .push(format!("target: central node {}", target + 1));
+    if matches!(fault, Fault::KillLeafNode | Fault::KillHubNode) {
+        // No leader may die here: move them all to another node first.
+        let other = (target + 1) % NODES;
+        move_leaders(mesh, target, other, report).await;
+    } else {
+        place_native_leader(mesh, target).await;
+    }
+    let leader_died = fault == Fault::RollingRestart || holds_a_leader(mesh, target).await;
+    match fault {
+        Fault::IsolateNode => {
+            faults.note(&format!("isolate central node {}", target + 1));
+            mesh.isolate_central_node(target)?;
+            tokio::time::sleep(down).await;
+            faults.note(&format!("rejoin central node {}", target + 1));
+            mesh.rejoin_central_node(target)?;
+        }
+        Fault::RollingRestart => {
+            for i in 0..NODES {
+                faults.note(&format!("restart central node {} (SIGTERM)", i + 1));
+                place_native_leader(mesh, i).await;
+                mesh.central_node_mut(i).stop();
+                mesh.restart_central_node(i)?;
+                wait_current(mesh, i).await;
+            }
+        }
+        _ => {
+            faults.note(&format!("SIGKILL central node {}", target + 1));
+            mesh.kill_central_node(target);
+            tokio::time::sleep(down).await;
+            faults.note(&format!("restart central node {}", target + 1));
+            mesh.restart_central_node(target)?;
+        }
+    }
+    Ok(leader_died)
+}
+
+/// The central hub that is landing (its landed count grows), if one is.
+async fn landing_hub(mesh: &Mesh) -> Option<usize> {
+    let count = |i: usize| async move {
+        mesh.central_hubs[i]
+            .scrape()
+            .await
+            .map_or(0.0, |s| s.sum("mesh_central_landed_events_total"))
+    };
+    let before = [count(0).await, count(1).await];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = [count(0).await, count(1).await];
+    (0..2).find(|&i| after[i] > before[i])
+}
+
+/// Whether node `node` holds the leader of any stream of the mesh or of the lander.
+async fn holds_a_leader(mesh: &Mesh, node: usize) -> bool {
+    for s in MESH_STREAMS {
+        if mesh.stream_leader(s).await == Some(node) {
+            return true;
+        }
+    }
+    mesh.consumer_leader(subject::STREAM_INGRESS, "lander")
+        .await
+        == Some(node)
+}
+
+/// Steps every leader of the mesh off `from`, asking for `to`, until none is on `from`
+/// (or 15 s passed, noted).
+async fn move_leaders(mesh: &Mesh, from: usize, to: usize, report: &mut Report) {
+    let preferred = mesh.central_nodes()[to].name().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut moved = true;
+        for s in MESH_STREAMS.iter().chain(&[NATIVE_STREAM]) {
+            if mesh.stream_leader(s).await == Some(from) {
+                moved = false;
+                stepdown(mesh, &format!("STREAM.LEADER.STEPDOWN.{s}"), &preferred).await;
+            }
+        }
+        if mesh
+            .consumer_leader(subject::STREAM_INGRESS, "lander")
+            .await
+            == Some(from)
+        {
+            moved = false;
+            let api = format!(
+                "CONSUMER.LEADER.STEPDOWN.{}.lander",
+                subject::STREAM_INGRESS
+            );
+            stepdown(mesh, &api, &preferred).await;
+        }
+        if moved {
+            return;
+        }
+        if Instant::now() > deadline {
+            report.notes.push(format!(
+                "could not move every leader off central node {} in 15 s",
+                from + 1
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Puts the native stream's leader on `node` (best effort, up to 10 s), so that the
+/// anchor pays the same election as the mesh when that node fails.
+async fn place_native_leader(mesh: &Mesh, node: usize) {
+    let preferred = mesh.central_nodes()[node].name().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mesh.stream_leader(NATIVE_STREAM).await != Some(node) && Instant::now() < deadline {
+        stepdown(
+            mesh,
+            &format!("STREAM.LEADER.STEPDOWN.{NATIVE_STREAM}"),
+            &preferred,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A leader step-down request (`$JS.API.<api>`) asking for `preferred`.
+async fn stepdown(mesh: &Mesh, api: &str, preferred: &str) {
+    let body = serde_json::json!({ "placement": { "preferred": preferred } });
+    // Best effort: the callers look at where the leader is afterwards.
+    let _: Result<serde_json::Value, _> = mesh.central_js().request(api.to_string(), &body).await;
+}
+
+/// Waits (up to 30 s) until restarted node `i` reports JetStream healthy and current.
+async fn wait_current(mesh: &Mesh, i: usize) {
+    let node = mesh.central_nodes()[i];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let ok = tokio::task::block_in_place(|| node.monitor_get("/healthz").is_ok());
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// When each event landed and its `ce-time`, in stream order.
+async fn read_landing(mesh: &Mesh) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>, ScenarioError> {
+    crate::judge::read_stream_timed(mesh.central_js())
+        .await
+        .map(|v| v.into_iter().map(|(e, stored)| (stored, e.time)).collect())
+        .map_err(ScenarioError::ReadEvents)
+}
+
+/// The landing after `from`: its longest gap, the backlog's drain and its rate.
+struct Drain {
+    stall: Duration,
+    drain: Duration,
+    /// Events landed from the end of the stall until the backlog was gone.
+    events: usize,
+    /// Those events per second.
+    rate: f64,
+}
+
+/// Measures the stall and drain of the landings `(stored, ce-time)` from `from` on: the
+/// longest gap between two landings (counting from the last landing before `from`), then
+/// the time from the end of that gap until the first landing from which on every event
+/// lands within [`LAG_OK`] of its `ce-time`.
+fn drain(landed: &[(DateTime<Utc>, DateTime<Utc>)], from: SystemTime) -> Option<Drain> {
+    let from: DateTime<Utc> = from.into();
+    let start = landed.iter().rposition(|(s, _)| *s <= from).unwrap_or(0);
+    let window = &landed[start..];
+    let (gap_at, stall) = window
+        .windows(2)
+        .enumerate()
+        .map(|(k, w)| (k + 1, (w[1].0 - w[0].0).to_std().unwrap_or_default()))
+        .max_by_key(|(_, d)| *d)?;
+    let after = &window[gap_at..];
+    let lag_ok = chrono::Duration::from_std(LAG_OK).ok()?;
+    // The first index from which every later event lands on time.
+    let mut caught_up = after.len();
+    for k in (0..after.len()).rev() {
+        if after[k].0 - after[k].1 > lag_ok {
+            break;
+        }
+        caught_up = k;
+    }
+    let caught_up = caught_up.min(after.len().saturating_sub(1));
+    let drain = (after[caught_up].0 - after[0].0)
+        .to_std()
+        .unwrap_or_default();
+    let events = caught_up + 1;
+    let rate = events as f64 / drain.as_secs_f64().max(0.001);
+    Some(Drain {
+        stall,
+        drain,
+        events,
+        rate,
+    })
+}
+
+/// The native anchor: one JetStream publisher into an R3 stream of its own.
+struct Native {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    acks: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Native {
+    async fn start(mesh: &Mesh, rate: f64) -> Result<Native, ScenarioError> {
+        let js = mesh.central_js().clone();
+        js.create_stream(stream::Config {
+            name: NATIVE_STREAM.into(),
+            subjects: vec!["chaos.native.>".into()],
+            num_replicas: NODES,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            ScenarioError::Kit(KitError::Client {
+                what: format!("creating the native anchor's stream {NATIVE_STREAM}"),
+                source: e.into(),
+            })
+        })?;
+        let stop = CancellationToken::new();
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(native_loop(js, rate, stop.clone(), acks.clone()));
+        Ok(Native { stop, task, acks })
+    }
+
+    /// Stops it; the longest time between two acks from `from` on (counting from the
+    /// last ack before it).
+    async fn stop(self, from: Instant) -> Option<Duration> {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let acks = self.acks.lock().expect("acks").clone();
+        let start = acks.iter().rposition(|t| *t <= from).unwrap_or(0);
+        acks[start..]
+            .windows(2)
+            .map(|w| w[1].duration_since(w[0]))
+            .max()
+    }
+}
+
+async fn native_loop(
+    js: jetstream::Context,
+    rate: f64,
+    stop: CancellationToken,
+    acks: Arc<Mutex<Vec<Instant>>>,
+) {
+    let every = Duration::from_secs_f64(1.0 / rate);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let payload = bytes::Bytes::from(vec![b'n'; 256]);
+    let mut n: u64 = 0;
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        n += 1;
+        // One message, retried until acked: the same id makes a retry a duplicate.
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", n.to_string().as_str());
+            let sent = tokio::time::timeout(Duration::from_secs(2), async {
+                js.publish_with_headers(format!("chaos.native.{n}"), headers, payload.clone())
+                    .await?
+                    .await
+                    .map_err(async_nats::Error::from)
+            })
+            .await;
+            if let Ok(Ok(_)) = sent {
+                acks.lock().expect("acks").push(Instant::now());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap()
+    }
+
+    #[test]
+    fn the_stall_and_the_drain_are_read_from_the_landing_times() {
+        // Landing every 10 ms with 5 ms lag until 1 s, nothing until 4 s, then the
+        // backlog (ce-times 1.0-4.0 s) lands in 0.3 s, then on time again.
+        let mut l = Vec::new();
+        for k in 0..100 {
+            l.push((at(k * 10 + 5), at(k * 10)));
+        }
+        for k in 0..300 {
+            l.push((at(4000 + k), at(1000 + k * 10)));
+        }
+        for k in 0..100 {
+            l.push((at(4300 + k * 10 + 5), at(4300 + k * 10)));
+        }
+        let from = SystemTime::from(at(995));
+        let d = drain(&l, from).unwrap();
+        assert_eq!(d.stall, Duration::from_millis(3005));
+        // Backlog event k lands at 4.0 s + k ms with ce-time 1.0 s + 10k ms: late (lag
+        // over 0.5 s) up to k = 277, on time from k = 278 (at 4.278 s) on.
+        assert_eq!(d.drain, Duration::from_millis(278));
+        assert_eq!(d.events, 279);
+        assert!((d.rate - 279.0 / 0.278).abs() < 1.0, "{}", d.rate);
+    }
+
+    #[test]
+    fn only_cluster_scenarios_are_cluster_scenarios() {
+        assert!(is_cluster("cluster-kill-meta-leader"));
+        assert!(!is_cluster("partition"));
+    }
+}
