@@ -102,7 +102,7 @@ async fn connect(
         .with_context(|| format!("cannot connect to nats-server {url}"))?
         .retry_on_initial_connect()
         .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(url)
+        .connect(mesh_nats::client::server_addrs(url).map_err(anyhow::Error::msg)?)
         .await
         .with_context(|| format!("cannot connect to nats-server {url}"))
 }

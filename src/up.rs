@@ -37,6 +37,10 @@ pub struct UpArgs {
     /// anything. Only for experiments on a trusted machine.
     #[arg(long)]
     insecure: bool,
+    /// Run the centre as a cluster of this many nats-server nodes (1, 3 or 5), with
+    /// `events.replicas` and `ingress.replicas` 3 and a second central hub on standby.
+    #[arg(long, default_value_t = 1)]
+    central_nodes: usize,
 }
 
 /// The demo agents' identities: what each publishes and may read.
@@ -79,6 +83,11 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         "--edges is {}; use 1 to 16",
         a.edges
     );
+    anyhow::ensure!(
+        [1, 3, 5].contains(&a.central_nodes),
+        "--central-nodes is {}; use 1, or 3 or 5 for a cluster (JetStream needs a majority)",
+        a.central_nodes
+    );
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("cannot create --data-dir {}", a.data_dir.display()))?;
     let data = std::fs::canonicalize(&a.data_dir)?;
@@ -96,7 +105,11 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         .nats_binary(&binary)
         .dir(&data)
         .proxied(false)
-        .central_hub_ids(["central-1"])
+        .central_nodes(a.central_nodes)
+        .central_hub_ids(match a.central_nodes {
+            1 => vec!["central-1"],
+            _ => vec!["central-1", "central-2"],
+        })
         .edge_ids((1..=a.edges).map(|i| format!("edge-{i}")))
         .hub_log(&hub_log_filter())
         .secure(!a.insecure)
@@ -149,7 +162,7 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     let me_flags = flags(creds_flags.as_ref().map(|c| &c.1));
 
     let stop = CancellationToken::new();
-    let central_url = mesh.central.client_url();
+    let central_url = mesh.central_url();
     let edge_urls: Vec<(String, String)> = mesh
         .sites
         .iter()
@@ -253,15 +266,31 @@ const HUB_GRACE: Duration = Duration::from_secs(10);
 /// One line per component: what it is, its URLs, its pid and where its data lives.
 fn print_components(mesh: &Mesh) {
     let pid = |p: Option<u32>| p.map_or_else(|| "-".into(), |p| p.to_string());
-    let c = &mesh.central;
-    println!(
-        "central  nats-server {:<12} nats {}  leaf {}  pid {}  data {}",
-        c.name(),
-        c.client_url(),
-        c.leaf_url().unwrap_or_default(),
-        pid(c.pid()),
-        c.dir().display()
-    );
+    let clustered = mesh.central_nodes().len() > 1;
+    for c in mesh.central_nodes() {
+        let route = match c.route_port() {
+            Some(p) if clustered => format!("  route nats-route://127.0.0.1:{p}"),
+            _ => String::new(),
+        };
+        println!(
+            "central  nats-server {:<12} nats {}  leaf {}{route}  pid {}  data {}",
+            c.name(),
+            c.client_url(),
+            c.leaf_url().unwrap_or_default(),
+            pid(c.pid()),
+            c.dir().display()
+        );
+    }
+    if clustered {
+        println!(
+            "central  cluster \"central\" of {} nodes; JetStream meta leader {}; clients use --nats {}",
+            mesh.central_nodes().len(),
+            mesh.meta_leader()
+                .map(|i| mesh.central_nodes()[i].name().to_string())
+                .unwrap_or_else(|| "not elected yet".into()),
+            mesh.central_url()
+        );
+    }
     for hub in &mesh.central_hubs {
         println!(
             "central  hub {:<20} metrics http://{}/metrics  pid {}  log {}",
