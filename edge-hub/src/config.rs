@@ -85,7 +85,8 @@ pub struct UplinkConfig {
     /// How often the link to the centre is probed.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
-    /// A probe unanswered this long marks the link down.
+    /// A probe unanswered this long fails; the link is down once the probe failed and no
+    /// bundle ack arrived for this long either.
     #[serde(with = "humantime_serde")]
     pub probe_timeout: Duration,
 }

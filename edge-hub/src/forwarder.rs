@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ForwarderConfig;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::{Outbox, ReadCache};
+use crate::uplink::AckWitness;
 
 type AckFuture = Pin<
     Box<
@@ -61,12 +62,15 @@ enum Step {
 }
 
 /// Forwards until `shutdown`; then waits up to `ack_timeout` for the bundles in flight.
+/// Every ack from `MESH_INGRESS` is reported to `acks`: it is evidence for the uplink.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_forwarder(
     js: jetstream::Context,
     outbox: Arc<Outbox>,
     edge: String,
     cfg: ForwarderConfig,
     mut uplink: watch::Receiver<bool>,
+    acks: AckWitness,
     metrics: Arc<EdgeMetrics>,
     shutdown: CancellationToken,
 ) {
@@ -181,7 +185,10 @@ pub async fn run_forwarder(
                 },
             };
             match step {
-                Step::Acked(Ok(_ack)) => {
+                Step::Acked(Ok(ack)) => {
+                    if ack.stream == schemas::subject::STREAM_INGRESS {
+                        acks.acked();
+                    }
                     let done = inflight.pop_front().expect("front exists");
                     if let Err(e) = outbox.ack_through(done.last_seq) {
                         tracing::error!(error = %e, "cannot record an ack in the outbox");

@@ -75,10 +75,13 @@ pub async fn run(
 
     let (uplink_tx, uplink_rx) = watch::channel(false);
     let uplink_rx_status = uplink_rx.clone();
+    // The forwarder's acks from MESH_INGRESS are evidence for the uplink, with the probe.
+    let (ack_witness, acks_rx) = uplink::ack_channel();
     metrics.uplink(false);
     tasks.spawn(uplink::run_uplink(
         client.clone(),
         cfg.uplink.clone(),
+        acks_rx,
         uplink_tx,
         metrics.clone(),
         stop_rest.clone(),
@@ -93,6 +96,7 @@ pub async fn run(
         cfg.id.clone(),
         cfg.forwarder.clone(),
         uplink_rx,
+        ack_witness,
         metrics.clone(),
         stop_rest.clone(),
     ));
