@@ -59,9 +59,20 @@ pub struct LanderConfig {
     pub pin_timeout: Duration,
     /// Bundles fetched per pull.
     pub batch: usize,
-    /// How long a bundle that arrived ahead of a missing one waits before it is tried again.
+    /// How long a bundle that arrived ahead of a missing one waits before it is tried
+    /// again, when it is not kept in hand (the hand is full, or it waited too long).
     #[serde(with = "humantime_serde")]
     pub gap_retry: Duration,
+    /// Most bundles kept in hand ahead of gaps, all edges together; 0 keeps none (every
+    /// bundle ahead of a gap is put back for `gap_retry`). Kept bundles count against the
+    /// consumer's `max_ack_pending`, so at most half of it.
+    pub hand_bundles: usize,
+    /// Most bytes (bundle bodies) kept in hand, all edges together.
+    pub hand_bytes: u64,
+    /// An edge whose mark has not moved for this long gives back every bundle it has in
+    /// hand (put back for `gap_retry`), so a bundle that never comes pins no memory.
+    #[serde(with = "humantime_serde")]
+    pub hand_max_wait: Duration,
 }
 
 impl Default for CentralConfig {
@@ -107,6 +118,12 @@ impl Default for LanderConfig {
             pin_timeout: Duration::from_secs(3),
             batch: 16,
             gap_retry: Duration::from_millis(200),
+            // A failover brings back about 1,000 bundles out of order; half of the
+            // consumer's max_ack_pending keeps most of them in hand and leaves room for
+            // the missing ones.
+            hand_bundles: 512,
+            hand_bytes: 64 << 20,
+            hand_max_wait: Duration::from_secs(30),
         }
     }
 }
@@ -148,6 +165,7 @@ impl CentralConfig {
             ("lander.ack_wait", self.lander.ack_wait),
             ("lander.pin_timeout", self.lander.pin_timeout),
             ("lander.gap_retry", self.lander.gap_retry),
+            ("lander.hand_max_wait", self.lander.hand_max_wait),
             ("heartbeat_interval", self.heartbeat_interval),
         ] {
             if d.is_zero() {
@@ -162,6 +180,14 @@ impl CentralConfig {
         }
         if self.lander.batch == 0 {
             errs.push("lander.batch is 0; it must be at least 1".into());
+        }
+        let most = crate::lander::MAX_ACK_PENDING / 2;
+        if self.lander.hand_bundles > most {
+            errs.push(format!(
+                "lander.hand_bundles is {}; it must be at most {most} (half the lander \
+                 consumer's max_ack_pending, so the missing bundles can still be delivered)",
+                self.lander.hand_bundles
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -199,6 +225,8 @@ mod tests {
         c.events.max_age = Duration::from_secs(1);
         c.events.replicas = 7;
         c.lander.batch = 0;
-        assert_eq!(c.validate().unwrap_err().len(), 3);
+        c.lander.hand_bundles = 513;
+        c.lander.hand_max_wait = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().len(), 5);
     }
 }

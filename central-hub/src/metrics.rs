@@ -27,6 +27,8 @@ pub struct CentralMetrics {
     refused_bundles: Family<Labels, Counter>,
     held_bundles: Family<Labels, Counter>,
     edge_held: Family<Labels, Gauge>,
+    in_hand: Family<Labels, Gauge>,
+    landed_from_hand: Family<Labels, Counter>,
     /// Events landed from all edges since start (for heartbeats).
     pub landed_total: std::sync::atomic::AtomicU64,
 }
@@ -46,6 +48,8 @@ impl CentralMetrics {
             refused_bundles: Family::default(),
             held_bundles: Family::default(),
             edge_held: Family::default(),
+            in_hand: Family::default(),
+            landed_from_hand: Family::default(),
             landed_total: Default::default(),
         };
         {
@@ -106,6 +110,16 @@ impl CentralMetrics {
                 "1 while the lander holds the edge (its high-water mark is unreadable), by edge",
                 m.edge_held.clone(),
             );
+            r.register(
+                "lander_in_hand",
+                "Bundles the lander keeps in hand ahead of a gap until the missing one lands, by edge",
+                m.in_hand.clone(),
+            );
+            r.register(
+                "landed_from_hand_bundles",
+                "Bundles landed (or found already landed) from the hand once the gap before them closed, by edge",
+                m.landed_from_hand.clone(),
+            );
         }
         m
     }
@@ -160,6 +174,16 @@ impl CentralMetrics {
     /// Whether the lander holds edge `e`.
     pub fn edge_held(&self, e: &str, held: bool) {
         self.edge_held.get_or_create(&edge(e)).set(i64::from(held));
+    }
+
+    /// Bundles of edge `e` kept in hand now.
+    pub fn in_hand(&self, e: &str, bundles: usize) {
+        self.in_hand.get_or_create(&edge(e)).set(bundles as i64);
+    }
+
+    /// A bundle of edge `e` taken from the hand and settled (landed or a duplicate).
+    pub fn landed_from_hand(&self, e: &str) {
+        self.landed_from_hand.get_or_create(&edge(e)).inc();
     }
 
     pub fn render(&self) -> String {

@@ -20,16 +20,57 @@
 //! message on `mesh.evt.<edge>.>` (covers a crash between landing and the KV write).
 //! For a bundle covering `first..=last`:
 //! * `last <= mark`: already landed (a resend after a partition, however long): ack.
-//! * `first > mark + 1`: a bundle is missing before it; never land past a gap: nak it
-//!   with a delay so it waits for the missing one (the edge resends from its oldest
-//!   unacknowledged bundle anyway).
+//! * `first > mark + 1`: a bundle is missing before it; never land past a gap: keep it
+//!   **in hand** (below) until the missing one has landed.
 //! * otherwise land the events with `seq > mark`, pipelined, wait for every store ack,
 //!   write the mark (compare-and-set on the KV revision), then ack the bundle (a lost
 //!   ack only brings the bundle back, and the mark skips it).
 //!
 //! The cached mark is re-read from the centre whenever it might be stale: on the first
 //! bundle of an edge, on a redelivered bundle (another lander may have landed part of
-//! it), at a gap, and after any failure.
+//! it), at a gap the edge does not wait at yet, for every edge with bundles in hand at
+//! each tick, and after any failure.
+//!
+//! # Bundles in hand
+//! After a failover the bundles the old connection had in flight come back (after
+//! `ack_wait`) behind the ones delivered fresh meanwhile, so many bundles arrive ahead of
+//! a gap at once. Each is kept in memory, neither acked nor nakked, in a [`hand::Hand`]:
+//! per edge, ordered by range, one per range (a redelivery of a range in hand replaces
+//! the one kept; a different message with the same range, an edge's resend, is acked as
+//! a duplicate). Rules and invariants:
+//! * Nothing lands past a gap, still: a bundle leaves the hand only when the mark has
+//!   reached `first - 1` or beyond, and then goes through [`decide`] against that mark
+//!   like any bundle (at or below it: acked as a duplicate; partly above: only the
+//!   events above it land). Each landing of an edge takes the next ready bundles of
+//!   that edge out of the hand, in order, one after the other, so a chain of bundles
+//!   behind a gap lands at the normal rate once the missing one lands.
+//! * The mark a bundle leaves against is fresh: just written by this lander
+//!   (compare-and-set), or re-read. A bundle ahead of the gap of an edge that already
+//!   waits at it is kept without reading the mark again; instead, every tick
+//!   (`ack_wait / 2`, a timer of the pull loop) re-reads the mark of each edge with
+//!   bundles in hand, so a failover overlap (another lander landed them) releases them as
+//!   duplicates.
+//! * Bundles in hand are not redelivered: every tick (and during a long chain) each gets
+//!   an in-progress ack (`+WPI`), which restarts its `ack_wait`.
+//! * Bounded: at most `lander.hand_bundles` bundles (512, at most half the consumer's
+//!   `max_ack_pending` of [`MAX_ACK_PENDING`], so redeliveries of the missing bundles can
+//!   still come) and `lander.hand_bytes` bytes (64 MiB) in all. A bundle beyond the
+//!   bound is nakked for `lander.gap_retry` as before, and counted in
+//!   `mesh_central_gap_waits_total{edge}`, which counts nothing else: a bundle put back
+//!   because of a gap.
+//! * Nothing is pinned for ever: an edge whose mark has not moved for
+//!   `lander.hand_max_wait` (30 s) gives back all its bundles in hand, nakked for
+//!   `gap_retry` (gap waits). They come back and wait again; the missing bundle, which
+//!   lands whenever it arrives (it is never kept), comes back by redelivery after
+//!   `ack_wait` (redeliveries go before the `max_ack_pending` limit) or by the edge's
+//!   go-back-N resend. There is no loop without a wait in it.
+//! * On shutdown every bundle in hand is nakked without delay, so a standby lander takes
+//!   it at once; if the lander dies instead, they come back after `ack_wait`. When a pull
+//!   fails the hand is kept: the acks go through the client, whichever server it is on.
+//!
+//! `mesh_central_lander_in_hand{edge}` is the number in hand;
+//! `mesh_central_landed_from_hand_bundles_total{edge}` counts those that left it landed
+//! (or found landed).
 //!
 //! # An unreadable mark holds its edge alone
 //! When the mark cannot be read — the last message on `mesh.evt.<edge>.>` has no or an
@@ -60,8 +101,8 @@
 //! getting or re-creating the consumer first; every pull opened and every failure is
 //! reported to [`Health`], which `/health/ready` follows. The lander writes no audit
 //! records: it sends a [`LanderReport`] (agents of landed bundles, dead letters it made
-//! or found, edges held and released) to the tracker, which records them. On shutdown it stops pulling and
-//! finishes the bundle in hand.
+//! or found, edges held and released) to the tracker, which records them. On shutdown it
+//! stops pulling, finishes the bundle it is landing and naks the ones kept in hand.
 
 use std::collections::{HashMap, HashSet};
 use std::future::IntoFuture;
@@ -85,13 +126,18 @@ use crate::config::LanderConfig;
 use crate::health::Health;
 use crate::metrics::CentralMetrics;
 
+pub mod hand;
 mod rule;
 
+use hand::{Hand, Keep};
 pub use rule::{check, decide, Decision, Refusal};
 
 /// Durable consumer name and priority group of the landers.
 pub const CONSUMER: &str = "lander";
 pub const GROUP: &str = "lander";
+/// `max_ack_pending` of the lander consumer: bundles delivered and not acked yet,
+/// those in hand included.
+pub const MAX_ACK_PENDING: usize = 1024;
 /// How long the lander waits after a failed pull before it pulls again.
 const PULL_RETRY: Duration = Duration::from_millis(100);
 /// How long a bundle of a held edge waits before it is tried (and the mark read) again.
@@ -127,6 +173,30 @@ pub struct Lander {
     reports: Option<mpsc::Sender<LanderReport>>,
     /// Whether it is pulling, for `/health/ready`.
     health: Arc<Health>,
+    /// Bundles kept ahead of a gap (see the module doc).
+    hand: Hand<InHand>,
+    /// When the pull loop next re-reads the marks of edges in hand, gives back what
+    /// waited too long and sends in-progress acks.
+    next_tick: tokio::time::Instant,
+    /// When bundles in hand last got an in-progress ack.
+    last_progress: tokio::time::Instant,
+}
+
+/// A bundle in hand: its delivery (to ack or nak) and what it holds.
+struct InHand {
+    msg: Message,
+    bundle: Bundle,
+}
+
+/// What became of a delivered bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Landed, or found already landed, and acked (or refused and terminated).
+    Done,
+    /// Kept in hand.
+    Kept,
+    /// Nakked: it comes back later.
+    PutBack,
 }
 
 /// What the lander saw that belongs in the audit log. The lander does not write audit
@@ -175,7 +245,11 @@ impl Lander {
         metrics: Arc<CentralMetrics>,
     ) -> Result<Lander, async_nats::Error> {
         let events = js.get_stream(subject::STREAM_EVENTS).await?;
+        let now = tokio::time::Instant::now();
         Ok(Lander {
+            hand: Hand::new(cfg.hand_bundles, cfg.hand_bytes),
+            next_tick: now,
+            last_progress: now,
             client,
             js,
             stream_seq: None,
@@ -224,11 +298,17 @@ impl Lander {
     /// start; later, a pull that fails (the consumer deleted, the server gone) is
     /// reported to [`Health`] and tried again, re-creating the consumer if it is gone.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), async_nats::Error> {
+        let r = self.pull_until(&shutdown).await;
+        self.give_back_all().await;
+        r
+    }
+
+    async fn pull_until(&mut self, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
         let ingress = self.js.get_stream(subject::STREAM_INGRESS).await?;
         let mut consumer = Some(self.consumer(&ingress).await?);
         loop {
             if let Some(c) = consumer.take() {
-                self.pull(&c, &shutdown).await;
+                self.pull(&c, shutdown).await;
             }
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -262,7 +342,7 @@ impl Lander {
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: self.cfg.ack_wait,
                     max_deliver: -1,
-                    max_ack_pending: 1024,
+                    max_ack_pending: MAX_ACK_PENDING as i64,
                     priority_policy: PriorityPolicy::PinnedClient,
                     priority_groups: vec![GROUP.into()],
                     priority_timeout: self.cfg.pin_timeout,
@@ -297,6 +377,10 @@ impl Lander {
         loop {
             let next = tokio::select! {
                 m = messages.next() => m,
+                _ = tokio::time::sleep_until(self.next_tick) => {
+                    self.tick().await;
+                    continue;
+                }
                 _ = shutdown.cancelled() => return,
             };
             match next {
@@ -319,9 +403,19 @@ impl Lander {
             }
         };
         let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
+        let edge = bundle.edge.clone();
+        self.settle(msg, bundle, redelivered).await;
+        self.release(&edge).await;
+    }
+
+    /// Lands `bundle` (delivered as `msg`), acks it as a duplicate, keeps it in hand or
+    /// puts it back, as the mark says.
+    async fn settle(&mut self, msg: Message, bundle: Bundle, redelivered: bool) -> Settled {
         match self.land(&bundle, redelivered).await {
             Ok(Outcome::Landed(n)) => {
                 self.known.insert(bundle.edge.clone());
+                self.hand
+                    .progressed(&bundle.edge, std::time::Instant::now());
                 tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, last = bundle.last_seq, landed = n, "bundle landed");
                 self.metrics.landed(&bundle.edge, n, bundle.last_seq);
                 // An empty bundle over an event the edge dead-lettered says so.
@@ -352,6 +446,7 @@ impl Lander {
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(error = %e, edge = %bundle.edge, "cannot ack a landed bundle");
                 }
+                Settled::Done
             }
             Ok(Outcome::Duplicate) => {
                 tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, last = bundle.last_seq, "bundle already landed");
@@ -359,12 +454,9 @@ impl Lander {
                 self.metrics
                     .skipped(&bundle.edge, bundle.events.len() as u64);
                 let _ = msg.ack().await;
+                Settled::Done
             }
-            Ok(Outcome::Gap(mark)) => {
-                self.metrics.gap(&bundle.edge, bundle.last_seq, mark);
-                tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, mark, "bundle ahead of a gap; it waits");
-                let _ = msg.ack_with(AckKind::Nak(Some(self.cfg.gap_retry))).await;
-            }
+            Ok(Outcome::Gap(mark)) => self.keep(msg, bundle, mark).await,
             Err(LandError::Unreadable {
                 edge,
                 reason,
@@ -387,6 +479,7 @@ impl Lander {
                 }
                 self.marks.remove(&edge);
                 let _ = msg.ack_with(AckKind::Nak(Some(HOLD_RETRY))).await;
+                Settled::PutBack
             }
             Err(e) => {
                 tracing::warn!(error = %e, "landing failed; the bundle will be tried again");
@@ -395,7 +488,135 @@ impl Lander {
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
                     .await;
+                Settled::PutBack
             }
+        }
+    }
+
+    /// Keeps a bundle that arrived ahead of a gap (the edge's mark is `mark`) in hand, or
+    /// puts it back for `gap_retry` when the hand is full.
+    async fn keep(&mut self, msg: Message, bundle: Bundle, mark: u64) -> Settled {
+        let edge = bundle.edge.clone();
+        let (first, last) = (bundle.first_seq, bundle.last_seq);
+        let stream_seq = msg.info().map(|i| i.stream_sequence).ok();
+        let bytes = msg.payload.len() as u64;
+        let kept = InHand { msg, bundle };
+        match self
+            .hand
+            .keep(&edge, first, last, bytes, kept, std::time::Instant::now())
+        {
+            Keep::Kept => {
+                tracing::debug!(%edge, first, last, mark, "bundle ahead of a gap; kept in hand");
+                self.metrics.in_hand(&edge, self.hand.len_of(&edge));
+                Settled::Kept
+            }
+            Keep::Replaced(old) => {
+                // The same message delivered again: the new delivery replaces the old
+                // one, whose ack would ack the same message. Another message with the
+                // same range (an edge's resend) is a duplicate of the one kept.
+                if old.msg.info().map(|i| i.stream_sequence).ok() != stream_seq {
+                    self.metrics.duplicate_bundle(&edge);
+                    let _ = old.msg.ack().await;
+                }
+                tracing::debug!(%edge, first, last, "bundle in hand delivered again");
+                Settled::Kept
+            }
+            Keep::Full(it) => {
+                self.gap_wait(&it, mark).await;
+                Settled::PutBack
+            }
+        }
+    }
+
+    /// Puts back a bundle ahead of a gap for `gap_retry` (a gap wait).
+    async fn gap_wait(&self, it: &InHand, mark: u64) {
+        let b = &it.bundle;
+        self.metrics.gap(&b.edge, b.last_seq, mark);
+        tracing::debug!(edge = %b.edge, first = b.first_seq, mark, "bundle ahead of a gap put back; it waits");
+        let _ = it
+            .msg
+            .ack_with(AckKind::Nak(Some(self.cfg.gap_retry)))
+            .await;
+    }
+
+    /// Lands, one after the other, the bundles of `edge` in hand that nothing is missing
+    /// before any more, against the cached mark (fresh: just written or re-read).
+    async fn release(&mut self, edge: &str) {
+        while let Some(mark) = self.marks.get(edge).map(|m| m.seq) {
+            let Some(it) = self.hand.next_ready(edge, mark) else {
+                break;
+            };
+            self.metrics.in_hand(edge, self.hand.len_of(edge));
+            let settled = self.settle(it.msg, it.bundle, false).await;
+            if settled != Settled::Done {
+                break;
+            }
+            self.metrics.landed_from_hand(edge);
+            if self.last_progress.elapsed() >= self.progress_every() {
+                self.progress().await;
+            }
+        }
+    }
+
+    /// How often bundles in hand get an in-progress ack: well within `ack_wait`.
+    fn progress_every(&self) -> Duration {
+        (self.cfg.ack_wait / 2).max(Duration::from_millis(10))
+    }
+
+    /// The pull loop's timer: re-reads the marks of the edges in hand (another lander may
+    /// have landed them) and lands what is ready, gives back the bundles of edges that
+    /// waited longer than `hand_max_wait`, and keeps the rest from being redelivered.
+    async fn tick(&mut self) {
+        self.next_tick = tokio::time::Instant::now() + self.progress_every();
+        if self.hand.is_empty() {
+            return;
+        }
+        for edge in self.hand.edges() {
+            match self.read_mark(&edge).await {
+                Ok(m) => {
+                    self.marks.insert(edge.clone(), m);
+                    self.release(&edge).await;
+                }
+                Err(e) => {
+                    tracing::debug!(%edge, error = %e, "cannot re-read the mark of an edge in hand")
+                }
+            }
+        }
+        let expired = self
+            .hand
+            .expired(std::time::Instant::now(), self.cfg.hand_max_wait);
+        for (edge, items) in expired {
+            let mark = self.marks.get(&edge).map_or(0, |m| m.seq);
+            tracing::warn!(%edge, mark, bundles = items.len(), waited = ?self.cfg.hand_max_wait,
+                "the missing bundle has not come; putting back the bundles in hand");
+            for it in &items {
+                self.gap_wait(it, mark).await;
+            }
+            self.metrics.in_hand(&edge, 0);
+        }
+        self.progress().await;
+    }
+
+    /// An in-progress ack for every bundle in hand: restarts its `ack_wait`.
+    async fn progress(&mut self) {
+        self.last_progress = tokio::time::Instant::now();
+        for it in self.hand.items() {
+            let _ = it.msg.ack_with(AckKind::Progress).await;
+        }
+    }
+
+    /// Naks every bundle in hand without delay (shutdown): a standby lander takes them.
+    async fn give_back_all(&mut self) {
+        let edges = self.hand.edges();
+        let items = self.hand.take_all();
+        if !items.is_empty() {
+            tracing::info!(bundles = items.len(), "giving back the bundles in hand");
+        }
+        for it in &items {
+            let _ = it.msg.ack_with(AckKind::Nak(None)).await;
+        }
+        for edge in edges {
+            self.metrics.in_hand(&edge, 0);
         }
     }
 
@@ -453,6 +674,14 @@ impl Lander {
     }
 
     async fn land(&mut self, b: &Bundle, redelivered: bool) -> Result<Outcome, LandError> {
+        if let Some(m) = self.marks.get(&b.edge) {
+            if self.hand.len_of(&b.edge) > 0
+                && decide(m.seq, b.first_seq, b.last_seq) == Decision::Wait
+            {
+                // The edge already waits at this gap; the tick re-reads its mark.
+                return Ok(Outcome::Gap(m.seq));
+            }
+        }
         let cached = self.marks.get(&b.edge).copied().filter(|_| !redelivered);
         let mut mark = match cached {
             Some(m) => m,

@@ -118,7 +118,10 @@ pub struct Hub {
     pub http: SocketAddr,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), central_hub::CentralError>>,
-    pub server: NatsServer,
+    /// The nats-server, when this hub started it (`None` for a second hub on it).
+    pub server: Option<NatsServer>,
+    /// The nats-server's client URL.
+    pub url: String,
 }
 
 impl Hub {
@@ -153,21 +156,38 @@ impl Hub {
     }
 }
 
+/// The configuration of a test hub: the defaults, hub id `t0`.
+pub fn hub_config() -> CentralConfig {
+    CentralConfig {
+        hub_id: "t0".into(),
+        ..CentralConfig::default()
+    }
+}
+
 /// A nats-server and a central hub in-process on it, once ready.
 pub async fn start_hub(name: &str) -> Hub {
-    let cfg = ServerConfig::central(name);
-    let server = tokio::task::spawn_blocking(move || NatsServer::start(cfg))
+    start_hub_with(name, hub_config()).await
+}
+
+/// A nats-server and a central hub configured as `cfg` in-process on it, once ready.
+pub async fn start_hub_with(name: &str, cfg: CentralConfig) -> Hub {
+    let server_cfg = ServerConfig::central(name);
+    let server = tokio::task::spawn_blocking(move || NatsServer::start(server_cfg))
         .await
         .unwrap()
         .expect("central nats-server");
-    let client = async_nats::connect(server.client_url()).await.unwrap();
+    let mut hub = hub_on(&server.client_url(), cfg).await;
+    hub.server = Some(server);
+    hub
+}
+
+/// A central hub configured as `cfg` in-process on the nats-server at `url` (which
+/// another hub may use too), on its own connection, once ready.
+pub async fn hub_on(url: &str, cfg: CentralConfig) -> Hub {
+    let client = async_nats::connect(url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let cfg = CentralConfig {
-        hub_id: "t0".into(),
-        ..CentralConfig::default()
-    };
     let task = tokio::spawn(central_hub::run(
         cfg,
         client.clone(),
@@ -180,6 +200,35 @@ pub async fn start_hub(name: &str) -> Hub {
         http,
         stop,
         task,
-        server,
+        server: None,
+        url: url.to_string(),
     }
+}
+
+/// Edge and edge sequence (`ce-meshseq`) of every message in `MESH_EVENTS`, in stream
+/// order.
+pub async fn landed(js: &jetstream::Context) -> Vec<(String, u64)> {
+    let mut stream = js.get_stream(subject::STREAM_EVENTS).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let edge = m.subject.split('.').nth(2).unwrap_or_default().to_string();
+        let mesh_seq = m
+            .headers
+            .get(schemas::headers::MESH_SEQ)
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0);
+        out.push((edge, mesh_seq));
+    }
+    out
+}
+
+/// The edge sequences of `edge` in `landed`, in order.
+pub fn seqs_of(landed: &[(String, u64)], edge: &str) -> Vec<u64> {
+    landed
+        .iter()
+        .filter(|(e, _)| e == edge)
+        .map(|(_, s)| *s)
+        .collect()
 }
