@@ -1,5 +1,8 @@
 //! `mesh central` and `mesh edge`: configuration layering (defaults, `--config` file,
 //! flags), `--print-config`, and the hub's `run` with Ctrl-C / SIGTERM as shutdown.
+//! `mesh central --apply-stream-changes` sets `streams.apply_changes`: without it a hub
+//! whose configuration differs from the existing streams refuses to start and names
+//! every difference (see `central_hub::streams`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +29,11 @@ pub struct CentralArgs {
     /// Name of this hub in heartbeats and logs.
     #[arg(long)]
     hub_id: Option<String>,
+    /// Change existing streams whose settings differ from the configuration (each change
+    /// is audited as stream.updated) instead of refusing to start; sets
+    /// streams.apply_changes = true.
+    #[arg(long)]
+    apply_stream_changes: bool,
     #[command(flatten)]
     auth: crate::conn::AuthArgs,
 }
@@ -122,6 +130,9 @@ pub async fn central(a: CentralArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = a.hub_id {
         cfg.hub_id = v;
+    }
+    if a.apply_stream_changes {
+        cfg.streams.apply_changes = true;
     }
     if a.print_config {
         print!("{}", cfg.to_toml());

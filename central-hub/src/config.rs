@@ -1,5 +1,13 @@
 //! Central hub configuration: a TOML file (`--config`), every key with a default, unknown
 //! keys refused, flags override the file; [`CentralConfig::validate`] lists every problem.
+//!
+//! `[streams]` ([`StreamsConfig`]) governs how the hub sets up its streams on start (see
+//! [`crate::streams`]): `apply_changes` (default `false`; `mesh central
+//! --apply-stream-changes` sets it) lets the hub change an existing stream whose settings
+//! differ from this configuration, each change audited as `stream.updated`; without it the
+//! hub refuses to start and names every difference. `setup_timeout` (default `60s`) bounds
+//! the whole set-up, retries included; `request_timeout` (default `30s`) bounds each
+//! JetStream admin request (creating an R3 stream on a fresh cluster takes seconds).
 
 use std::time::Duration;
 
@@ -17,6 +25,7 @@ pub struct CentralConfig {
     pub events: EventsConfig,
     pub ingress: IngressConfig,
     pub lander: LanderConfig,
+    pub streams: StreamsConfig,
     /// How often the hub publishes `mesh.hub.heartbeat.<hub_id>`.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -45,6 +54,21 @@ pub struct IngressConfig {
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
     pub replicas: usize,
+}
+
+/// How the hub sets up its streams and bucket on start ([`crate::streams::ensure`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Change an existing stream whose managed settings differ from this configuration
+    /// (recorded as `stream.updated`); when false the hub refuses to start instead.
+    pub apply_changes: bool,
+    /// How long the whole set-up may take, retries of transient failures included.
+    #[serde(with = "humantime_serde")]
+    pub setup_timeout: Duration,
+    /// How long one JetStream admin request (create, update, info) may wait for its reply.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +108,7 @@ impl Default for CentralConfig {
             events: EventsConfig::default(),
             ingress: IngressConfig::default(),
             lander: LanderConfig::default(),
+            streams: StreamsConfig::default(),
             heartbeat_interval: Duration::from_secs(1),
         }
     }
@@ -105,6 +130,17 @@ impl Default for IngressConfig {
         IngressConfig {
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
+        }
+    }
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            apply_changes: false,
+            // Two hubs racing to create R3 streams on a fresh cluster took ~10 s a stream.
+            setup_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -167,6 +203,8 @@ impl CentralConfig {
             ("lander.gap_retry", self.lander.gap_retry),
             ("lander.hand_max_wait", self.lander.hand_max_wait),
             ("heartbeat_interval", self.heartbeat_interval),
+            ("streams.setup_timeout", self.streams.setup_timeout),
+            ("streams.request_timeout", self.streams.request_timeout),
         ] {
             if d.is_zero() {
                 errs.push(format!("{name} is 0s; it must be longer"));

@@ -13,6 +13,10 @@
 //! operator's name. `/health/ready` follows
 //! [`health`]: the streams exist and the lander is pulling.
 //!
+//! On start the hub sets up its [`streams`]: it creates what is missing and refuses to
+//! start when an existing stream differs from the configuration, unless changes are
+//! allowed (`streams.apply_changes`); the changes are audited as `stream.updated`.
+//!
 //! [`run`] takes its connection, an optional HTTP listener and a shutdown future. Shutdown
 //! is two-phase, within [`SHUTDOWN_DEADLINE`]: first the lander stops pulling and
 //! finishes the bundle in hand; then the tracker, the dead-letter service, the registry
@@ -49,7 +53,11 @@ pub enum CentralError {
     /// The configuration has problems; each is listed.
     #[error("invalid central configuration:\n  - {}", .0.join("\n  - "))]
     Config(Vec<String>),
-    /// Streams, consumer or KV bucket could not be set up or used.
+    /// The streams or the KV bucket could not be set up, or differ from the
+    /// configuration and may not be changed.
+    #[error(transparent)]
+    Streams(#[from] streams::StreamsError),
+    /// Consumer, stream or KV bucket could not be used.
     #[error("JetStream: {0}")]
     JetStream(#[from] async_nats::Error),
     /// The audit log could not be read or extended.
@@ -71,7 +79,12 @@ pub async fn run(
     cfg.validate().map_err(CentralError::Config)?;
     let hub = cfg.hub_name();
     let js = async_nats::jetstream::new(client.clone());
-    let kv = streams::ensure(&js, &cfg).await?;
+    // Changes to existing streams (only when allowed) are recorded once the audit log,
+    // which lives in one of them, is open.
+    let streams::Streams {
+        kv,
+        updated: stream_changes,
+    } = streams::ensure(&js, &cfg).await?;
     let metrics = Arc::new(metrics::CentralMetrics::new());
     let health = Arc::new(health::Health::default());
     health.streams_ready();
@@ -87,6 +100,11 @@ pub async fn run(
         &tasks,
     )
     .await?;
+    for change in stream_changes {
+        audit
+            .record(&schemas::audit::AuditEvent::StreamUpdated(change))
+            .await?;
+    }
     let config_hash = schemas::audit::sha256_hex(cfg.to_toml().as_bytes());
     {
         let (h, c) = (hub.clone(), config_hash.clone());

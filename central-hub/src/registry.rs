@@ -129,6 +129,7 @@ impl Registry {
             | AuditEvent::ReplayRun(_)
             | AuditEvent::LanderEdgeHeld(_)
             | AuditEvent::LanderEdgeReleased(_)
+            | AuditEvent::StreamUpdated(_)
             | AuditEvent::Other { .. } => {}
         }
     }

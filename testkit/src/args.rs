@@ -125,6 +125,7 @@ pub struct CentralArgs {
     hub_id: Option<String>,
     http: Option<SocketAddr>,
     config: Option<PathBuf>,
+    apply_stream_changes: bool,
     auth: ClientAuth,
 }
 
@@ -136,8 +137,16 @@ impl CentralArgs {
             hub_id: None,
             http: None,
             config: None,
+            apply_stream_changes: false,
             auth: ClientAuth::none(),
         }
+    }
+
+    /// Let the hub change existing streams that differ from its configuration
+    /// (`--apply-stream-changes`).
+    pub fn apply_stream_changes(mut self) -> CentralArgs {
+        self.apply_stream_changes = true;
+        self
     }
 
     /// Connect with these credentials (`--creds`, `--tls-ca`).
@@ -175,6 +184,9 @@ impl CentralArgs {
         }
         if let Some(h) = self.http {
             a.extend(["--http".into(), h.to_string()]);
+        }
+        if self.apply_stream_changes {
+            a.push("--apply-stream-changes".into());
         }
         auth_args(&self.auth, &mut a);
         a

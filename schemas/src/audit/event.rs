@@ -14,6 +14,7 @@
 //! | `dlq.redriven` / `dlq.purged` | [`Redriven`] / [`Purged`] | `mesh dlq` |
 //! | `replay.run` | [`ReplayRun`] | `mesh replay` |
 //! | `lander.edge-held` / `lander.edge-released` | [`EdgeHeld`] / [`EdgeReleased`] | tracker (from the lander's reports), an edge's mark unreadable / readable again |
+//! | `stream.updated` | [`StreamUpdated`] | central hub, on start, when the operator let it change an existing stream to its configuration |
 //!
 //! A payload's members are the record's `fields`, named exactly as on the wire. Reading
 //! is lenient as the registry always was: a member that is missing takes its default, a
@@ -198,6 +199,29 @@ pub struct EdgeReleased {
     pub mark: u64,
 }
 
+/// `stream.updated`: a central hub changed the settings of an existing stream (or KV
+/// bucket) to its configuration, because the operator allowed it
+/// (`--apply-stream-changes` or `streams.apply_changes`). One record per stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamUpdated {
+    pub hub: String,
+    /// The stream's name, e.g. `MESH_EVENTS` (`KV_MESH_LANDER` for the bucket).
+    pub stream: String,
+    /// Every setting changed, in the order the hub compares them.
+    pub changes: Vec<StreamChange>,
+}
+
+/// One setting of a [`StreamUpdated`]: its nats-server name and both values, as the hub
+/// prints them (e.g. `max_age`, `0s`, `1h`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamChange {
+    pub field: String,
+    pub old: String,
+    pub new: String,
+}
+
 /// One table, three directions: the variant, its payload and its kind.
 macro_rules! audit_events {
     ($( $(#[$doc:meta])* $variant:ident($payload:ty) = $kind:ident, )*) => {
@@ -261,12 +285,13 @@ audit_events! {
     ReplayRun(ReplayRun) = REPLAY_RUN,
     LanderEdgeHeld(EdgeHeld) = LANDER_EDGE_HELD,
     LanderEdgeReleased(EdgeReleased) = LANDER_EDGE_RELEASED,
+    StreamUpdated(StreamUpdated) = STREAM_UPDATED,
 }
 
 fn object<T: Serialize>(payload: &T) -> Map<String, Value> {
     match serde_json::to_value(payload) {
         Ok(Value::Object(m)) => m,
-        // Every payload is a struct of strings, numbers and options of them.
+        // Every payload is a struct of strings, numbers, options and lists of them.
         other => unreachable!("an audit payload encoded as {other:?}"),
     }
 }
@@ -362,6 +387,15 @@ mod tests {
                 republish: Some(s("x.y")),
                 count: 5,
             }),
+            AuditEvent::StreamUpdated(StreamUpdated {
+                hub: s("c0"),
+                stream: s("MESH_EVENTS"),
+                changes: vec![StreamChange {
+                    field: s("max_age"),
+                    old: s("0s"),
+                    new: s("1h"),
+                }],
+            }),
             AuditEvent::Other {
                 kind: s("future.kind"),
                 fields: fields(json!({"x": 1})),
@@ -438,6 +472,12 @@ mod tests {
                        "stream": "MESH_EVENTS", "seq": 7}),
             ),
             ("lander.edge-released", json!({"edge": "e9", "mark": 0})),
+            (
+                "stream.updated",
+                json!({"hub": "c0", "stream": "MESH_EVENTS", "changes": [
+                    {"field": "num_replicas", "old": "3", "new": "1"},
+                    {"field": "max_age", "old": "0s", "new": "1h"}]}),
+            ),
         ];
         for (kind, v) in cases {
             let f = fields(v);

@@ -39,6 +39,7 @@ use crate::SchemaError;
 pub use event::{
     AgentQuiet, AgentRef, AuditEvent, ConfigApplied, DeadLettered, EdgeConnected, EdgeHeld,
     EdgeLost, EdgeReleased, EdgeRestored, HubStarted, OutboxExpelled, Purged, Redriven, ReplayRun,
+    StreamChange, StreamUpdated,
 };
 pub use verify::{verify, Problem, Verdict};
 
@@ -66,6 +67,8 @@ pub mod kind {
     pub const LANDER_EDGE_HELD: &str = "lander.edge-held";
     /// The mark of an edge the lander held is readable again; its bundles land.
     pub const LANDER_EDGE_RELEASED: &str = "lander.edge-released";
+    /// A central hub changed an existing stream's settings, as the operator asked.
+    pub const STREAM_UPDATED: &str = "stream.updated";
 }
 
 /// One audit record. `hash` covers every other field (see the module doc).
