@@ -204,6 +204,18 @@ fn print_report(r: &Report) {
         r.expelled_metric,
         secs(r.heal_noticed_s)
     );
+    if r.stall_s.is_some() || r.native_stall_s.is_some() {
+        println!(
+            "  cluster: stall_s={} native_stall_s={} bound_s={} leader_died={} drain_s={} drain_rate={} normal_drain_rate={}",
+            secs(r.stall_s),
+            secs(r.native_stall_s),
+            secs(r.stall_bound_s),
+            r.leader_died.map_or_else(|| "-".into(), |b| b.to_string()),
+            secs(r.drain_s),
+            r.drain_rate.map_or_else(|| "-".into(), |x| format!("{x:.0}")),
+            r.normal_drain_rate.map_or_else(|| "-".into(), |x| format!("{x:.0}"))
+        );
+    }
     println!("  faults: {}", r.faults.join("; "));
     for n in &r.notes {
         println!("  note: {n}");

@@ -6,9 +6,10 @@ mod support;
 
 use std::time::Duration;
 
+use mesh_nats::auth::Identity;
 use mesh_testkit::{wait_until, MeshBuilder};
 use schemas::subject;
-use support::mesh_cli;
+use support::{mesh_cli, mesh_cli_as};
 
 /// Regression: both hubs gave up with `jetstream request timed out` (creating each R3
 /// stream took ~10 s, longer than a JetStream request's default timeout).
@@ -57,6 +58,34 @@ async fn two_hubs_started_at_once_on_a_fresh_cluster_both_come_up_with_r3_stream
     .unwrap_or_else(|e| panic!("{e}\n{}", mesh.log_tails(30)));
     assert_eq!(mesh.central_nodes().len(), 3);
     assert!(mesh.meta_leader().is_some());
+
+    // Regression: a hub started on the default configuration (replicas 1) silently
+    // scaled the R3 streams down to R1. Now it refuses and names every difference.
+    let hub = mesh
+        .auth(&Identity::CentralHub {
+            name: "late".into(),
+        })
+        .unwrap();
+    let (ok, out) = tokio::task::block_in_place(|| {
+        mesh_cli_as(
+            &hub,
+            &["central", "--nats", &mesh.central_url(), "--hub-id", "late"],
+        )
+    });
+    assert!(!ok, "a hub with replicas 1 started against R3 streams:\n{out}");
+    for needle in [
+        "stream MESH_EVENTS: num_replicas is 3 on the server but events.replicas is 1",
+        "stream MESH_INGRESS: num_replicas is 3 on the server but ingress.replicas is 1",
+        "--apply-stream-changes",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+    }
+    let mut events = mesh
+        .central_js()
+        .get_stream(subject::STREAM_EVENTS)
+        .await
+        .unwrap();
+    assert_eq!(events.info().await.unwrap().config.num_replicas, 3);
     assert!(mesh.leaf_node(0).is_some(), "the leaf link is on no node");
     mesh.keep_dir();
     let _ = std::fs::remove_dir_all(mesh.dir());
