@@ -36,10 +36,9 @@ use crate::metrics::EdgeMetrics;
 
 /// The subject of the probe: stream info of `MESH_INGRESS` in the central domain.
 pub fn probe_subject() -> String {
-    format!(
-        "{}.STREAM.INFO.{}",
-        schemas::subject::js_api_prefix(schemas::subject::CENTRAL_DOMAIN),
-        schemas::subject::STREAM_INGRESS
+    schemas::subject::js_api_stream_info(
+        schemas::subject::CENTRAL_DOMAIN,
+        schemas::subject::STREAM_INGRESS,
     )
 }
 

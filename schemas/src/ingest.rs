@@ -351,7 +351,8 @@ pub struct EdgeHello {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EdgeStatus {
     pub edge: String,
-    /// Whether the edge hub's uplink probe reaches the centre's JetStream.
+    /// Whether the edge hub's uplink reaches the centre's `MESH_INGRESS` (its probe is
+    /// answered, or a bundle was acked within the probe timeout).
     pub uplink_up: bool,
     /// Events in the outbox not yet acked by the centre (the backlog).
     pub outbox_events: u64,

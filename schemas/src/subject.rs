@@ -10,7 +10,7 @@
 //! | `mesh.dlq.<edge>.<subject…>` | dead letters (stream `MESH_DLQ`) |
 //! | `mesh.hub.>` | heartbeats and control requests |
 //! | `mesh.hub.op.<operator>.<verb…>` | an operator's request to the central hubs (see [`hub_op`]) |
-//! | `$JS.<domain>.API.INFO` | JetStream account info of a domain (the edge's uplink probe) |
+//! | `$JS.<domain>.API.STREAM.INFO.<stream>` | stream info in a domain (the edge's uplink probe asks it of `MESH_INGRESS`) |
 //!
 //! Identities (edge and agent ids) are single tokens of `[A-Za-z0-9_-]`, at most
 //! [`MAX_ID_LEN`] bytes. Event subjects are dotted, at most [`MAX_SUBJECT_LEN`] bytes,
@@ -190,10 +190,10 @@ pub fn js_api_prefix(domain: &str) -> String {
     format!("$JS.{domain}.API")
 }
 
-/// `$JS.<domain>.API.INFO`: JetStream account info of `domain`, answered only where that
-/// domain's JetStream is reachable.
-pub fn js_api_info(domain: &str) -> String {
-    format!("{}.INFO", js_api_prefix(domain))
+/// `$JS.<domain>.API.STREAM.INFO.<stream>`: stream info, answered by the stream's leader
+/// (in a cluster, not by the meta leader), so only while that stream can take writes.
+pub fn js_api_stream_info(domain: &str, stream: &str) -> String {
+    format!("{}.STREAM.INFO.{stream}", js_api_prefix(domain))
 }
 
 /// `mesh.dlq.<filter>`: dead letters matching an `<edge>.<subject…>` filter.
@@ -384,7 +384,10 @@ mod tests {
     fn filters_of_every_edge() {
         assert_eq!(evt_filter("orders.>"), "mesh.evt.*.orders.>");
         assert_eq!(live_filter("tasks.*"), "mesh.live.*.tasks.*");
-        assert_eq!(js_api_info(CENTRAL_DOMAIN), "$JS.central.API.INFO");
+        assert_eq!(
+            js_api_stream_info(CENTRAL_DOMAIN, STREAM_INGRESS),
+            "$JS.central.API.STREAM.INFO.MESH_INGRESS"
+        );
     }
 
     proptest! {

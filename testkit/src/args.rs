@@ -256,6 +256,7 @@ mod tests {
                 .hub_id("c0")
                 .http(http)
                 .config(Path::new("/d/central.toml"))
+                .apply_stream_changes()
                 .to_args(),
             [
                 "central",
@@ -266,7 +267,8 @@ mod tests {
                 "--config",
                 "/d/central.toml",
                 "--http",
-                "127.0.0.1:9200"
+                "127.0.0.1:9200",
+                "--apply-stream-changes"
             ]
         );
     }
