@@ -72,7 +72,10 @@ async fn two_hubs_started_at_once_on_a_fresh_cluster_both_come_up_with_r3_stream
             &["central", "--nats", &mesh.central_url(), "--hub-id", "late"],
         )
     });
-    assert!(!ok, "a hub with replicas 1 started against R3 streams:\n{out}");
+    assert!(
+        !ok,
+        "a hub with replicas 1 started against R3 streams:\n{out}"
+    );
     for needle in [
         "stream MESH_EVENTS: num_replicas is 3 on the server but events.replicas is 1",
         "stream MESH_INGRESS: num_replicas is 3 on the server but ingress.replicas is 1",
@@ -86,6 +89,13 @@ async fn two_hubs_started_at_once_on_a_fresh_cluster_both_come_up_with_r3_stream
         .await
         .unwrap();
     assert_eq!(events.info().await.unwrap().config.num_replicas, 3);
+
+    // Operator commands take every node's URL too.
+    let operator = mesh.operator_auth().unwrap();
+    let (ok, out) = tokio::task::block_in_place(|| {
+        mesh_cli_as(&operator, &["audit", "verify", "--nats", &mesh.central_url()])
+    });
+    assert!(ok && out.contains("OK"), "audit verify on the cluster:\n{out}");
     assert!(mesh.leaf_node(0).is_some(), "the leaf link is on no node");
     mesh.keep_dir();
     let _ = std::fs::remove_dir_all(mesh.dir());
@@ -148,4 +158,3 @@ fn mesh_up_with_three_central_nodes_says_which_node_is_which() {
     assert!(!ok);
     assert!(out.contains("--central-nodes is 2"), "{out}");
 }
-
