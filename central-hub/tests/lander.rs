@@ -396,13 +396,13 @@ async fn landed_events(hub: &Hub, edge: &str) -> f64 {
 /// from the hand it sent no pull request; after `pin_timeout` the server pinned the
 /// standby hub, both hubs landed, each held part of the bundles ahead of the other's gap,
 /// and landing crawled. Now pulling goes on while the lander lands: hub 1, pinned, lands
-/// a chain of 400 bundles (4,000 events) that the missing bundle closes at once, while
+/// a chain of 500 bundles (10,000 events) that the missing bundle closes at once, while
 /// more bundles keep coming; hub 2, on standby with the same short `pin_timeout`
 /// (500 ms), lands nothing, and every event lands exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pinned_lander_keeps_the_pin_while_it_lands_a_long_chain() {
-    const PER: u64 = 10;
-    const CHAIN: u64 = 400;
+    const PER: u64 = 20;
+    const CHAIN: u64 = 500;
     let mut cfg = hub_config();
     cfg.lander.pin_timeout = Duration::from_millis(500);
     let mut first = start_hub_with("t-pin", cfg.clone()).await;
@@ -417,7 +417,7 @@ async fn the_pinned_lander_keeps_the_pin_while_it_lands_a_long_chain() {
     )
     .await;
 
-    // The missing bundle is 2..=11; the chain behind it 12..=4011, kept in hand.
+    // The missing bundle is 2..=21; the chain behind it 22..=10021, kept in hand.
     let chain_last = 1 + PER + CHAIN * PER;
     send_all(
         &first.js,
