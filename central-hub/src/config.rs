@@ -97,6 +97,12 @@ pub struct LanderConfig {
     /// hand (put back for `gap_retry`), so a bundle that never comes pins no memory.
     #[serde(with = "humantime_serde")]
     pub hand_max_wait: Duration,
+    /// Most bundles landed as one run (one store, one mark write), and taken at once from
+    /// what the pull task has pulled.
+    pub run_bundles: usize,
+    /// Most bytes (bundle bodies) in one run and taken at once; a single bundle larger
+    /// than this still lands, alone.
+    pub run_bytes: u64,
 }
 
 impl Default for CentralConfig {
@@ -160,6 +166,10 @@ impl Default for LanderConfig {
             hand_bundles: 512,
             hand_bytes: 64 << 20,
             hand_max_wait: Duration::from_secs(30),
+            // 64 single-event bundles are one store round trip and one R3 KV commit
+            // instead of 64 of each; a run of big bundles stops at 8 MiB.
+            run_bundles: 64,
+            run_bytes: 8 << 20,
         }
     }
 }
@@ -219,6 +229,12 @@ impl CentralConfig {
         if self.lander.batch == 0 {
             errs.push("lander.batch is 0; it must be at least 1".into());
         }
+        if self.lander.run_bundles == 0 {
+            errs.push("lander.run_bundles is 0; it must be at least 1".into());
+        }
+        if self.lander.run_bytes == 0 {
+            errs.push("lander.run_bytes is 0; it must be at least 1".into());
+        }
         let most = crate::lander::MAX_ACK_PENDING / 2;
         if self.lander.hand_bundles > most {
             errs.push(format!(
@@ -265,6 +281,7 @@ mod tests {
         c.lander.batch = 0;
         c.lander.hand_bundles = 513;
         c.lander.hand_max_wait = Duration::ZERO;
-        assert_eq!(c.validate().unwrap_err().len(), 5);
+        c.lander.run_bundles = 0;
+        assert_eq!(c.validate().unwrap_err().len(), 6);
     }
 }

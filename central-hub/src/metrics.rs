@@ -29,6 +29,7 @@ pub struct CentralMetrics {
     edge_held: Family<Labels, Gauge>,
     in_hand: Family<Labels, Gauge>,
     landed_from_hand: Family<Labels, Counter>,
+    runs: Family<Labels, Counter>,
     /// Events landed from all edges since start (for heartbeats).
     pub landed_total: std::sync::atomic::AtomicU64,
 }
@@ -50,6 +51,7 @@ impl CentralMetrics {
             edge_held: Family::default(),
             in_hand: Family::default(),
             landed_from_hand: Family::default(),
+            runs: Family::default(),
             landed_total: Default::default(),
         };
         {
@@ -120,6 +122,12 @@ impl CentralMetrics {
                 "Bundles landed (or found already landed) from the hand once the gap before them closed, by edge",
                 m.landed_from_hand.clone(),
             );
+            r.register(
+                "lander_runs",
+                "Runs landed: consecutive bundles of an edge stored together under one \
+                 high-water mark write, by edge (landed_bundles / lander_runs is the mean run)",
+                m.runs.clone(),
+            );
         }
         m
     }
@@ -140,8 +148,14 @@ impl CentralMetrics {
         }
     }
 
-    pub fn slow_path(&self, e: &str) {
-        self.slow_path.get_or_create(&edge(e)).inc();
+    /// `bundles` bundles (a run) landed again with an ack per event.
+    pub fn slow_path(&self, e: &str, bundles: u64) {
+        self.slow_path.get_or_create(&edge(e)).inc_by(bundles);
+    }
+
+    /// A run of edge `e` landed (one mark write).
+    pub fn run(&self, e: &str) {
+        self.runs.get_or_create(&edge(e)).inc();
     }
 
     pub fn duplicate_bundle(&self, e: &str) {

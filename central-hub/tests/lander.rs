@@ -3,7 +3,9 @@
 //! alone. Each against a real nats-server, with a central hub in-process; the forged
 //! bundles are plain JetStream publishes to `mesh.up.<edge>`, as anyone on the
 //! (insecure) mesh can make them. And bundles that arrive out of order (a failover's
-//! redeliveries) are kept in hand and land in order, exactly once, without gap waits.
+//! redeliveries) are kept in hand and land in order, exactly once, without gap waits;
+//! the pinned lander keeps its pin while it lands, and a backlog of small bundles lands
+//! in runs.
 
 mod support;
 
@@ -14,8 +16,8 @@ use async_nats::HeaderMap;
 use schemas::audit::{self, AuditEvent, AuditRecord};
 use schemas::{headers as h, subject, Bundle};
 use support::{
-    bundle, events, http_get, hub_config, hub_on, landed, messages, send, seqs_of, start_hub,
-    start_hub_with, wait_for, Hub,
+    bundle, events, http_get, hub_config, hub_on, landed, mark_revision, messages, send, send_all,
+    seqs_of, start_hub, start_hub_with, wait_for, Hub, DEADLINE,
 };
 
 /// Publishes `b` to `mesh.up.<to>` with only a de-duplication id `id` (no range headers,
@@ -380,5 +382,150 @@ async fn beyond_the_bound_of_the_hand_bundles_wait_and_still_land_in_order() {
         (1..=20).collect::<Vec<_>>()
     );
     assert_eq!(in_hand(&hub, "e1").await, 0.0);
+    hub.shut_down().await;
+}
+
+async fn landed_events(hub: &Hub, edge: &str) -> f64 {
+    hub.metric(&format!(
+        "mesh_central_landed_events_total{{edge=\"{edge}\"}}"
+    ))
+    .await
+}
+
+/// Regression: the lander pulled only between bundles, so while it landed a long chain
+/// from the hand it sent no pull request; after `pin_timeout` the server pinned the
+/// standby hub, both hubs landed, each held part of the bundles ahead of the other's gap,
+/// and landing crawled. Now pulling goes on while the lander lands: hub 1, pinned, lands
+/// a chain of 500 bundles (10,000 events) that the missing bundle closes at once, while
+/// more bundles keep coming; hub 2, on standby with the same short `pin_timeout`
+/// (500 ms), lands nothing, and every event lands exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pinned_lander_keeps_the_pin_while_it_lands_a_long_chain() {
+    const PER: u64 = 20;
+    const CHAIN: u64 = 500;
+    let mut cfg = hub_config();
+    cfg.lander.pin_timeout = Duration::from_millis(500);
+    let mut first = start_hub_with("t-pin", cfg.clone()).await;
+    // Hub 1 lands the first bundle alone: the pin is its own.
+    first.land("a1", 1, 1).await;
+    let mut second = hub_on(
+        &first.url,
+        central_hub::CentralConfig {
+            hub_id: "t1".into(),
+            ..cfg
+        },
+    )
+    .await;
+
+    // The missing bundle is 2..=21; the chain behind it 22..=10021, kept in hand.
+    let chain_last = 1 + PER + CHAIN * PER;
+    send_all(
+        &first.js,
+        (0..CHAIN).map(|k| bundle("e1", "a1", 2 + PER * (k + 1), 1 + PER * (k + 2))),
+    )
+    .await;
+    wait_for("the chain in hand", || async {
+        in_hand(&first, "e1").await == CHAIN as f64
+    })
+    .await;
+    assert_eq!(events(&first.js).await, 1, "nothing landed past the gap");
+
+    // Close the gap, and keep sending while the chain lands (at most 1,000 bundles).
+    send(&first.js, &bundle("e1", "a1", 2, 1 + PER)).await;
+    let mut last = chain_last;
+    let deadline = Instant::now() + DEADLINE;
+    while events(&first.js).await < chain_last && last < chain_last + 1000 * PER {
+        assert!(Instant::now() < deadline, "timed out waiting for the chain");
+        send(&first.js, &bundle("e1", "a1", last + 1, last + PER)).await;
+        last += PER;
+    }
+    for _ in 0..20 {
+        send(&first.js, &bundle("e1", "a1", last + 1, last + PER)).await;
+        last += PER;
+    }
+    wait_for("every event landed", || async {
+        events(&first.js).await == last
+    })
+    .await;
+    wait_for("every bundle acked", || async {
+        messages(&first.js, subject::STREAM_INGRESS).await == 0
+    })
+    .await;
+    let all = landed(&first.js).await;
+    assert_eq!(seqs_of(&all, "e1"), (1..=last).collect::<Vec<_>>());
+    assert_eq!(landed_events(&first, "e1").await, last as f64);
+    assert_eq!(landed_events(&second, "e1").await, 0.0, "hub 2 landed");
+    assert_eq!(in_hand(&second, "e1").await, 0.0);
+    second.shut_down().await;
+    first.shut_down().await;
+}
+
+/// Landing one bundle at a time cost a store round trip and a mark write (an R3 raft
+/// commit in a cluster) per bundle, so a backlog of single-event bundles never caught up.
+/// Now the consecutive bundles of an edge waiting together land as one run: 2,000
+/// single-event bundles waiting at once land exactly once, in order, each counted, with
+/// one mark write per run and far fewer runs than bundles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_small_bundles_lands_in_runs_exactly_once_and_in_order() {
+    const N: u64 = 2000;
+    let mut first = start_hub("t-runs").await;
+    // The streams exist and nobody lands: the backlog waits whole.
+    first.shut_down().await;
+    send_all(&first.js, (1..=N).map(|s| bundle("e1", "a1", s, s))).await;
+
+    let mut hub = hub_on(&first.url, hub_config()).await;
+    wait_for("every event landed", || async {
+        events(&hub.js).await == N
+    })
+    .await;
+    wait_for("every bundle acked", || async {
+        messages(&hub.js, subject::STREAM_INGRESS).await == 0
+    })
+    .await;
+    assert_eq!(
+        seqs_of(&landed(&hub.js).await, "e1"),
+        (1..=N).collect::<Vec<_>>()
+    );
+    assert_eq!(landed_events(&hub, "e1").await, N as f64);
+    assert_eq!(
+        hub.metric("mesh_central_landed_bundles_total{edge=\"e1\"}")
+            .await,
+        N as f64
+    );
+    assert_eq!(
+        hub.metric("mesh_central_lander_mark{edge=\"e1\"}").await,
+        N as f64
+    );
+    let runs = hub
+        .metric("mesh_central_lander_runs_total{edge=\"e1\"}")
+        .await;
+    let writes = mark_revision(&hub.js, "e1").await;
+    assert_eq!(runs, writes as f64, "one mark write per run");
+    assert!(writes * 8 <= N, "{writes} mark writes for {N} bundles");
+    hub.shut_down().await;
+}
+
+/// Not a check: how long 20,000 single-event bundles waiting at once take to land on one
+/// server. `cargo test -p central-hub --test lander -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_of_a_backlog_of_single_event_bundles() {
+    const N: u64 = 20_000;
+    let mut first = start_hub("t-throughput").await;
+    first.shut_down().await;
+    send_all(&first.js, (1..=N).map(|s| bundle("e1", "a1", s, s))).await;
+    let started = Instant::now();
+    let mut hub = hub_on(&first.url, hub_config()).await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while events(&hub.js).await < N {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "{N} single-event bundles landed in {took:?}: {:.0} bundles/s, {} mark writes",
+        N as f64 / took.as_secs_f64(),
+        mark_revision(&hub.js, "e1").await
+    );
     hub.shut_down().await;
 }

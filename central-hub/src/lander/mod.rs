@@ -16,20 +16,44 @@
 //! # Exactly once
 //! Each edge has a high-water mark: the highest edge sequence landed. It is kept at the
 //! centre in two places and read as their maximum: the `MESH_LANDER` KV key of the edge
-//! (outlives stream expiry; written after every bundle) and the `ce-meshseq` of the last
-//! message on `mesh.evt.<edge>.>` (covers a crash between landing and the KV write).
+//! (outlives stream expiry; written after every run, below) and the `ce-meshseq` of the
+//! last message on `mesh.evt.<edge>.>` (covers a crash between landing and the KV write).
 //! For a bundle covering `first..=last`:
 //! * `last <= mark`: already landed (a resend after a partition, however long): ack.
 //! * `first > mark + 1`: a bundle is missing before it; never land past a gap: keep it
 //!   **in hand** (below) until the missing one has landed.
-//! * otherwise land the events with `seq > mark`, pipelined, wait for every store ack,
-//!   write the mark (compare-and-set on the KV revision), then ack the bundle (a lost
-//!   ack only brings the bundle back, and the mark skips it).
+//! * otherwise it continues the mark: its events with `seq > mark` land.
+//!
+//! Bundles land in **runs**. The landing loop takes a bundle and, without waiting, what
+//! else has been pulled meanwhile (at most `lander.run_bundles`, 64, and
+//! `lander.run_bytes`, 8 MiB, together), sorts each edge's by range, and lands, per edge,
+//! the longest run of bundles that continue the mark one after the other (each starts
+//! at or before the previous one's `last + 1`), taking the ready ones from the hand too,
+//! as one unit, within the same bounds:
+//! 1. store the events of the run above the mark, in order, pipelined over one
+//!    connection, and wait for every store ack (the fast path proves them with one ack,
+//!    below; on doubt, an ack per event);
+//! 2. only then write the mark once, the run's last `last` (compare-and-set on the KV
+//!    revision; a failed write only makes the lander read the mark again: the stored
+//!    events carry it in `ce-meshseq`);
+//! 3. only then ack every bundle of the run, in order (a lost ack only brings a bundle
+//!    back, and the mark skips it).
+//!
+//! A bundle inside the range of the run but at or below the run's own last (a resend
+//! over a range the run covers) is acked with the run, after the mark; one at or below
+//! the mark already written is acked at once. If storing fails, every bundle of the run
+//! and the rest of the taken bundles of the edge are put back (nakked for 500 ms) and the
+//! mark is read again; nothing of the run was acked, so every event of it lands again
+//! (`Nats-Msg-Id` de-duplication and the mark make that idempotent). Per-edge order holds
+//! because a run only ever appends the events right above the mark (or the run's last),
+//! and one edge's runs land one after the other. Metrics stay per bundle and per event
+//! (`landed_bundles`, `landed_events`, `lander_mark`); `mesh_central_lander_runs_total`
+//! counts the runs, one mark write each.
 //!
 //! The cached mark is re-read from the centre whenever it might be stale: on the first
-//! bundle of an edge, on a redelivered bundle (another lander may have landed part of
-//! it), at a gap the edge does not wait at yet, for every edge with bundles in hand at
-//! each tick, and after any failure.
+//! bundle of an edge, when a taken bundle of the edge is redelivered (another lander may
+//! have landed part of it), at a gap the edge does not wait at yet, for every edge with
+//! bundles in hand at each tick, and after any failure.
 //!
 //! # Bundles in hand
 //! After a failover the bundles the old connection had in flight come back (after
@@ -38,20 +62,20 @@
 //! per edge, ordered by range, one per range (a redelivery of a range in hand replaces
 //! the one kept; a different message with the same range, an edge's resend, is acked as
 //! a duplicate). Rules and invariants:
-//! * Nothing lands past a gap, still: a bundle leaves the hand only when the mark has
-//!   reached `first - 1` or beyond, and then goes through [`decide`] against that mark
-//!   like any bundle (at or below it: acked as a duplicate; partly above: only the
-//!   events above it land). Each landing of an edge takes the next ready bundles of
-//!   that edge out of the hand, in order, one after the other, so a chain of bundles
-//!   behind a gap lands at the normal rate once the missing one lands.
+//! * Nothing lands past a gap, still: a bundle leaves the hand only when the mark (or
+//!   the run being built) has reached `first - 1` or beyond, and then goes through
+//!   [`decide`] against it like any bundle (at or below it: acked as a duplicate; partly
+//!   above: only the events above it land). Each landing of an edge takes the next ready
+//!   bundles of that edge out of the hand into its runs, so a chain of bundles behind a
+//!   gap lands in a few runs once the missing one lands.
 //! * The mark a bundle leaves against is fresh: just written by this lander
 //!   (compare-and-set), or re-read. A bundle ahead of the gap of an edge that already
 //!   waits at it is kept without reading the mark again; instead, every tick
-//!   (`ack_wait / 2`, a timer of the pull loop) re-reads the mark of each edge with
+//!   (`ack_wait / 2`, a timer of the landing loop) re-reads the mark of each edge with
 //!   bundles in hand, so a failover overlap (another lander landed them) releases them as
 //!   duplicates.
-//! * Bundles in hand are not redelivered: every tick (and during a long chain) each gets
-//!   an in-progress ack (`+WPI`), which restarts its `ack_wait`.
+//! * Bundles in hand are not redelivered: every tick (and between the runs of a long
+//!   chain) each gets an in-progress ack (`+WPI`), which restarts its `ack_wait`.
 //! * Bounded: at most `lander.hand_bundles` bundles (512, at most half the consumer's
 //!   `max_ack_pending` of [`MAX_ACK_PENDING`], so redeliveries of the missing bundles can
 //!   still come) and `lander.hand_bytes` bytes (64 MiB) in all. A bundle beyond the
@@ -93,29 +117,48 @@
 //! # One lander at a time
 //! The durable consumer `lander` uses a priority group with the pinned-client policy:
 //! the server delivers to one pulling hub only, and moves the pin to a standby hub when
-//! the pinned one stops pulling for `lander.pin_timeout`. Bundles the old lander held
-//! unacked come back after `ack_wait` and are sorted out by the mark.
+//! the pinned one sends no pull request for `lander.pin_timeout`. Bundles the old lander
+//! held unacked come back after `ack_wait` and are sorted out by the mark.
 //!
-//! # Pulling, reports, health
-//! A pull that fails (the consumer deleted, the server gone) is tried again after 100 ms,
-//! getting or re-creating the consumer first; every pull opened and every failure is
-//! reported to [`Health`], which `/health/ready` follows. The lander writes no audit
-//! records: it sends a [`LanderReport`] (agents of landed bundles, dead letters it made
-//! or found, edges held and released) to the tracker, which records them. On shutdown it
-//! stops pulling, finishes the bundle it is landing and naks the ones kept in hand.
+//! # Pulling
+//! Pulling and landing are two tasks, so the pin never depends on how long landing takes
+//! (a chain of hundreds of bundles from the hand, each run an R3 store and KV commit):
+//! * The **pull task** polls the consumer's `messages()` stream without pause, which
+//!   keeps its pull requests (and so the pin) and its idle heartbeats flowing, and hands
+//!   every message, unchecked, to the landing loop over a channel bounded by
+//!   [`MAX_ACK_PENDING`]: everything in it, in hand or being landed is delivered and not
+//!   acked, which the server bounds by the same number, so the channel does not fill in
+//!   practice (only a redelivery of a message still in it could add one more; then the
+//!   pull task waits for room).
+//! * A pull that fails (the consumer deleted, the server gone, a missed heartbeat) is
+//!   tried again by the pull task after 100 ms, getting or re-creating the consumer
+//!   first; every pull opened and every failure is reported to [`Health`], which
+//!   `/health/ready` follows. The landing loop, the hand and the messages already taken
+//!   are not touched: their acks go through the client, whichever server it is on.
+//! * The **landing loop** owns everything else (marks, hand, ticks, reports): it takes
+//!   from the channel as above, checks, lands, keeps or refuses.
+//! * On shutdown the pull task stops pulling at once (a message it holds, waiting for
+//!   room, is nakked); the landing loop finishes what it is landing (the taken bundles
+//!   and the runs they release from the hand), waits for the pull task to end, naks
+//!   without delay every message still in the channel, then naks the bundles in hand.
+//!   A message is thus never left to `ack_wait` once taken from the stream (the few the
+//!   client had received but not yielded yet are, as before).
+//!
+//! # Reports
+//! The lander writes no audit records: it sends a [`LanderReport`] (agents of landed
+//! bundles, dead letters it made or found, edges held and released) to the tracker,
+//! which records them. A `mesh-dlq-reason` marker is reported per bundle, after its run's
+//! mark is written; the agents of a run are reported once per run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull;
-use async_nats::jetstream::consumer::{AckPolicy, PriorityPolicy};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::Message;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
 use schemas::audit::{DeadLettered, EdgeHeld, EdgeReleased};
 use schemas::dlq::DeadLetter;
 use schemas::{headers as h, subject, Bundle, Event};
@@ -127,6 +170,7 @@ use crate::health::Health;
 use crate::metrics::CentralMetrics;
 
 pub mod hand;
+mod puller;
 mod rule;
 
 use hand::{Hand, Keep};
@@ -136,12 +180,13 @@ pub use rule::{check, decide, Decision, Refusal};
 pub const CONSUMER: &str = "lander";
 pub const GROUP: &str = "lander";
 /// `max_ack_pending` of the lander consumer: bundles delivered and not acked yet,
-/// those in hand included.
+/// those in hand and those pulled but not landed yet included. Also the bound of the
+/// channel from the pull task to the landing loop.
 pub const MAX_ACK_PENDING: usize = 1024;
-/// How long the lander waits after a failed pull before it pulls again.
-const PULL_RETRY: Duration = Duration::from_millis(100);
 /// How long a bundle of a held edge waits before it is tried (and the mark read) again.
 const HOLD_RETRY: Duration = Duration::from_secs(1);
+/// How long a bundle whose landing failed waits before it is tried again.
+const FAIL_RETRY: Duration = Duration::from_millis(500);
 /// The `edge` label of a refused bundle from an edge this lander never landed (so
 /// whoever can publish to `mesh.up.>` cannot grow the metric without bound).
 const UNKNOWN_EDGE: &str = "_unknown";
@@ -171,32 +216,39 @@ pub struct Lander {
     metrics: Arc<CentralMetrics>,
     /// Where agents seen and dead letters made are reported, if anywhere.
     reports: Option<mpsc::Sender<LanderReport>>,
-    /// Whether it is pulling, for `/health/ready`.
+    /// Whether it is pulling, for `/health/ready` (reported by the pull task).
     health: Arc<Health>,
     /// Bundles kept ahead of a gap (see the module doc).
-    hand: Hand<InHand>,
-    /// When the pull loop next re-reads the marks of edges in hand, gives back what
+    hand: Hand<Delivery>,
+    /// When the landing loop next re-reads the marks of edges in hand, gives back what
     /// waited too long and sends in-progress acks.
     next_tick: tokio::time::Instant,
     /// When bundles in hand last got an in-progress ack.
     last_progress: tokio::time::Instant,
 }
 
-/// A bundle in hand: its delivery (to ack or nak) and what it holds.
-struct InHand {
+/// A delivered bundle that passed [`check`]: its delivery (to ack or nak) and what it
+/// holds. What the hand keeps, and what runs are made of.
+struct Delivery {
     msg: Message,
     bundle: Bundle,
 }
 
-/// What became of a delivered bundle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settled {
-    /// Landed, or found already landed, and acked (or refused and terminated).
-    Done,
-    /// Kept in hand.
-    Kept,
-    /// Nakked: it comes back later.
-    PutBack,
+impl Delivery {
+    /// Whether the server delivered it before (another lander may have landed it).
+    fn redelivered(&self) -> bool {
+        self.msg.info().map(|i| i.delivered > 1).unwrap_or(true)
+    }
+}
+
+/// A bundle of a run being built.
+struct RunItem {
+    d: Delivery,
+    /// The first edge sequence of it that lands; `None` when the run already covers it
+    /// (acked with the run, after its mark).
+    from: Option<u64>,
+    /// Taken from the hand.
+    from_hand: bool,
 }
 
 /// What the lander saw that belongs in the audit log. The lander does not write audit
@@ -293,222 +345,426 @@ impl Lander {
         }
     }
 
-    /// Pulls and lands bundles until `shutdown`; a bundle in hand when it comes is
-    /// landed (or nakked) first. Fails only when its consumer cannot be set up at the
-    /// start; later, a pull that fails (the consumer deleted, the server gone) is
-    /// reported to [`Health`] and tried again, re-creating the consumer if it is gone.
+    /// Pulls and lands bundles until `shutdown`; what it is landing when it comes is
+    /// landed first, and every bundle taken but not landed is then nakked. Fails only
+    /// when its consumer cannot be set up at the start; later, a pull that fails (the
+    /// consumer deleted, the server gone) is reported to [`Health`] and tried again,
+    /// re-creating the consumer if it is gone.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), async_nats::Error> {
-        let r = self.pull_until(&shutdown).await;
-        self.give_back_all().await;
-        r
-    }
-
-    async fn pull_until(&mut self, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
         let ingress = self.js.get_stream(subject::STREAM_INGRESS).await?;
-        let mut consumer = Some(self.consumer(&ingress).await?);
-        loop {
-            if let Some(c) = consumer.take() {
-                self.pull(&c, shutdown).await;
+        let consumer = puller::consumer(&ingress, &self.cfg).await?;
+        let (tx, mut rx) = mpsc::channel(MAX_ACK_PENDING);
+        let stop_pulling = shutdown.child_token();
+        let pulling = tokio::spawn(
+            puller::Puller {
+                ingress,
+                cfg: self.cfg.clone(),
+                health: self.health.clone(),
+                tx,
             }
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            self.health.pull_failed();
-            tokio::select! {
-                _ = tokio::time::sleep(PULL_RETRY) => {}
-                _ = shutdown.cancelled() => return Ok(()),
-            }
-            match self.consumer(&ingress).await {
-                Ok(c) => consumer = Some(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot get or create the lander consumer; trying again")
-                }
-            }
+            .run(consumer, stop_pulling.clone()),
+        );
+        // If landing ends in any other way (a panic), pulling ends too.
+        let stop_pulling = stop_pulling.drop_guard();
+        self.land_until(&mut rx, &shutdown).await;
+        drop(stop_pulling);
+        if let Err(e) = pulling.await {
+            tracing::error!(error = %e, "the lander's pull task failed");
         }
+        // The pull task has ended: the channel holds all that was taken and not landed.
+        rx.close();
+        let mut given_back = 0;
+        while let Some(msg) = rx.recv().await {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            given_back += 1;
+        }
+        if given_back > 0 {
+            tracing::info!(
+                bundles = given_back,
+                "gave back the bundles pulled and not landed"
+            );
+        }
+        self.give_back_all().await;
+        Ok(())
     }
 
-    /// The durable consumer `lander`, created if it is missing.
-    async fn consumer(
-        &self,
-        ingress: &jetstream::stream::Stream,
-    ) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
-        Ok(ingress
-            .get_or_create_consumer(
-                CONSUMER,
-                pull::Config {
-                    durable_name: Some(CONSUMER.into()),
-                    description: Some("agentmesh lander (one pinned central hub at a time)".into()),
-                    filter_subject: subject::UP_ALL.into(),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.cfg.ack_wait,
-                    max_deliver: -1,
-                    max_ack_pending: MAX_ACK_PENDING as i64,
-                    priority_policy: PriorityPolicy::PinnedClient,
-                    priority_groups: vec![GROUP.into()],
-                    priority_timeout: self.cfg.pin_timeout,
-                    ..Default::default()
-                },
-            )
-            .await?)
-    }
-
-    /// One pull session: lands what arrives until the pull fails or `shutdown`.
-    async fn pull(
-        &mut self,
-        consumer: &jetstream::consumer::PullConsumer,
-        shutdown: &CancellationToken,
-    ) {
-        let opened = consumer
-            .stream()
-            .group(GROUP)
-            .max_messages_per_batch(self.cfg.batch)
-            .expires(Duration::from_millis(250).min(self.cfg.pin_timeout / 2))
-            .heartbeat(Duration::from_millis(100).min(self.cfg.pin_timeout / 4))
-            .messages()
-            .await;
-        let mut messages = match opened {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "lander cannot pull; pulling again");
-                return;
-            }
-        };
-        self.health.pull_open();
+    /// The landing loop: takes what the pull task hands over and lands it, and ticks,
+    /// until `shutdown`.
+    async fn land_until(&mut self, rx: &mut mpsc::Receiver<Message>, shutdown: &CancellationToken) {
         loop {
             let next = tokio::select! {
-                m = messages.next() => m,
+                m = rx.recv() => m,
                 _ = tokio::time::sleep_until(self.next_tick) => {
                     self.tick().await;
                     continue;
                 }
                 _ = shutdown.cancelled() => return,
             };
-            match next {
-                Some(Ok(msg)) => self.handle(msg).await,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "lander pull failed; pulling again");
-                    return;
-                }
-                None => return,
+            let Some(first) = next else {
+                tracing::error!("the lander's pull task has stopped; the lander stops");
+                return;
+            };
+            let mut bytes = first.payload.len() as u64;
+            let mut taken = vec![first];
+            while taken.len() < self.cfg.run_bundles && bytes < self.cfg.run_bytes {
+                let Ok(msg) = rx.try_recv() else {
+                    break;
+                };
+                bytes += msg.payload.len() as u64;
+                taken.push(msg);
             }
+            self.land_taken(taken).await;
         }
     }
 
-    async fn handle(&mut self, msg: Message) {
-        let bundle = match check(&msg.subject, msg.headers.as_ref(), &msg.payload) {
-            Ok(b) => b,
-            Err(refusal) => {
-                self.refuse(&msg, &refusal).await;
-                return;
+    /// Checks the bundles taken together, refuses the bad ones, and lands the rest edge
+    /// by edge (in the order each edge first appears).
+    async fn land_taken(&mut self, taken: Vec<Message>) {
+        let mut edges: Vec<(String, Vec<Delivery>)> = Vec::new();
+        for msg in taken {
+            let bundle = match check(&msg.subject, msg.headers.as_ref(), &msg.payload) {
+                Ok(b) => b,
+                Err(refusal) => {
+                    self.refuse(&msg, &refusal).await;
+                    continue;
+                }
+            };
+            let d = Delivery { msg, bundle };
+            match edges.iter_mut().find(|(e, _)| *e == d.bundle.edge) {
+                Some((_, ds)) => ds.push(d),
+                None => edges.push((d.bundle.edge.clone(), vec![d])),
             }
-        };
-        let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(true);
-        let edge = bundle.edge.clone();
-        self.settle(msg, bundle, redelivered).await;
-        self.release(&edge).await;
+        }
+        for (edge, mut ds) in edges {
+            ds.sort_by_key(|d| (d.bundle.first_seq, d.bundle.last_seq));
+            self.land_edge(&edge, ds).await;
+        }
     }
 
-    /// Lands `bundle` (delivered as `msg`), acks it as a duplicate, keeps it in hand or
-    /// puts it back, as the mark says.
-    async fn settle(&mut self, msg: Message, bundle: Bundle, redelivered: bool) -> Settled {
-        match self.land(&bundle, redelivered).await {
-            Ok(Outcome::Landed(n)) => {
-                self.known.insert(bundle.edge.clone());
-                self.hand
-                    .progressed(&bundle.edge, std::time::Instant::now());
-                tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, last = bundle.last_seq, landed = n, "bundle landed");
-                self.metrics.landed(&bundle.edge, n, bundle.last_seq);
-                // An empty bundle over an event the edge dead-lettered says so.
-                if let Some(reason) = msg.headers.as_ref().and_then(|hs| hs.get(h::DLQ_REASON)) {
-                    self.report_dead_letter(DeadLettered {
-                        stream: subject::STREAM_INGRESS.into(),
-                        edge: Some(bundle.edge.clone()),
-                        seq: bundle.first_seq,
-                        reason: reason.to_string(),
-                        by: Some("edge".into()),
-                        ..Default::default()
-                    })
-                    .await;
+    /// Lands the bundles `ds` of `edge` (sorted by range, not empty) with what they
+    /// release from the hand, and keeps or puts back the rest, as the mark says.
+    async fn land_edge(&mut self, edge: &str, ds: Vec<Delivery>) {
+        let (first, last) = (ds[0].bundle.first_seq, ds[0].bundle.last_seq);
+        if let Some(m) = self.marks.get(edge).map(|m| m.seq) {
+            if self.hand.len_of(edge) > 0 && decide(m, first, last) == Decision::Wait {
+                // The edge already waits at this gap; the tick re-reads its mark.
+                for d in ds {
+                    self.keep(d, m).await;
                 }
-                if let Some(tx) = self.reports.as_ref().filter(|_| !bundle.events.is_empty()) {
-                    let mut agents: Vec<String> =
-                        bundle.events.iter().map(|e| e.agent.clone()).collect();
-                    agents.sort_unstable();
-                    agents.dedup();
-                    let _ = tx.try_send(LanderReport::AgentsSeen {
-                        edge: bundle.edge.clone(),
-                        agents,
+                return;
+            }
+        }
+        let redelivered = ds.iter().any(Delivery::redelivered);
+        if let Err(e) = self.fresh_mark(edge, first, last, redelivered).await {
+            self.put_back(edge, ds, e).await;
+            return;
+        }
+        self.land_ready(edge, ds.into()).await;
+    }
+
+    /// Sets the cached mark of `edge` to one fresh enough to decide on the lowest bundle
+    /// taken, `first..=last`: the cached one unless a bundle was redelivered, read again
+    /// if that one says the bundle waits at a gap (another lander may have landed).
+    async fn fresh_mark(
+        &mut self,
+        edge: &str,
+        first: u64,
+        last: u64,
+        redelivered: bool,
+    ) -> Result<(), LandError> {
+        let cached = self.marks.get(edge).copied().filter(|_| !redelivered);
+        let mut mark = match cached {
+            Some(m) => m,
+            None => self.read_mark(edge).await?,
+        };
+        if self.held.remove(edge).is_some() {
+            tracing::info!(
+                edge,
+                mark = mark.seq,
+                "the mark of a held edge is readable again; landing it"
+            );
+            self.metrics.edge_held(edge, false);
+            self.health.edge_released(edge);
+            self.report(LanderReport::EdgeReleased(EdgeReleased {
+                edge: edge.to_string(),
+                mark: mark.seq,
+            }))
+            .await;
+        }
+        if cached.is_some() && decide(mark.seq, first, last) == Decision::Wait {
+            mark = self.read_mark(edge).await?;
+        }
+        self.marks.insert(edge.to_string(), mark);
+        Ok(())
+    }
+
+    /// Lands runs of `edge` against its cached mark (fresh) from `batch` (its taken
+    /// bundles, sorted) and the hand, until nothing more is ready; keeps what is left of
+    /// `batch` in hand (it is ahead of a gap).
+    async fn land_ready(&mut self, edge: &str, mut batch: VecDeque<Delivery>) {
+        loop {
+            let Some(mark) = self.marks.get(edge).copied() else {
+                // The last mark write failed: read the mark again before landing more.
+                if batch.is_empty() {
+                    break;
+                }
+                match self.read_mark(edge).await {
+                    Ok(m) => {
+                        self.marks.insert(edge.to_string(), m);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.put_back(edge, batch.into(), e).await;
+                        return;
+                    }
+                }
+            };
+            let run = self.take_run(edge, mark.seq, &mut batch).await;
+            self.metrics.in_hand(edge, self.hand.len_of(edge));
+            if run.is_empty() {
+                break;
+            }
+            if let Err(e) = self.store_run(edge, &run).await {
+                let ds = run.into_iter().map(|it| it.d).chain(batch).collect();
+                self.put_back(edge, ds, e).await;
+                return;
+            }
+            self.finish_run(edge, mark, run).await;
+            if !self.hand.is_empty() && self.last_progress.elapsed() >= self.progress_every() {
+                self.progress().await;
+            }
+        }
+        let mark = self.marks.get(edge).map_or(0, |m| m.seq);
+        for d in batch {
+            self.keep(d, mark).await;
+        }
+    }
+
+    /// Takes the next run of `edge` above `mark`: the bundles of `batch` (sorted) and of
+    /// the hand that continue it one after the other, within the run bounds. Bundles at
+    /// or below `mark` met on the way are acked as duplicates at once.
+    async fn take_run(
+        &mut self,
+        edge: &str,
+        mark: u64,
+        batch: &mut VecDeque<Delivery>,
+    ) -> Vec<RunItem> {
+        let mut run = Vec::new();
+        let (mut to, mut bytes) = (mark, 0u64);
+        while run.len() < self.cfg.run_bundles && bytes < self.cfg.run_bytes {
+            let ready = |d: &Delivery| d.bundle.first_seq <= to.saturating_add(1);
+            let (d, from_hand) = if batch.front().is_some_and(ready) {
+                (batch.pop_front().expect("a front"), false)
+            } else if let Some(d) = self.hand.next_ready(edge, to) {
+                (d, true)
+            } else {
+                break;
+            };
+            match decide(to, d.bundle.first_seq, d.bundle.last_seq) {
+                Decision::Land { from } => {
+                    bytes += d.msg.payload.len() as u64;
+                    to = d.bundle.last_seq;
+                    run.push(RunItem {
+                        d,
+                        from: Some(from),
+                        from_hand,
                     });
                 }
-                // A plain ack: if it is lost, the bundle comes back and the mark (already
-                // written) skips it. Waiting for the server's confirmation would stall
-                // the lander for the whole ack timeout after a restart of the server.
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, edge = %bundle.edge, "cannot ack a landed bundle");
-                }
-                Settled::Done
+                Decision::Skip if d.bundle.last_seq <= mark => self.duplicate(d, from_hand).await,
+                Decision::Skip => run.push(RunItem {
+                    d,
+                    from: None,
+                    from_hand,
+                }),
+                // Not reached: only a ready bundle is taken.
+                Decision::Wait => self.keep(d, to).await,
             }
-            Ok(Outcome::Duplicate) => {
-                tracing::debug!(edge = %bundle.edge, first = bundle.first_seq, last = bundle.last_seq, "bundle already landed");
-                self.metrics.duplicate_bundle(&bundle.edge);
-                self.metrics
-                    .skipped(&bundle.edge, bundle.events.len() as u64);
-                let _ = msg.ack().await;
-                Settled::Done
+        }
+        run
+    }
+
+    /// Stores every event of `run` that lands, in order: the fast path, or the slow one
+    /// when the fast one is not proven.
+    async fn store_run(&mut self, edge: &str, run: &[RunItem]) -> Result<(), LandError> {
+        let events: Vec<&Event> = run
+            .iter()
+            .filter_map(|it| Some((it.from?, &it.d.bundle.events)))
+            .flat_map(|(from, evs)| evs.iter().filter(move |e| e.seq >= from))
+            .collect();
+        if events.is_empty() || self.store_fast(edge, &events).await? {
+            return Ok(());
+        }
+        let landing = run.iter().filter(|it| it.from.is_some()).count();
+        self.metrics.slow_path(edge, landing as u64);
+        self.store_acked(edge, &events).await
+    }
+
+    /// After every event of `run` is stored: writes the mark once (the run's last
+    /// sequence), then acks each bundle of the run, reporting what it carries.
+    async fn finish_run(&mut self, edge: &str, mark: Mark, run: Vec<RunItem>) {
+        let Some(last) = run
+            .iter()
+            .filter(|it| it.from.is_some())
+            .map(|it| it.d.bundle.last_seq)
+            .max()
+        else {
+            // Only duplicates of one another (not reached: a run starts with a landing).
+            for it in run {
+                self.duplicate(it.d, it.from_hand).await;
             }
-            Ok(Outcome::Gap(mark)) => self.keep(msg, bundle, mark).await,
-            Err(LandError::Unreadable {
+            return;
+        };
+        let value = bytes::Bytes::copy_from_slice(&last.to_be_bytes());
+        let written = match mark.revision {
+            Some(rev) => self
+                .kv
+                .update(edge, value, rev)
+                .await
+                .map_err(|e| e.to_string()),
+            None => self.kv.create(edge, value).await.map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(rev) => {
+                self.marks.insert(
+                    edge.to_string(),
+                    Mark {
+                        seq: last,
+                        revision: Some(rev),
+                    },
+                );
+            }
+            Err(e) => {
+                // Another lander wrote the key (a failover overlap), or the KV is
+                // unreachable: the events are stored; re-read the mark next time.
+                tracing::warn!(edge, error = %e, "cannot write the high-water mark");
+                self.marks.remove(edge);
+            }
+        }
+        self.known.insert(edge.to_string());
+        self.hand.progressed(edge, std::time::Instant::now());
+        self.metrics.run(edge);
+        let mut agents: Vec<String> = Vec::new();
+        for it in run {
+            let Some(from) = it.from else {
+                self.duplicate(it.d, it.from_hand).await;
+                continue;
+            };
+            let b = &it.d.bundle;
+            let n = b.events.iter().filter(|e| e.seq >= from).count() as u64;
+            self.metrics.skipped(edge, b.events.len() as u64 - n);
+            self.metrics.landed(edge, n, b.last_seq);
+            if it.from_hand {
+                self.metrics.landed_from_hand(edge);
+            }
+            tracing::debug!(
                 edge,
+                first = b.first_seq,
+                last = b.last_seq,
+                landed = n,
+                "bundle landed"
+            );
+            agents.extend(b.events.iter().map(|e| e.agent.clone()));
+            // An empty bundle over an event the edge dead-lettered says so.
+            if let Some(reason) =
+                it.d.msg
+                    .headers
+                    .as_ref()
+                    .and_then(|hs| hs.get(h::DLQ_REASON))
+            {
+                self.report_dead_letter(DeadLettered {
+                    stream: subject::STREAM_INGRESS.into(),
+                    edge: Some(edge.to_string()),
+                    seq: b.first_seq,
+                    reason: reason.to_string(),
+                    by: Some("edge".into()),
+                    ..Default::default()
+                })
+                .await;
+            }
+            // A plain ack: if it is lost, the bundle comes back and the mark (already
+            // written) skips it. Waiting for the server's confirmation would stall
+            // the lander for the whole ack timeout after a restart of the server.
+            if let Err(e) = it.d.msg.ack().await {
+                tracing::warn!(error = %e, edge, "cannot ack a landed bundle");
+            }
+        }
+        if let Some(tx) = self.reports.as_ref().filter(|_| !agents.is_empty()) {
+            agents.sort_unstable();
+            agents.dedup();
+            let _ = tx.try_send(LanderReport::AgentsSeen {
+                edge: edge.to_string(),
+                agents,
+            });
+        }
+    }
+
+    /// Acks a bundle found already landed.
+    async fn duplicate(&self, d: Delivery, from_hand: bool) {
+        let b = &d.bundle;
+        tracing::debug!(edge = %b.edge, first = b.first_seq, last = b.last_seq, "bundle already landed");
+        self.metrics.duplicate_bundle(&b.edge);
+        self.metrics.skipped(&b.edge, b.events.len() as u64);
+        if from_hand {
+            self.metrics.landed_from_hand(&b.edge);
+        }
+        let _ = d.msg.ack().await;
+    }
+
+    /// Puts back bundles of `edge` that could not land because of `e`: held (the mark is
+    /// unreadable) for [`HOLD_RETRY`], otherwise tried again after [`FAIL_RETRY`] with the
+    /// mark read again.
+    async fn put_back(&mut self, edge: &str, ds: Vec<Delivery>, e: LandError) {
+        self.marks.remove(edge);
+        let retry = match e {
+            LandError::Unreadable {
+                edge: _,
                 reason,
                 stream,
                 seq,
-            }) => {
-                self.metrics.held_bundle(&edge);
-                if !self.held.contains_key(&edge) {
-                    tracing::error!(%edge, %reason, "the mark of an edge is unreadable; holding its bundles");
-                    self.metrics.edge_held(&edge, true);
-                    self.health.edge_held(&edge, &reason);
-                    self.held.insert(edge.clone(), reason.clone());
+            } => {
+                if !self.held.contains_key(edge) {
+                    tracing::error!(edge, %reason, "the mark of an edge is unreadable; holding its bundles");
+                    self.metrics.edge_held(edge, true);
+                    self.health.edge_held(edge, &reason);
+                    self.held.insert(edge.to_string(), reason.clone());
                     self.report(LanderReport::EdgeHeld(EdgeHeld {
-                        edge: edge.clone(),
+                        edge: edge.to_string(),
                         reason,
                         stream: Some(stream),
                         seq: Some(seq),
                     }))
                     .await;
                 }
-                self.marks.remove(&edge);
-                let _ = msg.ack_with(AckKind::Nak(Some(HOLD_RETRY))).await;
-                Settled::PutBack
+                for _ in &ds {
+                    self.metrics.held_bundle(edge);
+                }
+                HOLD_RETRY
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "landing failed; the bundle will be tried again");
-                self.marks.remove(&bundle.edge);
+            e => {
+                tracing::warn!(error = %e, bundles = ds.len(), "landing failed; the bundles will be tried again");
                 self.stream_seq = None;
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                    .await;
-                Settled::PutBack
+                FAIL_RETRY
             }
+        };
+        for d in ds {
+            let _ = d.msg.ack_with(AckKind::Nak(Some(retry))).await;
         }
     }
 
     /// Keeps a bundle that arrived ahead of a gap (the edge's mark is `mark`) in hand, or
     /// puts it back for `gap_retry` when the hand is full.
-    async fn keep(&mut self, msg: Message, bundle: Bundle, mark: u64) -> Settled {
-        let edge = bundle.edge.clone();
-        let (first, last) = (bundle.first_seq, bundle.last_seq);
-        let stream_seq = msg.info().map(|i| i.stream_sequence).ok();
-        let bytes = msg.payload.len() as u64;
-        let kept = InHand { msg, bundle };
+    async fn keep(&mut self, d: Delivery, mark: u64) {
+        let edge = d.bundle.edge.clone();
+        let (first, last) = (d.bundle.first_seq, d.bundle.last_seq);
+        let stream_seq = d.msg.info().map(|i| i.stream_sequence).ok();
+        let bytes = d.msg.payload.len() as u64;
         match self
             .hand
-            .keep(&edge, first, last, bytes, kept, std::time::Instant::now())
+            .keep(&edge, first, last, bytes, d, std::time::Instant::now())
         {
             Keep::Kept => {
                 tracing::debug!(%edge, first, last, mark, "bundle ahead of a gap; kept in hand");
                 self.metrics.in_hand(&edge, self.hand.len_of(&edge));
-                Settled::Kept
             }
             Keep::Replaced(old) => {
                 // The same message delivered again: the new delivery replaces the old
@@ -519,43 +775,17 @@ impl Lander {
                     let _ = old.msg.ack().await;
                 }
                 tracing::debug!(%edge, first, last, "bundle in hand delivered again");
-                Settled::Kept
             }
-            Keep::Full(it) => {
-                self.gap_wait(&it, mark).await;
-                Settled::PutBack
-            }
+            Keep::Full(d) => self.gap_wait(&d, mark).await,
         }
     }
 
     /// Puts back a bundle ahead of a gap for `gap_retry` (a gap wait).
-    async fn gap_wait(&self, it: &InHand, mark: u64) {
-        let b = &it.bundle;
+    async fn gap_wait(&self, d: &Delivery, mark: u64) {
+        let b = &d.bundle;
         self.metrics.gap(&b.edge, b.last_seq, mark);
         tracing::debug!(edge = %b.edge, first = b.first_seq, mark, "bundle ahead of a gap put back; it waits");
-        let _ = it
-            .msg
-            .ack_with(AckKind::Nak(Some(self.cfg.gap_retry)))
-            .await;
-    }
-
-    /// Lands, one after the other, the bundles of `edge` in hand that nothing is missing
-    /// before any more, against the cached mark (fresh: just written or re-read).
-    async fn release(&mut self, edge: &str) {
-        while let Some(mark) = self.marks.get(edge).map(|m| m.seq) {
-            let Some(it) = self.hand.next_ready(edge, mark) else {
-                break;
-            };
-            self.metrics.in_hand(edge, self.hand.len_of(edge));
-            let settled = self.settle(it.msg, it.bundle, false).await;
-            if settled != Settled::Done {
-                break;
-            }
-            self.metrics.landed_from_hand(edge);
-            if self.last_progress.elapsed() >= self.progress_every() {
-                self.progress().await;
-            }
-        }
+        let _ = d.msg.ack_with(AckKind::Nak(Some(self.cfg.gap_retry))).await;
     }
 
     /// How often bundles in hand get an in-progress ack: well within `ack_wait`.
@@ -563,9 +793,9 @@ impl Lander {
         (self.cfg.ack_wait / 2).max(Duration::from_millis(10))
     }
 
-    /// The pull loop's timer: re-reads the marks of the edges in hand (another lander may
-    /// have landed them) and lands what is ready, gives back the bundles of edges that
-    /// waited longer than `hand_max_wait`, and keeps the rest from being redelivered.
+    /// The landing loop's timer: re-reads the marks of the edges in hand (another lander
+    /// may have landed them) and lands what is ready, gives back the bundles of edges
+    /// that waited longer than `hand_max_wait`, and keeps the rest from being redelivered.
     async fn tick(&mut self) {
         self.next_tick = tokio::time::Instant::now() + self.progress_every();
         if self.hand.is_empty() {
@@ -575,7 +805,7 @@ impl Lander {
             match self.read_mark(&edge).await {
                 Ok(m) => {
                     self.marks.insert(edge.clone(), m);
-                    self.release(&edge).await;
+                    self.land_ready(&edge, VecDeque::new()).await;
                 }
                 Err(e) => {
                     tracing::debug!(%edge, error = %e, "cannot re-read the mark of an edge in hand")
@@ -671,82 +901,6 @@ impl Lander {
         })
         .await;
         let _ = msg.ack_with(AckKind::Term).await;
-    }
-
-    async fn land(&mut self, b: &Bundle, redelivered: bool) -> Result<Outcome, LandError> {
-        if let Some(m) = self.marks.get(&b.edge) {
-            if self.hand.len_of(&b.edge) > 0
-                && decide(m.seq, b.first_seq, b.last_seq) == Decision::Wait
-            {
-                // The edge already waits at this gap; the tick re-reads its mark.
-                return Ok(Outcome::Gap(m.seq));
-            }
-        }
-        let cached = self.marks.get(&b.edge).copied().filter(|_| !redelivered);
-        let mut mark = match cached {
-            Some(m) => m,
-            None => self.read_mark(&b.edge).await?,
-        };
-        if self.held.remove(&b.edge).is_some() {
-            tracing::info!(edge = %b.edge, mark = mark.seq, "the mark of a held edge is readable again; landing it");
-            self.metrics.edge_held(&b.edge, false);
-            self.health.edge_released(&b.edge);
-            self.report(LanderReport::EdgeReleased(EdgeReleased {
-                edge: b.edge.clone(),
-                mark: mark.seq,
-            }))
-            .await;
-        }
-        let mut decision = decide(mark.seq, b.first_seq, b.last_seq);
-        if decision == Decision::Wait && cached.is_some() {
-            // The cached mark may be stale (another lander landed meanwhile).
-            mark = self.read_mark(&b.edge).await?;
-            decision = decide(mark.seq, b.first_seq, b.last_seq);
-        }
-        self.marks.insert(b.edge.clone(), mark);
-        let from = match decision {
-            Decision::Skip => return Ok(Outcome::Duplicate),
-            Decision::Wait => return Ok(Outcome::Gap(mark.seq)),
-            Decision::Land { from } => from,
-        };
-        let to_land: Vec<&Event> = b.events.iter().filter(|e| e.seq >= from).collect();
-        let n = to_land.len() as u64;
-        self.metrics.skipped(&b.edge, b.events.len() as u64 - n);
-        if !to_land.is_empty() && !self.store_fast(&b.edge, &to_land).await? {
-            self.metrics.slow_path(&b.edge);
-            self.store_acked(&b.edge, &to_land).await?;
-        }
-        let value = bytes::Bytes::copy_from_slice(&b.last_seq.to_be_bytes());
-        let written = match mark.revision {
-            Some(rev) => self
-                .kv
-                .update(&b.edge, value, rev)
-                .await
-                .map_err(|e| e.to_string()),
-            None => self
-                .kv
-                .create(&b.edge, value)
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match written {
-            Ok(rev) => {
-                self.marks.insert(
-                    b.edge.clone(),
-                    Mark {
-                        seq: b.last_seq,
-                        revision: Some(rev),
-                    },
-                );
-            }
-            Err(e) => {
-                // Another lander wrote the key (a failover overlap), or the KV is
-                // unreachable: the events are stored; re-read the mark next time.
-                tracing::warn!(edge = %b.edge, error = %e, "cannot write the high-water mark");
-                self.marks.remove(&b.edge);
-            }
-        }
-        Ok(Outcome::Landed(n))
     }
 
     /// Fast path: every event but the last is published without a reply, the last with
@@ -905,10 +1059,4 @@ impl Lander {
             revision,
         })
     }
-}
-
-enum Outcome {
-    Landed(u64),
-    Duplicate,
-    Gap(u64),
 }

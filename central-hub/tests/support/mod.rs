@@ -232,3 +232,35 @@ pub fn seqs_of(landed: &[(String, u64)], edge: &str) -> Vec<u64> {
         .map(|(_, s)| *s)
         .collect()
 }
+
+/// Publishes every bundle of `bundles` to `MESH_INGRESS` pipelined (up to 1,000 acks
+/// outstanding), then waits for every ack: a backlog that arrives at once.
+pub async fn send_all(js: &jetstream::Context, bundles: impl IntoIterator<Item = Bundle>) {
+    let mut acks = Vec::new();
+    for b in bundles {
+        let ack = js
+            .publish_with_headers(
+                subject::up(&b.edge),
+                b.headers(),
+                b.encode().unwrap().into(),
+            )
+            .await
+            .unwrap();
+        acks.push(ack);
+        if acks.len() >= 1000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+/// The KV revision of `edge`'s high-water mark in `MESH_LANDER` (0 when absent): with one
+/// edge in the bucket, how many times its mark was written.
+pub async fn mark_revision(js: &jetstream::Context, edge: &str) -> u64 {
+    let kv = js.get_key_value(subject::BUCKET_LANDER).await.unwrap();
+    kv.entry(edge).await.unwrap().map_or(0, |e| e.revision)
+}
