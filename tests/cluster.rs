@@ -93,9 +93,15 @@ async fn two_hubs_started_at_once_on_a_fresh_cluster_both_come_up_with_r3_stream
     // Operator commands take every node's URL too.
     let operator = mesh.operator_auth().unwrap();
     let (ok, out) = tokio::task::block_in_place(|| {
-        mesh_cli_as(&operator, &["audit", "verify", "--nats", &mesh.central_url()])
+        mesh_cli_as(
+            &operator,
+            &["audit", "verify", "--nats", &mesh.central_url()],
+        )
     });
-    assert!(ok && out.contains("OK"), "audit verify on the cluster:\n{out}");
+    assert!(
+        ok && out.contains("OK"),
+        "audit verify on the cluster:\n{out}"
+    );
     assert!(mesh.leaf_node(0).is_some(), "the leaf link is on no node");
     mesh.keep_dir();
     let _ = std::fs::remove_dir_all(mesh.dir());
