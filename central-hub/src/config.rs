@@ -103,6 +103,12 @@ pub struct LanderConfig {
     /// Most bytes (bundle bodies) in one run and taken at once; a single bundle larger
     /// than this still lands, alone.
     pub run_bytes: u64,
+    /// How long one of the lander's JetStream requests (a run's store ack, the mark's
+    /// reads and write) waits before the lander gives up on it and tries again. Short:
+    /// when a stream's leader dies mid-request, the lander tries the new one within this
+    /// time of its election instead of a default 5 s later.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for CentralConfig {
@@ -169,7 +175,9 @@ impl Default for LanderConfig {
             // 64 single-event bundles are one store round trip and one R3 KV commit
             // instead of 64 of each; a run of big bundles stops at 8 MiB.
             run_bundles: 64,
-            run_bytes: 8 << 20,
+            // Small enough that a run's store ack comes well within `request_timeout`.
+            run_bytes: 2 << 20,
+            request_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -228,6 +236,12 @@ impl CentralConfig {
         }
         if self.lander.batch == 0 {
             errs.push("lander.batch is 0; it must be at least 1".into());
+        }
+        if self.lander.request_timeout < Duration::from_millis(100) {
+            errs.push(format!(
+                "lander.request_timeout is {:?}; it must be at least 100ms",
+                self.lander.request_timeout
+            ));
         }
         if self.lander.run_bundles == 0 {
             errs.push("lander.run_bundles is 0; it must be at least 1".into());

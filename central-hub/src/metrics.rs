@@ -29,6 +29,7 @@ pub struct CentralMetrics {
     edge_held: Family<Labels, Gauge>,
     in_hand: Family<Labels, Gauge>,
     landed_from_hand: Family<Labels, Counter>,
+    landed_late: Family<Labels, Counter>,
     runs: Family<Labels, Counter>,
     /// Events landed from all edges since start (for heartbeats).
     pub landed_total: std::sync::atomic::AtomicU64,
@@ -51,6 +52,7 @@ impl CentralMetrics {
             edge_held: Family::default(),
             in_hand: Family::default(),
             landed_from_hand: Family::default(),
+            landed_late: Family::default(),
             runs: Family::default(),
             landed_total: Default::default(),
         };
@@ -121,6 +123,12 @@ impl CentralMetrics {
                 "landed_from_hand_bundles",
                 "Bundles landed (or found already landed) from the hand once the gap before them closed, by edge",
                 m.landed_from_hand.clone(),
+            );
+            r.register(
+                "landed_late_bundles",
+                "Bundles missing before the hand landed straight from MESH_INGRESS, their \
+                 delivery still out (after a failover), by edge",
+                m.landed_late.clone(),
             );
             r.register(
                 "lander_runs",
@@ -198,6 +206,11 @@ impl CentralMetrics {
     /// A bundle of edge `e` taken from the hand and settled (landed or a duplicate).
     pub fn landed_from_hand(&self, e: &str) {
         self.landed_from_hand.get_or_create(&edge(e)).inc();
+    }
+
+    /// A late bundle of edge `e` landed straight from `MESH_INGRESS`.
+    pub fn landed_late(&self, e: &str) {
+        self.landed_late.get_or_create(&edge(e)).inc();
     }
 
     pub fn render(&self) -> String {

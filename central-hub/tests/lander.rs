@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::HeaderMap;
+use futures::StreamExt;
 use schemas::audit::{self, AuditEvent, AuditRecord};
 use schemas::{headers as h, subject, Bundle};
 use support::{
@@ -528,4 +529,70 @@ async fn throughput_of_a_backlog_of_single_event_bundles() {
         mark_revision(&hub.js, "e1").await
     );
     hub.shut_down().await;
+}
+
+/// Regression (a 3-node centre, the node of the landing hub killed): a bundle delivered
+/// on a connection that is gone comes back only after `ack_wait`, so every bundle behind
+/// it waited in hand that long. Now the lander reads the missing bundle straight from
+/// `MESH_INGRESS` (the work queue still holds it) and lands it; its late delivery is a
+/// duplicate. Here `ack_wait` is 60 s, far past the test's deadline: only the read lands
+/// bundle 1 in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_whose_delivery_is_out_is_landed_from_the_work_queue() {
+    let mut cfg = hub_config();
+    cfg.lander.ack_wait = Duration::from_secs(60);
+    cfg.lander.pin_timeout = Duration::from_secs(1);
+    let mut first = start_hub_with("t-late", cfg.clone()).await;
+    first.shut_down().await;
+    // The "old connection": a client pulls bundle 1 in the landers' group and vanishes
+    // with it unacked.
+    send(&first.js, &bundle("e1", "a1", 1, 1)).await;
+    let consumer: jetstream::consumer::PullConsumer = first
+        .js
+        .get_stream(subject::STREAM_INGRESS)
+        .await
+        .unwrap()
+        .get_consumer(central_hub::lander::CONSUMER)
+        .await
+        .unwrap();
+    // The stopped hub's pin lasts `pin_timeout`; pull until this client has it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let taken = consumer
+            .stream()
+            .group(central_hub::lander::GROUP)
+            .max_messages_per_batch(1)
+            .expires(Duration::from_millis(500))
+            .heartbeat(Duration::from_millis(200))
+            .messages()
+            .await;
+        let next = match taken {
+            Ok(mut t) => t.next().await.map(|r| r.map_err(|e| e.to_string())),
+            Err(e) => Some(Err(e.to_string())),
+        };
+        match next {
+            Some(Ok(m)) => break m,
+            other => assert!(Instant::now() < deadline, "cannot pull bundle 1: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(out.subject.as_str(), subject::up("e1"));
+    for seq in 2..=40 {
+        send(&first.js, &bundle("e1", "a1", seq, seq)).await;
+    }
+    // Once the vanished client's pin times out, a hub is pinned and gets 2..=40.
+    let second = hub_on(&first.url, cfg).await;
+    wait_for("every event landed", || async {
+        events(&second.js).await == 40
+    })
+    .await;
+    let all = landed(&second.js).await;
+    assert_eq!(seqs_of(&all, "e1"), (1..=40).collect::<Vec<_>>());
+    assert_eq!(
+        second
+            .metric("mesh_central_landed_late_bundles_total{edge=\"e1\"}")
+            .await,
+        1.0
+    );
+    drop(out);
 }

@@ -114,6 +114,12 @@ impl<T> Hand<T> {
         Some(kept.item)
     }
 
+    /// Since when `edge` has waited at its gap (its last progress, or its first bundle
+    /// kept); `None` when nothing of it is in hand.
+    pub fn waiting_since(&self, edge: &str) -> Option<Instant> {
+        self.edges.get(edge).map(|e| e.since)
+    }
+
     /// The mark of `edge` moved: its wait starts again.
     pub fn progressed(&mut self, edge: &str, now: Instant) {
         if let Some(e) = self.edges.get_mut(edge) {

@@ -96,6 +96,25 @@
 //! `mesh_central_landed_from_hand_bundles_total{edge}` counts those that left it landed
 //! (or found landed).
 //!
+//! # A late bundle is read from the work queue
+//! After a failover (the node of the landing hub killed, a hub restarted) the bundles
+//! delivered on the old connection come back only after `ack_wait`, and everything
+//! behind them waits in hand that long. So while an edge has bundles in hand the timer
+//! runs every 250 ms (`FETCH_AFTER`), and once the edge has waited that long the lander
+//! reads the edge's bundles from `MESH_INGRESS` in stream order (the work queue keeps a
+//! bundle until its delivery is acked; at most `FETCH_READS` reads) and lands the first
+//! one that continues the mark, exactly as a delivered one (the events above the mark,
+//! then the mark). Its delivery, when it comes, is at or below the mark: a duplicate,
+//! acked. Bundles carrying `mesh-dlq-reason` are left to their delivery, which reports
+//! the dead letter. Counted in `mesh_central_landed_late_bundles_total{edge}`.
+//!
+//! # Timeouts
+//! The lander's stores and mark reads and writes wait at most `lander.request_timeout`
+//! (1 s): when a stream's leader dies mid-request, the next try goes to the new leader
+//! soon after its election instead of after a 5 s default. The consumer is set up on
+//! the hub's ordinary context, and re-fetched within `request_timeout` after a failed
+//! pull.
+//!
 //! # An unreadable mark holds its edge alone
 //! When the mark cannot be read — the last message on `mesh.evt.<edge>.>` has no or an
 //! unparsable `ce-meshseq` (anyone who can publish into `MESH_EVENTS` can put one
@@ -185,8 +204,13 @@ pub const GROUP: &str = "lander";
 pub const MAX_ACK_PENDING: usize = 1024;
 /// How long a bundle of a held edge waits before it is tried (and the mark read) again.
 const HOLD_RETRY: Duration = Duration::from_secs(1);
+/// How long an edge waits at a gap with bundles in hand before the lander looks for the
+/// missing bundle in `MESH_INGRESS` itself (see `fetch_late`).
+const FETCH_AFTER: Duration = Duration::from_millis(250);
+/// Most messages of an edge read from `MESH_INGRESS` in one look for a late bundle.
+const FETCH_READS: usize = 256;
 /// How long a bundle whose landing failed waits before it is tried again.
-const FAIL_RETRY: Duration = Duration::from_millis(500);
+const FAIL_RETRY: Duration = Duration::from_millis(200);
 /// The `edge` label of a refused bundle from an edge this lander never landed (so
 /// whoever can publish to `mesh.up.>` cannot grow the metric without bound).
 const UNKNOWN_EDGE: &str = "_unknown";
@@ -200,7 +224,12 @@ struct Mark {
 
 pub struct Lander {
     client: async_nats::Client,
+    /// The caller's context: the consumer's set-up and pulls.
+    admin: jetstream::Context,
+    /// The lander's own, with `lander.request_timeout`: stores and the mark.
     js: jetstream::Context,
+    /// `MESH_INGRESS` on `js`, to read a late bundle (see `fetch_late`).
+    ingress: Option<jetstream::stream::Stream>,
     /// Last `MESH_EVENTS` sequence this lander stored, when it knows it for sure.
     stream_seq: Option<u64>,
     /// Subjects and headers of the events it stores, built per event shape.
@@ -296,6 +325,13 @@ impl Lander {
         cfg: LanderConfig,
         metrics: Arc<CentralMetrics>,
     ) -> Result<Lander, async_nats::Error> {
+        // Its own context and bucket handle, with the lander's short request timeout; the
+        // consumer is set up and pulled on the caller's (admin requests may take long on a
+        // cluster).
+        let admin = js.clone();
+        let mut js = js;
+        js.set_timeout(cfg.request_timeout);
+        let kv = js.get_key_value(&kv.name).await?;
         let events = js.get_stream(subject::STREAM_EVENTS).await?;
         let now = tokio::time::Instant::now();
         Ok(Lander {
@@ -303,7 +339,9 @@ impl Lander {
             next_tick: now,
             last_progress: now,
             client,
+            admin,
             js,
+            ingress: None,
             stream_seq: None,
             build: schemas::MessageBuilder::new(),
             events,
@@ -351,7 +389,7 @@ impl Lander {
     /// consumer deleted, the server gone) is reported to [`Health`] and tried again,
     /// re-creating the consumer if it is gone.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), async_nats::Error> {
-        let ingress = self.js.get_stream(subject::STREAM_INGRESS).await?;
+        let ingress = self.admin.get_stream(subject::STREAM_INGRESS).await?;
         let consumer = puller::consumer(&ingress, &self.cfg).await?;
         let (tx, mut rx) = mpsc::channel(MAX_ACK_PENDING);
         let stop_pulling = shutdown.child_token();
@@ -401,7 +439,9 @@ impl Lander {
                 _ = shutdown.cancelled() => return,
             };
             let Some(first) = next else {
-                tracing::error!("the lander's pull task has stopped; the lander stops");
+                if !shutdown.is_cancelled() {
+                    tracing::error!("the lander's pull task has stopped; the lander stops");
+                }
                 return;
             };
             let mut bytes = first.payload.len() as u64;
@@ -614,32 +654,7 @@ impl Lander {
             }
             return;
         };
-        let value = bytes::Bytes::copy_from_slice(&last.to_be_bytes());
-        let written = match mark.revision {
-            Some(rev) => self
-                .kv
-                .update(edge, value, rev)
-                .await
-                .map_err(|e| e.to_string()),
-            None => self.kv.create(edge, value).await.map_err(|e| e.to_string()),
-        };
-        match written {
-            Ok(rev) => {
-                self.marks.insert(
-                    edge.to_string(),
-                    Mark {
-                        seq: last,
-                        revision: Some(rev),
-                    },
-                );
-            }
-            Err(e) => {
-                // Another lander wrote the key (a failover overlap), or the KV is
-                // unreachable: the events are stored; re-read the mark next time.
-                tracing::warn!(edge, error = %e, "cannot write the high-water mark");
-                self.marks.remove(edge);
-            }
-        }
+        self.write_mark(edge, mark, last).await;
         self.known.insert(edge.to_string());
         self.hand.progressed(edge, std::time::Instant::now());
         self.metrics.run(edge);
@@ -797,10 +812,13 @@ impl Lander {
     /// may have landed them) and lands what is ready, gives back the bundles of edges
     /// that waited longer than `hand_max_wait`, and keeps the rest from being redelivered.
     async fn tick(&mut self) {
-        self.next_tick = tokio::time::Instant::now() + self.progress_every();
+        let now = tokio::time::Instant::now();
+        self.next_tick = now + self.progress_every();
         if self.hand.is_empty() {
             return;
         }
+        // While bundles wait in hand, look again soon: the missing one may be late.
+        self.next_tick = now + FETCH_AFTER.min(self.progress_every());
         for edge in self.hand.edges() {
             match self.read_mark(&edge).await {
                 Ok(m) => {
@@ -808,8 +826,16 @@ impl Lander {
                     self.land_ready(&edge, VecDeque::new()).await;
                 }
                 Err(e) => {
-                    tracing::debug!(%edge, error = %e, "cannot re-read the mark of an edge in hand")
+                    tracing::debug!(%edge, error = %e, "cannot re-read the mark of an edge in hand");
+                    continue;
                 }
+            }
+            let waited = self
+                .hand
+                .waiting_since(&edge)
+                .is_some_and(|t| t.elapsed() >= FETCH_AFTER);
+            if waited {
+                self.fetch_late(&edge).await;
             }
         }
         let expired = self
@@ -824,7 +850,122 @@ impl Lander {
             }
             self.metrics.in_hand(&edge, 0);
         }
-        self.progress().await;
+        if self.last_progress.elapsed() >= self.progress_every() {
+            self.progress().await;
+        }
+    }
+
+    /// Lands the bundle missing before the hand of `edge` straight from `MESH_INGRESS`,
+    /// when it is there: after a failover its delivery comes back only after `ack_wait`
+    /// (it was delivered on a connection that is gone), but the work queue still holds
+    /// it. Reads the edge's bundles in stream order (at most [`FETCH_READS`]), lands the
+    /// first that continues the mark (events above the mark stored, the mark written, as
+    /// any landing), then lands what that releases from the hand. Its delivery, when it
+    /// comes, is at or below the mark and acked as a duplicate. A bundle carrying
+    /// `mesh-dlq-reason` is left to its delivery (which reports the dead letter).
+    async fn fetch_late(&mut self, edge: &str) {
+        let Some(mark) = self.marks.get(edge).copied() else {
+            return;
+        };
+        let up = subject::up(edge);
+        let ingress = match &self.ingress {
+            Some(s) => s.clone(),
+            None => match self.js.get_stream(subject::STREAM_INGRESS).await {
+                Ok(s) => {
+                    self.ingress = Some(s.clone());
+                    s
+                }
+                Err(e) => {
+                    tracing::debug!(edge, error = %e, "cannot look for a late bundle");
+                    return;
+                }
+            },
+        };
+        // (async-nats's "first by subject from a sequence" is the stream API's next_by_subj.)
+        let mut next = ingress.get_first_raw_message_by_subject(&up, 0).await;
+        for _ in 0..FETCH_READS {
+            let Ok(m) = next else { return };
+            let seq = m.sequence;
+            if let Ok(b) = check(&m.subject, Some(&m.headers), &m.payload) {
+                if m.headers.get(h::DLQ_REASON).is_some() && b.last_seq > mark.seq {
+                    return;
+                }
+                if let Decision::Land { from } = decide(mark.seq, b.first_seq, b.last_seq) {
+                    self.land_late(edge, mark, b, from, seq).await;
+                    return;
+                }
+            }
+            next = ingress.get_first_raw_message_by_subject(&up, seq + 1).await;
+        }
+    }
+
+    /// Lands bundle `b` of `edge`, read from `MESH_INGRESS` at `stream_seq` (no delivery
+    /// to ack), from sequence `from` on; then what it releases from the hand.
+    async fn land_late(&mut self, edge: &str, mark: Mark, b: Bundle, from: u64, stream_seq: u64) {
+        let events: Vec<&Event> = b.events.iter().filter(|e| e.seq >= from).collect();
+        let stored = match events.is_empty() {
+            true => Ok(()),
+            false => match self.store_fast(edge, &events).await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    self.metrics.slow_path(edge, 1);
+                    self.store_acked(edge, &events).await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = stored {
+            tracing::debug!(edge, error = %e, "cannot land a late bundle; its delivery will");
+            self.marks.remove(edge);
+            self.stream_seq = None;
+            return;
+        }
+        tracing::info!(
+            edge,
+            first = b.first_seq,
+            last = b.last_seq,
+            stream_seq,
+            "landed a late bundle read from MESH_INGRESS (its delivery is still out)"
+        );
+        self.write_mark(edge, mark, b.last_seq).await;
+        let n = events.len() as u64;
+        self.metrics.skipped(edge, b.events.len() as u64 - n);
+        self.metrics.landed(edge, n, b.last_seq);
+        self.metrics.landed_late(edge);
+        self.hand.progressed(edge, std::time::Instant::now());
+        self.land_ready(edge, VecDeque::new()).await;
+    }
+
+    /// Writes the mark of `edge` (compare-and-set against `mark`'s revision) as `last`
+    /// and caches it; on failure (another lander wrote it, or the bucket is unreachable)
+    /// drops the cached mark so it is read again.
+    async fn write_mark(&mut self, edge: &str, mark: Mark, last: u64) {
+        let value = bytes::Bytes::copy_from_slice(&last.to_be_bytes());
+        let written = match mark.revision {
+            Some(rev) => self
+                .kv
+                .update(edge, value, rev)
+                .await
+                .map_err(|e| e.to_string()),
+            None => self.kv.create(edge, value).await.map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(rev) => {
+                self.marks.insert(
+                    edge.to_string(),
+                    Mark {
+                        seq: last,
+                        revision: Some(rev),
+                    },
+                );
+            }
+            Err(e) => {
+                // Another lander wrote the key (a failover overlap), or the KV is
+                // unreachable: the events are stored; re-read the mark next time.
+                tracing::warn!(edge, error = %e, "cannot write the high-water mark");
+                self.marks.remove(edge);
+            }
+        }
     }
 
     /// An in-progress ack for every bundle in hand: restarts its `ack_wait`.

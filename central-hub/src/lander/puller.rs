@@ -153,7 +153,13 @@ async fn consumer_or_warn(
     ingress: &jetstream::stream::Stream,
     cfg: &LanderConfig,
 ) -> Option<PullConsumer> {
-    match consumer(ingress, cfg).await {
+    // Bounded by the lander's short request timeout: after its node died, the consumer's
+    // info is answered only once its replicas elected a new leader; ask again soon
+    // rather than wait out a long timeout.
+    let got = tokio::time::timeout(cfg.request_timeout, consumer(ingress, cfg))
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+    match got {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(error = %e, "cannot get or create the lander consumer; trying again");

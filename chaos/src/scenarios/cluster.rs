@@ -15,7 +15,8 @@
 //! 4. reads the landing times (`MESH_EVENTS`'s own store time of every event) and reports
 //!    the **landing stall** (the longest time without a landing, from the fault on), the
 //!    time until the **backlog is gone** (every event lands within [`LAG_OK`] of its
-//!    `ce-time` again) and the **drain rate** meanwhile, beside the native publisher's
+//!    `ce-time` again) and the **drain rate** (events landed in the drain's first second,
+//!    per second: how fast the lander takes the backlog), beside the native publisher's
 //!    stall (the longest time between two acks from the fault on).
 //!
 //! The bounds (violations when broken): where a node holding a leader of the mesh's
@@ -148,7 +149,9 @@ pub(crate) async fn run_cluster(
 
     // Landing times.
     let landed = read_landing(&mesh).await?;
-    let base = drain(&landed, base_from);
+    let before_fault: DateTime<Utc> = fault_from.into();
+    let until = landed.partition_point(|(stored, _)| *stored <= before_fault);
+    let base = drain(&landed[..until], base_from);
     let after = drain(&landed, fault_from);
     report.native_stall_s = native_stall.map(|d| d.as_secs_f64());
     report.stall_s = after.as_ref().map(|d| d.stall.as_secs_f64());
@@ -410,7 +413,13 @@ fn drain(landed: &[(DateTime<Utc>, DateTime<Utc>)], from: SystemTime) -> Option<
         .to_std()
         .unwrap_or_default();
     let events = caught_up + 1;
-    let rate = events as f64 / drain.as_secs_f64().max(0.001);
+    // The rate over the drain's first second (or all of it when shorter): how fast the
+    // lander takes the backlog, not how fast the edge's own late resends trickle in at
+    // the end of a longer drain.
+    let window = drain.clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let end = after[0].0 + chrono::Duration::from_std(window).ok()?;
+    let in_window = after[..events].iter().filter(|(s, _)| *s <= end).count();
+    let rate = in_window as f64 / window.as_secs_f64();
     Some(Drain {
         stall,
         drain,
