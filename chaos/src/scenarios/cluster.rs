@@ -23,9 +23,9 @@
 //! streams or of the lander's consumer dies or is cut off, the mesh's stall may exceed
 //! the native publisher's by at most [`NATIVE_MARGIN`] (its leader is put on the same
 //! node, so it pays the same election); where none does (the leaves are moved off the
-//! node first), the stall is at most [`STALL_BOUND`]; the drain rate is at least
-//! [`DRAIN_FLOOR`] of the normal one. These are CI's margins; `docs/CHAOS.md` holds the
-//! measured figures.
+//! node first), the stall is at most [`STALL_BOUND`]; the backlog is gone within
+//! [`DRAIN_BOUND`] of the stall's end. These are CI's margins; `docs/CHAOS.md` holds the
+//! measured figures, the drain rates among them.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -48,8 +48,9 @@ use crate::producer::AgentLog;
 pub(crate) const NATIVE_MARGIN: Duration = Duration::from_secs(1);
 /// Where no leader dies, the stall is at most this.
 pub(crate) const STALL_BOUND: Duration = Duration::from_secs(5);
-/// The drain after the fault runs at no less than this share of the normal drain rate.
-pub(crate) const DRAIN_FLOOR: f64 = 0.5;
+/// After the stall the backlog is gone within this (the drain rates are reported, not
+/// asserted: over a backlog of a few seconds they are too noisy for a bound).
+pub(crate) const DRAIN_BOUND: Duration = Duration::from_secs(15);
 /// An event that lands within this of its `ce-time` is not part of a backlog.
 pub(crate) const LAG_OK: Duration = Duration::from_millis(500);
 
@@ -187,12 +188,15 @@ pub(crate) async fn run_cluster(
             }
         }
     }
-    if let (Some(a), Some(b)) = (&after, &base) {
-        // A backlog too small to time says nothing about the rate.
-        if a.events >= 1000 && b.rate > 0.0 && a.rate < DRAIN_FLOOR * b.rate {
+    if let Some(a) = &after {
+        report.notes.push(format!(
+            "{} events landed from the stall's end until the backlog was gone",
+            a.events
+        ));
+        if a.drain > DRAIN_BOUND {
             report.violations.push(format!(
-                "the backlog drained at {:.0} events/s, under {DRAIN_FLOOR} x the normal {:.0}",
-                a.rate, b.rate
+                "the backlog took {:.2}s to land after the stall (bound {DRAIN_BOUND:?})",
+                a.drain.as_secs_f64()
             ));
         }
     }
