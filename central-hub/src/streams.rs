@@ -503,9 +503,24 @@ pub async fn ensure(js: &jetstream::Context, cfg: &CentralConfig) -> Result<Stre
     let bucket = schemas::subject::BUCKET_LANDER;
     let kv = retry
         .run(bucket, "open bucket", || async {
-            js.get_key_value(bucket).await.map_err(Into::into)
+            // Its stream exists (found or created above): "not found" is a cluster node
+            // that does not see the new stream yet (seen: two hubs racing on a fresh
+            // 3-node cluster).
+            js.get_key_value(bucket).await.map_err(not_yet_visible)
         })
         .await?;
+    // Every stream visible before the hub uses them: on a cluster a stream just created
+    // (by this hub or a racing one) may not be seen yet by the node this hub talks to.
+    for spec in &specs {
+        retry
+            .run(&spec.stream, "see the stream", || async {
+                js.get_stream(&spec.stream)
+                    .await
+                    .map(|_| ())
+                    .map_err(not_yet_visible)
+            })
+            .await?;
+    }
     Ok(Streams { kv, updated })
 }
 
@@ -539,7 +554,39 @@ enum Class {
     Permanent,
 }
 
+/// A stream this hub found or created is not seen yet by the node asked: try again.
+#[derive(Debug, thiserror::Error)]
+#[error("not visible yet on the node asked: {0}")]
+struct NotVisibleYet(String);
+
+/// A lookup error of a stream known to exist: "not found" becomes [`NotVisibleYet`].
+fn not_yet_visible(e: impl Into<async_nats::Error>) -> async_nats::Error {
+    let e: async_nats::Error = e.into();
+    match stream_not_found(&*e) {
+        true => Box::new(NotVisibleYet(e.to_string())),
+        false => e,
+    }
+}
+
+/// Whether `err` (or a cause of it) is JetStream's "stream not found".
+fn stream_not_found(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(j) = e.downcast_ref::<jetstream::Error>() {
+            return j.error_code() == ErrorCode::STREAM_NOT_FOUND;
+        }
+        if e.to_string().contains("stream not found") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 fn classify(err: &(dyn std::error::Error + 'static)) -> Class {
+    if err.downcast_ref::<NotVisibleYet>().is_some() {
+        return Class::Transient;
+    }
     fn code(e: &jetstream::Error) -> Class {
         match e.error_code() {
             ErrorCode::STREAM_NAME_EXIST => Class::Exists,
@@ -782,5 +829,13 @@ mod tests {
         )
         .into();
         assert_eq!(classify(&*wrapped), Class::Exists);
+        let not_found: async_nats::Error = Box::new(NotVisibleYet("x".into()));
+        assert_eq!(classify(&*not_found), Class::Transient);
+        let e404: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 404, "err_code": 10059, "description": "stream not found"
+        }))
+        .unwrap();
+        assert!(stream_not_found(&e404));
+        assert!(!stream_not_found(&*js(10074, 500)));
     }
 }
