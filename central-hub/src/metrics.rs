@@ -21,7 +21,7 @@ pub struct CentralMetrics {
     duplicate_bundles: Family<Labels, Counter>,
     gap_waits: Family<Labels, Counter>,
     skipped_events: Family<Labels, Counter>,
-    slow_path: Family<Labels, Counter>,
+    broken_chains: Family<Labels, Counter>,
     mark: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
     refused_bundles: Family<Labels, Counter>,
@@ -44,7 +44,7 @@ impl CentralMetrics {
             duplicate_bundles: Family::default(),
             gap_waits: Family::default(),
             skipped_events: Family::default(),
-            slow_path: Family::default(),
+            broken_chains: Family::default(),
             mark: Family::default(),
             lag: Family::default(),
             refused_bundles: Family::default(),
@@ -79,9 +79,9 @@ impl CentralMetrics {
                 m.skipped_events.clone(),
             );
             r.register(
-                "slow_path_bundles",
-                "Bundles landed again with an ack per event because the fast path was not proven",
-                m.slow_path.clone(),
+                "lander_broken_chains",
+                "Runs the stream did not take as one chain (an event lost, another writer, a stale sequence); they land again from the mark",
+                m.broken_chains.clone(),
             );
             r.register(
                 "gap_waits",
@@ -157,8 +157,8 @@ impl CentralMetrics {
     }
 
     /// `bundles` bundles (a run) landed again with an ack per event.
-    pub fn slow_path(&self, e: &str, bundles: u64) {
-        self.slow_path.get_or_create(&edge(e)).inc_by(bundles);
+    pub fn broken_chain(&self, e: &str) {
+        self.broken_chains.get_or_create(&edge(e)).inc();
     }
 
     /// A run of edge `e` landed (one mark write).

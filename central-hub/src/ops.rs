@@ -398,7 +398,7 @@ async fn republish_each(
             .get(h::ID)
             .map(|v| v.as_str().to_string())
             .unwrap_or_default();
-        let mut hs = m.headers.clone();
+        let mut hs = h::without_expectations(&m.headers);
         hs.insert(h::ORIGIN_STREAM, r.stream.as_str());
         hs.insert(h::ORIGIN_SEQ, seq.to_string().as_str());
         hs.insert(

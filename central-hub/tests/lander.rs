@@ -500,9 +500,85 @@ async fn a_backlog_of_small_bundles_lands_in_runs_exactly_once_and_in_order() {
     let runs = hub
         .metric("mesh_central_lander_runs_total{edge=\"e1\"}")
         .await;
+    assert!(runs * 8.0 <= N as f64, "{runs} runs for {N} bundles");
+    // The KV catches up with the mark, in at most one write per run (coalesced).
+    wait_for("the mark in the KV", || async {
+        kv_mark(&hub.js, "e1").await == Some(N)
+    })
+    .await;
     let writes = mark_revision(&hub.js, "e1").await;
-    assert_eq!(runs, writes as f64, "one mark write per run");
-    assert!(writes * 8 <= N, "{writes} mark writes for {N} bundles");
+    assert!(
+        writes as f64 <= runs,
+        "{writes} mark writes for {runs} runs"
+    );
+    hub.shut_down().await;
+}
+
+/// The value of `edge`'s key in `MESH_LANDER`, if it can be read.
+async fn kv_mark(js: &jetstream::Context, edge: &str) -> Option<u64> {
+    let kv = js.get_key_value(subject::BUCKET_LANDER).await.ok()?;
+    let e = kv.entry(edge).await.ok()??;
+    e.value.as_ref().try_into().ok().map(u64::from_be_bytes)
+}
+
+/// The KV of marks is off the landing path, except where only it can hold the mark. With
+/// the `MESH_LANDER` bucket gone (its raft group electing, on a cluster), runs that end
+/// in a stored event land and are acked: the stream holds their mark. A run that ends in
+/// a sequence with no event (expelled at the edge) is not acked while its mark cannot be
+/// written, so nothing moves past it unrecorded; with the bucket back it lands, and the
+/// KV catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landing_waits_for_the_kv_only_where_only_the_kv_holds_the_mark() {
+    let mut hub = start_hub("t-kv-away").await;
+    send_all(&hub.js, (1..=10).map(|s| bundle("e1", "a1", s, s))).await;
+    wait_for("ten events landed, their mark in the KV", || async {
+        events(&hub.js).await == 10 && kv_mark(&hub.js, "e1").await == Some(10)
+    })
+    .await;
+    let config = {
+        let mut s = hub.js.get_stream("KV_MESH_LANDER").await.unwrap();
+        s.info().await.unwrap().config.clone()
+    };
+    hub.js
+        .delete_key_value(subject::BUCKET_LANDER)
+        .await
+        .unwrap();
+
+    send_all(&hub.js, (11..=20).map(|s| bundle("e1", "a1", s, s))).await;
+    wait_for("ten more landed and acked without the KV", || async {
+        events(&hub.js).await == 20 && messages(&hub.js, subject::STREAM_INGRESS).await == 0
+    })
+    .await;
+
+    // Sequence 21 was expelled at the edge: its bundle carries no event.
+    let empty = Bundle {
+        events: Vec::new(),
+        ..bundle("e1", "a1", 21, 21)
+    };
+    send(&hub.js, &empty).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        messages(&hub.js, subject::STREAM_INGRESS).await,
+        1,
+        "a run ending in an empty range was acked while its mark could not be written"
+    );
+
+    hub.js.create_stream(config).await.unwrap();
+    wait_for("the empty range landed, its mark in the KV", || async {
+        messages(&hub.js, subject::STREAM_INGRESS).await == 0
+            && kv_mark(&hub.js, "e1").await == Some(21)
+    })
+    .await;
+    send(&hub.js, &bundle("e1", "a1", 22, 22)).await;
+    wait_for("the next event", || async { events(&hub.js).await == 21 }).await;
+    assert_eq!(
+        seqs_of(&landed(&hub.js).await, "e1"),
+        (1..=20).chain([22]).collect::<Vec<_>>()
+    );
+    wait_for("the KV caught up", || async {
+        kv_mark(&hub.js, "e1").await == Some(22)
+    })
+    .await;
     hub.shut_down().await;
 }
 
@@ -535,12 +611,14 @@ async fn throughput_of_a_backlog_of_single_event_bundles() {
 /// on a connection that is gone comes back only after `ack_wait`, so every bundle behind
 /// it waited in hand that long. Now the lander reads the missing bundle straight from
 /// `MESH_INGRESS` (the work queue still holds it) and lands it; its late delivery is a
-/// duplicate. Here `ack_wait` is 60 s, far past the test's deadline: only the read lands
+/// duplicate. Here `ack_wait` is 120 s, far past the test's deadline: only the read lands
 /// bundle 1 in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_whose_delivery_is_out_is_landed_from_the_work_queue() {
     let mut cfg = hub_config();
-    cfg.lander.ack_wait = Duration::from_secs(60);
+    // Past the test's deadline, and so is `ack_wait / 2`, when bundles in hand used to
+    // be looked at first.
+    cfg.lander.ack_wait = Duration::from_secs(120);
     cfg.lander.pin_timeout = Duration::from_secs(1);
     let mut first = start_hub_with("t-late", cfg.clone()).await;
     first.shut_down().await;
@@ -595,4 +673,104 @@ async fn a_bundle_whose_delivery_is_out_is_landed_from_the_work_queue() {
         1.0
     );
     drop(out);
+}
+
+/// A store that fails (here `MESH_EVENTS` refusing every new message, as a stream with no
+/// leader refuses them) keeps the bundles in hand instead of giving them back: nothing
+/// lands meanwhile, nothing is redelivered out of order, and once the stream takes
+/// messages again the bundles land from the hand, in order, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_whose_store_failed_are_kept_in_hand_and_land_in_order() {
+    let mut hub = start_hub("t-store-fails").await;
+    send_all(&hub.js, (1..=10).map(|s| bundle("e1", "a1", s, s))).await;
+    wait_for("ten events landed", || async {
+        events(&hub.js).await == 10
+    })
+    .await;
+
+    let mut stream = hub.js.get_stream(subject::STREAM_EVENTS).await.unwrap();
+    let open = stream.info().await.unwrap().config.clone();
+    let mut full = open.clone();
+    full.max_messages = 10;
+    full.discard = jetstream::stream::DiscardPolicy::New;
+    hub.js.update_stream(&full).await.unwrap();
+
+    send_all(&hub.js, (11..=60).map(|s| bundle("e1", "a1", s, s))).await;
+    wait_for("the bundles in hand", || async {
+        hub.metric("mesh_central_lander_in_hand{edge=\"e1\"}").await > 0.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        events(&hub.js).await,
+        10,
+        "nothing lands while the stream refuses"
+    );
+    assert_eq!(messages(&hub.js, subject::STREAM_INGRESS).await, 50);
+
+    hub.js.update_stream(&open).await.unwrap();
+    wait_for("every event landed and acked", || async {
+        events(&hub.js).await == 60 && messages(&hub.js, subject::STREAM_INGRESS).await == 0
+    })
+    .await;
+    assert_eq!(
+        seqs_of(&landed(&hub.js).await, "e1"),
+        (1..=60).collect::<Vec<_>>()
+    );
+    assert!(
+        hub.metric("mesh_central_landed_from_hand_bundles_total{edge=\"e1\"}")
+            .await
+            > 0.0,
+        "the bundles of the failed store landed from the hand"
+    );
+    assert_eq!(gap_waits(&hub, "e1").await, 0.0);
+    hub.shut_down().await;
+}
+
+/// A run is stored as one chain: the stream takes an event only right after the one
+/// before it. Here `MESH_EVENTS` refuses one event in the middle of a run (too large
+/// for it, as a leader change loses one): nothing after it is stored either, so nothing
+/// lands past the gap; once the stream takes it, the rest lands, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_after_an_event_the_stream_refused_is_stored() {
+    let mut hub = start_hub("t-chain").await;
+    send_all(&hub.js, (1..=10).map(|s| bundle("e1", "a1", s, s))).await;
+    wait_for("ten events landed", || async {
+        events(&hub.js).await == 10
+    })
+    .await;
+
+    let mut stream = hub.js.get_stream(subject::STREAM_EVENTS).await.unwrap();
+    let open = stream.info().await.unwrap().config.clone();
+    let mut small = open.clone();
+    small.max_message_size = 2048;
+    hub.js.update_stream(&small).await.unwrap();
+
+    let mut b = bundle("e1", "a1", 11, 20);
+    b.events[4].data = vec![b'x'; 4096].into(); // event 15
+    send(&hub.js, &b).await;
+    wait_for("a broken chain", || async {
+        hub.metric("mesh_central_lander_broken_chains_total{edge=\"e1\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        seqs_of(&landed(&hub.js).await, "e1"),
+        (1..=14).collect::<Vec<_>>(),
+        "events after the refused one were stored"
+    );
+    assert_eq!(messages(&hub.js, subject::STREAM_INGRESS).await, 1);
+
+    hub.js.update_stream(&open).await.unwrap();
+    wait_for("every event landed and acked", || async {
+        events(&hub.js).await == 20 && messages(&hub.js, subject::STREAM_INGRESS).await == 0
+    })
+    .await;
+    assert_eq!(
+        seqs_of(&landed(&hub.js).await, "e1"),
+        (1..=20).collect::<Vec<_>>()
+    );
+    hub.shut_down().await;
 }

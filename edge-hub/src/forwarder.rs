@@ -11,9 +11,11 @@
 //!   its `mesh-missing` header says how many, so the lander can pass them.
 //! * The outbox drops a record only once the centre acknowledged every bundle up to its
 //!   last event, in order (acks are taken front to back).
-//! * On any failure — a publish error, an ack timeout, the uplink going down — every
-//!   bundle in flight is forgotten and sending restarts from the oldest unacknowledged
-//!   sequence (go-back-N). Bundles the centre stored twice are skipped by the lander's
+//! * On any failure — a publish error, an ack timeout, the uplink going down, or an ack
+//!   for a later bundle while an earlier one has none (one connection keeps them in
+//!   order, so the earlier one was lost: resent at once, not after `ack_timeout`) —
+//!   every bundle in flight is forgotten and sending restarts from the oldest
+//!   unacknowledged sequence (go-back-N). Bundles the centre stored twice are skipped by the lander's
 //!   per-edge high-water mark, not by the stream's duplicate window alone (G3).
 //! * A bundle the centre refuses permanently (too large for the server or the stream) is
 //!   sent again one event per bundle; a single event still refused is dead-lettered to
@@ -25,6 +27,7 @@ use std::collections::VecDeque;
 use std::future::IntoFuture;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -48,14 +51,36 @@ type AckFuture = Pin<
     >,
 >;
 
+type AckResult = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
+
 struct InFlight {
     last_seq: u64,
     events: u64,
-    ack: AckFuture,
+    /// The ack being waited for; `None` once it came (in `done`).
+    ack: Option<AckFuture>,
+    done: Option<AckResult>,
+}
+
+/// Polls the ack of every bundle in flight; ready when at least one came.
+fn poll_acks(inflight: &mut VecDeque<InFlight>, cx: &mut Context<'_>) -> Poll<()> {
+    let mut came = false;
+    for f in inflight.iter_mut() {
+        if let Some(ack) = f.ack.as_mut() {
+            if let Poll::Ready(r) = ack.as_mut().poll(cx) {
+                f.done = Some(r);
+                f.ack = None;
+                came = true;
+            }
+        }
+    }
+    match came {
+        true => Poll::Ready(()),
+        false => Poll::Pending,
+    }
 }
 
 enum Step {
-    Acked(Result<jetstream::publish::PublishAck, jetstream::context::PublishError>),
+    Acked,
     UplinkChanged,
     Appended,
     Shutdown,
@@ -131,7 +156,8 @@ pub async fn run_forwarder(
                         inflight.push_back(InFlight {
                             last_seq: last,
                             events: n,
-                            ack: Box::pin(ack.into_future()),
+                            ack: Some(Box::pin(ack.into_future())),
+                            done: None,
                         });
                         cursor = last + 1;
                     }
@@ -170,33 +196,62 @@ pub async fn run_forwarder(
                 return;
             }
             let can_fill = inflight.len() < cfg.max_inflight;
-            let step = match inflight.front_mut() {
-                Some(front) => tokio::select! {
+            let step = match inflight.is_empty() {
+                false => tokio::select! {
                     biased;
-                    r = &mut front.ack => Step::Acked(r),
+                    _ = std::future::poll_fn(|cx| poll_acks(&mut inflight, cx)) => Step::Acked,
                     r = uplink.changed() => if r.is_err() { return } else { Step::UplinkChanged },
                     _ = outbox.appended(), if can_fill => Step::Appended,
                     _ = shutdown.cancelled() => Step::Shutdown,
                 },
-                None => tokio::select! {
+                true => tokio::select! {
                     r = uplink.changed() => if r.is_err() { return } else { Step::UplinkChanged },
                     _ = outbox.appended() => Step::Appended,
                     _ = shutdown.cancelled() => return,
                 },
             };
-            match step {
-                Step::Acked(Ok(ack)) => {
-                    if ack.stream == schemas::subject::STREAM_INGRESS {
-                        acks.acked();
+            let front_err = match step {
+                Step::Acked => {
+                    // Acks are taken front to back.
+                    while inflight
+                        .front()
+                        .is_some_and(|f| matches!(f.done, Some(Ok(_))))
+                    {
+                        let done = inflight.pop_front().expect("front exists");
+                        if let Some(Ok(ack)) = &done.done {
+                            if ack.stream == schemas::subject::STREAM_INGRESS {
+                                acks.acked();
+                            }
+                        }
+                        if let Err(e) = outbox.ack_through(done.last_seq) {
+                            tracing::error!(error = %e, "cannot record an ack in the outbox");
+                        }
+                        metrics.forwarded(done.events);
+                        backoff = Duration::from_millis(50);
                     }
-                    let done = inflight.pop_front().expect("front exists");
-                    if let Err(e) = outbox.ack_through(done.last_seq) {
-                        tracing::error!(error = %e, "cannot record an ack in the outbox");
+                    match inflight.front_mut().and_then(|f| f.done.take()) {
+                        Some(r) => r.err(),
+                        None => {
+                            // A later bundle was stored while an earlier one has no ack:
+                            // one connection keeps them in order, so the earlier one was
+                            // lost (a leader change at the centre). Resend now rather than
+                            // after `ack_timeout` (a resend of a stored bundle is skipped).
+                            if inflight.iter().any(|f| matches!(f.done, Some(Ok(_)))) {
+                                tracing::debug!(
+                                    inflight = inflight.len(),
+                                    "a later bundle was acked before the oldest; resending from the oldest unacknowledged"
+                                );
+                                metrics.inflight(0);
+                                continue 'session;
+                            }
+                            None
+                        }
                     }
-                    metrics.forwarded(done.events);
-                    backoff = Duration::from_millis(50);
                 }
-                Step::Acked(Err(e)) if permanent(&e) => {
+                _ => None,
+            };
+            if let Some(e) = front_err {
+                if permanent(&e) {
                     let last = inflight.front().map_or(0, |f| f.last_seq);
                     metrics.inflight(0);
                     let first = outbox.acked() + 1;
@@ -217,11 +272,12 @@ pub async fn run_forwarder(
                     }
                     continue 'session;
                 }
-                Step::Acked(Err(e)) => {
-                    tracing::warn!(error = %e, inflight = inflight.len(), "bundle not acknowledged; resending from the oldest unacknowledged");
-                    metrics.inflight(0);
-                    continue 'session;
-                }
+                tracing::warn!(error = %e, inflight = inflight.len(), "bundle not acknowledged; resending from the oldest unacknowledged");
+                metrics.inflight(0);
+                continue 'session;
+            }
+            match step {
+                Step::Acked | Step::Appended => {}
                 Step::UplinkChanged => {
                     if !*uplink.borrow_and_update() {
                         tracing::info!(
@@ -232,20 +288,24 @@ pub async fn run_forwarder(
                         continue 'session;
                     }
                 }
-                Step::Appended => {}
                 Step::Shutdown => {
                     // Give the bundles in flight one ack timeout, then leave the rest to
                     // the next start (they stay in the outbox).
                     let deadline = tokio::time::Instant::now() + cfg.ack_timeout;
                     while let Some(front) = inflight.front_mut() {
-                        match tokio::time::timeout_at(deadline, &mut front.ack).await {
-                            Ok(Ok(_)) => {
-                                let done = inflight.pop_front().expect("front exists");
-                                let _ = outbox.ack_through(done.last_seq);
-                                metrics.forwarded(done.events);
+                        let acked = match (front.done.take(), front.ack.as_mut()) {
+                            (Some(r), _) => r.is_ok(),
+                            (None, Some(ack)) => {
+                                matches!(tokio::time::timeout_at(deadline, ack).await, Ok(Ok(_)))
                             }
-                            _ => break,
+                            (None, None) => false,
+                        };
+                        if !acked {
+                            break;
                         }
+                        let done = inflight.pop_front().expect("front exists");
+                        let _ = outbox.ack_through(done.last_seq);
+                        metrics.forwarded(done.events);
                     }
                     return;
                 }

@@ -102,15 +102,26 @@ async fn three_secure_nodes_form_a_cluster_that_survives_its_stream_leader() {
         .unwrap();
     let mut js = jetstream::new(client);
     js.set_timeout(Duration::from_secs(20));
-    let mut s = js
-        .create_stream(stream::Config {
-            name: "R3".into(),
-            subjects: vec!["r3.>".into()],
-            num_replicas: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // A meta leader is not the end of start-up: a node may still answer "JetStream not
+    // enabled for account" (503) until it has the account's JetStream (seen in CI on a
+    // loaded machine); the hubs retry their set-up the same way.
+    let config = stream::Config {
+        name: "R3".into(),
+        subjects: vec!["r3.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut s = loop {
+        match js.create_stream(config.clone()).await {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("creating R3 (will retry): {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("creating R3: {e}"),
+        }
+    };
     for i in 0..50 {
         js.publish(format!("r3.{i}"), "x".into())
             .await

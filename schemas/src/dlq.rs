@@ -170,7 +170,10 @@ pub fn redrive_headers(dead: &HeaderMap, dlq_seq: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (k, vs) in dead.iter() {
         let name: &str = k.as_ref();
-        if name.starts_with(h::DLQ_PREFIX) || name == h::NATS_MSG_ID {
+        if name.starts_with(h::DLQ_PREFIX)
+            || name == h::NATS_MSG_ID
+            || name.starts_with(h::NATS_EXPECTED_PREFIX)
+        {
             continue;
         }
         for v in vs {

@@ -20,6 +20,37 @@ pub const MESH_EDGE: &str = "ce-meshedge";
 pub const MESH_SEQ: &str = "ce-meshseq";
 /// JetStream de-duplication id; always equal to `ce-id` on an event.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+/// On an ingest request: the producer (a UUID the SDK draws once per `Agent`) and...
+pub const MESH_PRODUCER: &str = "mesh-producer";
+/// ...the request's number from that producer (1, 2, …). A request sent again with the
+/// same pair is not stored again: the edge answers with the original ack.
+pub const MESH_REQUEST: &str = "mesh-request";
+/// On a `rate_limited` refusal: milliseconds until the request may be sent again.
+pub const MESH_RETRY_AFTER_MS: &str = "mesh-retry-after-ms";
+/// JetStream stores the message only if the stream's last sequence is this. The lander
+/// sets it on every event it stores (a run is one chain); JetStream keeps it with the
+/// message, so whoever copies a stored event elsewhere drops it first
+/// ([`without_expectations`]).
+pub const NATS_EXPECTED_LAST_SEQ: &str = "Nats-Expected-Last-Sequence";
+/// The prefix of JetStream's publish expectations (`Nats-Expected-Last-Sequence`, …).
+pub const NATS_EXPECTED_PREFIX: &str = "Nats-Expected-";
+
+/// `headers` without JetStream's publish expectations (`Nats-Expected-*`): what a stored
+/// message is copied to another stream with (a dead letter, a replay, a redrive), where
+/// the original's expectations would refuse it.
+pub fn without_expectations(headers: &async_nats::HeaderMap) -> async_nats::HeaderMap {
+    let mut out = async_nats::HeaderMap::new();
+    for (k, vs) in headers.iter() {
+        let name: &str = k.as_ref();
+        if name.starts_with(NATS_EXPECTED_PREFIX) {
+            continue;
+        }
+        for v in vs {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    out
+}
 
 /// On an ingest error reply: the machine-readable error code.
 pub const MESH_ERROR: &str = "mesh-error";
@@ -56,3 +87,23 @@ pub const DLQ_ERROR: &str = "mesh-dlq-error";
 /// On a redriven or replayed message: where it came from.
 pub const ORIGIN_STREAM: &str = "mesh-origin-stream";
 pub const ORIGIN_SEQ: &str = "mesh-origin-seq";
+
+#[cfg(test)]
+mod expectation_tests {
+    use super::*;
+
+    #[test]
+    fn expectations_are_dropped_and_everything_else_kept() {
+        let mut hs = async_nats::HeaderMap::new();
+        hs.insert(NATS_EXPECTED_LAST_SEQ, "41");
+        hs.insert("Nats-Expected-Stream", "MESH_EVENTS");
+        hs.insert(ID, "x");
+        hs.append("ce-note", "a");
+        hs.append("ce-note", "b");
+        let out = without_expectations(&hs);
+        assert!(out.get(NATS_EXPECTED_LAST_SEQ).is_none());
+        assert!(out.get("Nats-Expected-Stream").is_none());
+        assert_eq!(out.get(ID).unwrap().as_str(), "x");
+        assert_eq!(out.get_all("ce-note").count(), 2);
+    }
+}

@@ -97,6 +97,14 @@ impl<T> Hand<T> {
         Keep::Kept
     }
 
+    /// Whether [`Hand::next_ready`] would give a bundle of `edge` at `mark`.
+    pub fn is_ready(&self, edge: &str, mark: u64) -> bool {
+        self.edges
+            .get(edge)
+            .and_then(|e| e.kept.keys().next())
+            .is_some_and(|(first, _)| *first <= mark.saturating_add(1))
+    }
+
     /// Takes the lowest bundle of `edge` if nothing is missing before it at `mark`
     /// (`first <= mark + 1`).
     pub fn next_ready(&mut self, edge: &str, mark: u64) -> Option<T> {

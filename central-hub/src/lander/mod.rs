@@ -16,8 +16,9 @@
 //! # Exactly once
 //! Each edge has a high-water mark: the highest edge sequence landed. It is kept at the
 //! centre in two places and read as their maximum: the `MESH_LANDER` KV key of the edge
-//! (outlives stream expiry; written after every run, below) and the `ce-meshseq` of the
-//! last message on `mesh.evt.<edge>.>` (covers a crash between landing and the KV write).
+//! (outlives stream expiry; kept up by the mark writer, [`marks`]) and the `ce-meshseq`
+//! of the last message on `mesh.evt.<edge>.>` (the mark as soon as the event is stored:
+//! covers a crash before the KV write, and lets landing go on while the KV is away).
 //! For a bundle covering `first..=last`:
 //! * `last <= mark`: already landed (a resend after a partition, however long): ack.
 //! * `first > mark + 1`: a bundle is missing before it; never land past a gap: keep it
@@ -31,24 +32,30 @@
 //! at or before the previous one's `last + 1`), taking the ready ones from the hand too,
 //! as one unit, within the same bounds:
 //! 1. store the events of the run above the mark, in order, pipelined over one
-//!    connection, and wait for every store ack (the fast path proves them with one ack,
-//!    below; on doubt, an ack per event);
-//! 2. only then write the mark once, the run's last `last` (compare-and-set on the KV
-//!    revision; a failed write only makes the lander read the mark again: the stored
-//!    events carry it in `ce-meshseq`);
+//!    connection, as one chain (each stored only right after the one before it,
+//!    `Nats-Expected-Last-Sequence`; one ack proves them all, see
+//!    [`Lander::store_chain`]);
+//! 2. only then move the mark once, to the run's last `last`. When that is the
+//!    sequence of the last event stored, the stream holds the mark already and the KV
+//!    write is queued to the mark writer; when the run ends in sequences with no event
+//!    (dead-lettered or expelled at the edge), the KV write is waited for, and if it
+//!    fails the run is put back unacked (below), as when storing fails;
 //! 3. only then ack every bundle of the run, in order (a lost ack only brings a bundle
 //!    back, and the mark skips it).
 //!
 //! A bundle inside the range of the run but at or below the run's own last (a resend
 //! over a range the run covers) is acked with the run, after the mark; one at or below
 //! the mark already written is acked at once. If storing fails, every bundle of the run
-//! and the rest of the taken bundles of the edge are put back (nakked for 500 ms) and the
-//! mark is read again; nothing of the run was acked, so every event of it lands again
-//! (`Nats-Msg-Id` de-duplication and the mark make that idempotent). Per-edge order holds
-//! because a run only ever appends the events right above the mark (or the run's last),
-//! and one edge's runs land one after the other. Metrics stay per bundle and per event
+//! and the rest of the taken bundles of the edge are kept in hand (below; nakked only
+//! when the hand is full) and landed by the next tick that reads the mark again (every
+//! 250 ms while bundles wait); nothing of the run was acked, and the stream holds at
+//! most a first part of its chain, so the mark, read afresh, says where the rest starts
+//! (`Nats-Msg-Id` de-duplication covers a second lander during a failover). Per-edge
+//! order holds because a run only ever appends the events right above the mark, each
+//! stored only right after the one before it, and one edge's runs land one after the
+//! other. Metrics stay per bundle and per event
 //! (`landed_bundles`, `landed_events`, `lander_mark`); `mesh_central_lander_runs_total`
-//! counts the runs, one mark write each.
+//! counts the runs, one mark move each.
 //!
 //! The cached mark is re-read from the centre whenever it might be stale: on the first
 //! bundle of an edge, when a taken bundle of the edge is redelivered (another lander may
@@ -170,7 +177,6 @@
 //! mark is written; the agents of a run are reported once per run.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,10 +195,12 @@ use crate::health::Health;
 use crate::metrics::CentralMetrics;
 
 pub mod hand;
+mod marks;
 mod puller;
 mod rule;
 
 use hand::{Hand, Keep};
+use marks::MarkWriter;
 pub use rule::{check, decide, Decision, Refusal};
 
 /// Durable consumer name and priority group of the landers.
@@ -209,8 +217,6 @@ const HOLD_RETRY: Duration = Duration::from_secs(1);
 const FETCH_AFTER: Duration = Duration::from_millis(250);
 /// Most messages of an edge read from `MESH_INGRESS` in one look for a late bundle.
 const FETCH_READS: usize = 256;
-/// How long a bundle whose landing failed waits before it is tried again.
-const FAIL_RETRY: Duration = Duration::from_millis(200);
 /// The `edge` label of a refused bundle from an edge this lander never landed (so
 /// whoever can publish to `mesh.up.>` cannot grow the metric without bound).
 const UNKNOWN_EDGE: &str = "_unknown";
@@ -218,8 +224,6 @@ const UNKNOWN_EDGE: &str = "_unknown";
 #[derive(Debug, Clone, Copy)]
 struct Mark {
     seq: u64,
-    /// KV revision of the edge's key, `None` when the key does not exist yet.
-    revision: Option<u64>,
 }
 
 pub struct Lander {
@@ -236,6 +240,8 @@ pub struct Lander {
     build: schemas::MessageBuilder,
     events: jetstream::stream::Stream,
     kv: kv::Store,
+    /// Writes the marks to the KV (see [`marks`]).
+    writer: MarkWriter,
     marks: HashMap<String, Mark>,
     /// Edges this lander landed a bundle of: the `edge` label of refusals.
     known: HashSet<String>,
@@ -309,6 +315,12 @@ pub enum LandError {
         stream: String,
         seq: u64,
     },
+    #[error("writing the mark {seq} of edge {edge}: {reason}")]
+    MarkWrite {
+        edge: String,
+        seq: u64,
+        reason: String,
+    },
     #[error("storing event seq {seq} of edge {edge}: {reason}")]
     Publish {
         edge: String,
@@ -345,6 +357,7 @@ impl Lander {
             stream_seq: None,
             build: schemas::MessageBuilder::new(),
             events,
+            writer: MarkWriter::start(kv.clone()),
             kv,
             marks: HashMap::new(),
             known: HashSet::new(),
@@ -423,6 +436,7 @@ impl Lander {
             );
         }
         self.give_back_all().await;
+        self.writer.close().await;
         Ok(())
     }
 
@@ -569,7 +583,11 @@ impl Lander {
                 self.put_back(edge, ds, e).await;
                 return;
             }
-            self.finish_run(edge, mark, run).await;
+            if let Err((ds, e)) = self.finish_run(edge, run).await {
+                let ds = ds.into_iter().chain(batch).collect();
+                self.put_back(edge, ds, e).await;
+                return;
+            }
             if !self.hand.is_empty() && self.last_progress.elapsed() >= self.progress_every() {
                 self.progress().await;
             }
@@ -623,25 +641,25 @@ impl Lander {
         run
     }
 
-    /// Stores every event of `run` that lands, in order: the fast path, or the slow one
-    /// when the fast one is not proven.
+    /// Stores every event of `run` that lands, in order.
     async fn store_run(&mut self, edge: &str, run: &[RunItem]) -> Result<(), LandError> {
         let events: Vec<&Event> = run
             .iter()
             .filter_map(|it| Some((it.from?, &it.d.bundle.events)))
             .flat_map(|(from, evs)| evs.iter().filter(move |e| e.seq >= from))
             .collect();
-        if events.is_empty() || self.store_fast(edge, &events).await? {
-            return Ok(());
-        }
-        let landing = run.iter().filter(|it| it.from.is_some()).count();
-        self.metrics.slow_path(edge, landing as u64);
-        self.store_acked(edge, &events).await
+        self.store_chain(edge, &events).await
     }
 
-    /// After every event of `run` is stored: writes the mark once (the run's last
-    /// sequence), then acks each bundle of the run, reporting what it carries.
-    async fn finish_run(&mut self, edge: &str, mark: Mark, run: Vec<RunItem>) {
+    /// After every event of `run` is stored: moves the mark once (the run's last
+    /// sequence; see [`Lander::write_mark`]), then acks each bundle of the run, reporting
+    /// what it carries. When the mark cannot be written, acks nothing and gives the
+    /// run's bundles back.
+    async fn finish_run(
+        &mut self,
+        edge: &str,
+        run: Vec<RunItem>,
+    ) -> Result<(), (Vec<Delivery>, LandError)> {
         let Some(last) = run
             .iter()
             .filter(|it| it.from.is_some())
@@ -652,9 +670,17 @@ impl Lander {
             for it in run {
                 self.duplicate(it.d, it.from_hand).await;
             }
-            return;
+            return Ok(());
         };
-        self.write_mark(edge, mark, last).await;
+        // The stream holds the mark when the run's last stored event is `last`.
+        let covered = run.iter().any(|it| {
+            it.from.is_some_and(|from| {
+                (it.d.bundle.events.last()).is_some_and(|e| e.seq == last && e.seq >= from)
+            })
+        });
+        if let Err(e) = self.write_mark(edge, last, covered).await {
+            return Err((run.into_iter().map(|it| it.d).collect(), e));
+        }
         self.known.insert(edge.to_string());
         self.hand.progressed(edge, std::time::Instant::now());
         self.metrics.run(edge);
@@ -711,6 +737,7 @@ impl Lander {
                 agents,
             });
         }
+        Ok(())
     }
 
     /// Acks a bundle found already landed.
@@ -726,10 +753,10 @@ impl Lander {
     }
 
     /// Puts back bundles of `edge` that could not land because of `e`: held (the mark is
-    /// unreadable) for [`HOLD_RETRY`], otherwise tried again after [`FAIL_RETRY`] with the
-    /// mark read again.
+    /// unreadable) for [`HOLD_RETRY`], otherwise kept in hand (nakked for `gap_retry`
+    /// only when the hand is full) and landed by a tick once the mark is read again.
     async fn put_back(&mut self, edge: &str, ds: Vec<Delivery>, e: LandError) {
-        self.marks.remove(edge);
+        let mark = self.marks.remove(edge).map_or(0, |m| m.seq);
         let retry = match e {
             LandError::Unreadable {
                 edge: _,
@@ -756,9 +783,15 @@ impl Lander {
                 HOLD_RETRY
             }
             e => {
+                // Kept in hand, not given back: a nak would bring them back in another
+                // order, mixed with later bundles, and turn a failover's backlog into
+                // gap waits. The tick reads the mark again and lands them.
                 tracing::warn!(error = %e, bundles = ds.len(), "landing failed; the bundles will be tried again");
                 self.stream_seq = None;
-                FAIL_RETRY
+                for d in ds {
+                    self.keep(d, mark).await;
+                }
+                return;
             }
         };
         for d in ds {
@@ -780,6 +813,10 @@ impl Lander {
             Keep::Kept => {
                 tracing::debug!(%edge, first, last, mark, "bundle ahead of a gap; kept in hand");
                 self.metrics.in_hand(&edge, self.hand.len_of(&edge));
+                // The tick looks for the missing bundle soon, not at the next
+                // in-progress ack (`ack_wait / 2`).
+                let soon = tokio::time::Instant::now() + FETCH_AFTER;
+                self.next_tick = self.next_tick.min(soon);
             }
             Keep::Replaced(old) => {
                 // The same message delivered again: the new delivery replaces the old
@@ -855,14 +892,16 @@ impl Lander {
         }
     }
 
-    /// Lands the bundle missing before the hand of `edge` straight from `MESH_INGRESS`,
-    /// when it is there: after a failover its delivery comes back only after `ack_wait`
-    /// (it was delivered on a connection that is gone), but the work queue still holds
-    /// it. Reads the edge's bundles in stream order (at most [`FETCH_READS`]), lands the
-    /// first that continues the mark (events above the mark stored, the mark written, as
-    /// any landing), then lands what that releases from the hand. Its delivery, when it
-    /// comes, is at or below the mark and acked as a duplicate. A bundle carrying
-    /// `mesh-dlq-reason` is left to its delivery (which reports the dead letter).
+    /// Lands the bundles missing before the hand of `edge` straight from `MESH_INGRESS`,
+    /// when they are there: after a failover their deliveries come back only after
+    /// `ack_wait` (they were delivered on a connection that is gone), but the work queue
+    /// still holds them. Reads the edge's bundles in stream order (at most
+    /// [`FETCH_READS`]) and takes those that continue the mark one after the other,
+    /// until the hand can go on by itself or the run bounds are reached, as one run
+    /// (events above the mark stored as one chain, the mark moved, as any landing), then
+    /// lands what that releases from the hand. Their deliveries, when they come, are at
+    /// or below the mark and acked as duplicates. A bundle carrying `mesh-dlq-reason` is
+    /// left to its delivery (which reports the dead letter), and ends the run.
     async fn fetch_late(&mut self, edge: &str) {
         let Some(mark) = self.marks.get(edge).copied() else {
             return;
@@ -881,91 +920,86 @@ impl Lander {
                 }
             },
         };
+        let mut run: Vec<(Bundle, u64)> = Vec::new();
+        let (mut to, mut bytes) = (mark.seq, 0u64);
         // (async-nats's "first by subject from a sequence" is the stream API's next_by_subj.)
         let mut next = ingress.get_first_raw_message_by_subject(&up, 0).await;
         for _ in 0..FETCH_READS {
-            let Ok(m) = next else { return };
+            let Ok(m) = next else { break };
             let seq = m.sequence;
             if let Ok(b) = check(&m.subject, Some(&m.headers), &m.payload) {
-                if m.headers.get(h::DLQ_REASON).is_some() && b.last_seq > mark.seq {
-                    return;
+                if m.headers.get(h::DLQ_REASON).is_some() && b.last_seq > to {
+                    break;
                 }
-                if let Decision::Land { from } = decide(mark.seq, b.first_seq, b.last_seq) {
-                    self.land_late(edge, mark, b, from, seq).await;
-                    return;
+                if let Decision::Land { from } = decide(to, b.first_seq, b.last_seq) {
+                    to = b.last_seq;
+                    bytes += m.payload.len() as u64;
+                    run.push((b, from));
+                    let full = run.len() >= self.cfg.run_bundles || bytes >= self.cfg.run_bytes;
+                    if full || self.hand.is_ready(edge, to) {
+                        break;
+                    }
                 }
             }
             next = ingress.get_first_raw_message_by_subject(&up, seq + 1).await;
         }
+        if !run.is_empty() {
+            self.land_late(edge, run).await;
+        }
     }
 
-    /// Lands bundle `b` of `edge`, read from `MESH_INGRESS` at `stream_seq` (no delivery
-    /// to ack), from sequence `from` on; then what it releases from the hand.
-    async fn land_late(&mut self, edge: &str, mark: Mark, b: Bundle, from: u64, stream_seq: u64) {
-        let events: Vec<&Event> = b.events.iter().filter(|e| e.seq >= from).collect();
-        let stored = match events.is_empty() {
-            true => Ok(()),
-            false => match self.store_fast(edge, &events).await {
-                Ok(true) => Ok(()),
-                Ok(false) => {
-                    self.metrics.slow_path(edge, 1);
-                    self.store_acked(edge, &events).await
-                }
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = stored {
-            tracing::debug!(edge, error = %e, "cannot land a late bundle; its delivery will");
+    /// Lands `run`, bundles of `edge` read from `MESH_INGRESS` (no delivery to ack), each
+    /// from its sequence `from` on; then what it releases from the hand.
+    async fn land_late(&mut self, edge: &str, run: Vec<(Bundle, u64)>) {
+        let events: Vec<&Event> = run
+            .iter()
+            .flat_map(|(b, from)| b.events.iter().filter(move |e| e.seq >= *from))
+            .collect();
+        if let Err(e) = self.store_chain(edge, &events).await {
+            tracing::debug!(edge, error = %e, "cannot land late bundles; their deliveries will");
             self.marks.remove(edge);
-            self.stream_seq = None;
             return;
         }
+        let (first, last) = (run[0].0.first_seq, run[run.len() - 1].0.last_seq);
         tracing::info!(
             edge,
-            first = b.first_seq,
-            last = b.last_seq,
-            stream_seq,
-            "landed a late bundle read from MESH_INGRESS (its delivery is still out)"
+            first,
+            last,
+            bundles = run.len(),
+            "landed late bundles read from MESH_INGRESS (their deliveries are still out)"
         );
-        self.write_mark(edge, mark, b.last_seq).await;
-        let n = events.len() as u64;
-        self.metrics.skipped(edge, b.events.len() as u64 - n);
-        self.metrics.landed(edge, n, b.last_seq);
-        self.metrics.landed_late(edge);
+        let covered = events.last().is_some_and(|e| e.seq == last);
+        if let Err(e) = self.write_mark(edge, last, covered).await {
+            tracing::debug!(edge, error = %e, "late bundles are stored but their mark is not; their deliveries will land them");
+            return;
+        }
+        for (b, from) in &run {
+            let n = b.events.iter().filter(|e| e.seq >= *from).count() as u64;
+            self.metrics.skipped(edge, b.events.len() as u64 - n);
+            self.metrics.landed(edge, n, b.last_seq);
+            self.metrics.landed_late(edge);
+        }
         self.hand.progressed(edge, std::time::Instant::now());
         self.land_ready(edge, VecDeque::new()).await;
     }
 
-    /// Writes the mark of `edge` (compare-and-set against `mark`'s revision) as `last`
-    /// and caches it; on failure (another lander wrote it, or the bucket is unreachable)
-    /// drops the cached mark so it is read again.
-    async fn write_mark(&mut self, edge: &str, mark: Mark, last: u64) {
-        let value = bytes::Bytes::copy_from_slice(&last.to_be_bytes());
-        let written = match mark.revision {
-            Some(rev) => self
-                .kv
-                .update(edge, value, rev)
-                .await
-                .map_err(|e| e.to_string()),
-            None => self.kv.create(edge, value).await.map_err(|e| e.to_string()),
-        };
-        match written {
-            Ok(rev) => {
-                self.marks.insert(
-                    edge.to_string(),
-                    Mark {
-                        seq: last,
-                        revision: Some(rev),
-                    },
-                );
-            }
-            Err(e) => {
-                // Another lander wrote the key (a failover overlap), or the KV is
-                // unreachable: the events are stored; re-read the mark next time.
-                tracing::warn!(edge, error = %e, "cannot write the high-water mark");
-                self.marks.remove(edge);
-            }
+    /// Moves the mark of `edge` to `last` once the events up to it are stored: cached at
+    /// once, and recorded in the KV later when the stream holds it already (`covered`:
+    /// the last stored event is `last`), otherwise now. Fails only when a write that is
+    /// needed now fails (the cached mark is then dropped, to be read again).
+    async fn write_mark(&mut self, edge: &str, last: u64, covered: bool) -> Result<(), LandError> {
+        if covered {
+            self.writer.later(edge, last);
+        } else if let Err(reason) = self.writer.now(edge, last).await {
+            self.marks.remove(edge);
+            return Err(LandError::MarkWrite {
+                edge: edge.to_string(),
+                seq: last,
+                reason,
+            });
         }
+        self.marks.insert(edge.to_string(), Mark { seq: last });
+        Ok(())
     }
 
     /// An in-progress ack for every bundle in hand: restarts its `ack_wait`.
@@ -1044,17 +1078,23 @@ impl Lander {
         let _ = msg.ack_with(AckKind::Term).await;
     }
 
-    /// Fast path: every event but the last is published without a reply, the last with
-    /// one. One connection keeps them in order, so the stream sequence in that one ack
-    /// proves all of them were stored when it is exactly `events.len()` past the last
-    /// sequence this lander saw. Returns `false` when it cannot prove it (another writer
-    /// in between, a duplicate, a lost message); the caller then lands the events again
-    /// with one ack each, which `Nats-Msg-Id` de-duplication makes idempotent.
-    async fn store_fast(&mut self, edge: &str, events: &[&Event]) -> Result<bool, LandError> {
+    /// Stores `events` as one chain: each is published with `Nats-Expected-Last-Sequence`
+    /// set to the stream sequence the one before it must have got, so the stream takes
+    /// an event only right after its predecessor. If one is lost (a leader change in the
+    /// middle of the run) or another writer comes in between, none after it is stored,
+    /// and nothing lands past a gap. Every event but the last goes without a reply; the
+    /// last one's ack, at exactly `before + n`, proves the whole chain. Otherwise the run
+    /// fails and lands again from the mark read afresh. `before` is this lander's last
+    /// ack, or the stream's last sequence as stream info says (if that answer is stale,
+    /// the chain fails at its first event and is tried again).
+    async fn store_chain(&mut self, edge: &str, events: &[&Event]) -> Result<(), LandError> {
         let publish_err = |seq: u64, e: String| LandError::Publish {
             edge: edge.to_string(),
             seq,
             reason: e,
+        };
+        let Some((last, rest)) = events.split_last() else {
+            return Ok(());
         };
         let before = match self.stream_seq.take() {
             Some(s) => s,
@@ -1067,66 +1107,43 @@ impl Lander {
                     .last_sequence
             }
         };
-        let Some((last, rest)) = events.split_last() else {
-            return Ok(true);
-        };
-        for ev in rest {
-            let (subj, headers) = self.build.evt(ev);
+        let expect = |k: usize| (before + k as u64).to_string();
+        for (k, ev) in rest.iter().enumerate() {
+            let (subj, mut headers) = self.build.evt(ev);
+            headers.insert(h::NATS_EXPECTED_LAST_SEQ, expect(k).as_str());
             self.client
                 .publish_with_headers(subj, headers, ev.data.clone())
                 .await
                 .map_err(|e| publish_err(ev.seq, e.to_string()))?;
         }
-        let (subj, headers) = self.build.evt(last);
+        let (subj, mut headers) = self.build.evt(last);
+        headers.insert(h::NATS_EXPECTED_LAST_SEQ, expect(rest.len()).as_str());
         let ack = self
             .js
             .publish_with_headers(subj, headers, last.data.clone())
             .await
             .map_err(|e| publish_err(last.seq, e.to_string()))?
             .await
-            .map_err(|e| publish_err(last.seq, e.to_string()))?;
-        if !ack.duplicate && ack.sequence == before + events.len() as u64 {
-            self.stream_seq = Some(ack.sequence);
-            return Ok(true);
+            .map_err(|e| {
+                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                    self.metrics.broken_chain(edge);
+                }
+                publish_err(last.seq, e.to_string())
+            })?;
+        let want = before + events.len() as u64;
+        if ack.duplicate || ack.sequence != want {
+            self.metrics.broken_chain(edge);
+            return Err(publish_err(
+                last.seq,
+                format!(
+                    "the stream did not take the run as one chain: its last event got stream \
+                     sequence {}{}, not {want}",
+                    ack.sequence,
+                    if ack.duplicate { " (a duplicate)" } else { "" }
+                ),
+            ));
         }
-        tracing::info!(
-            edge,
-            expected = before + events.len() as u64,
-            got = ack.sequence,
-            duplicate = ack.duplicate,
-            "fast-path landing not proven; landing again with an ack per event"
-        );
-        Ok(false)
-    }
-
-    /// Slow path: one ack per event, pipelined (every publish is written before the first
-    /// ack is awaited).
-    async fn store_acked(&mut self, edge: &str, events: &[&Event]) -> Result<(), LandError> {
-        let publish_err = |seq: u64, e: String| LandError::Publish {
-            edge: edge.to_string(),
-            seq,
-            reason: e,
-        };
-        let mut acks = Vec::with_capacity(events.len());
-        for ev in events {
-            let (subj, headers) = self.build.evt(ev);
-            let ack = self
-                .js
-                .publish_with_headers(subj, headers, ev.data.clone())
-                .await
-                .map_err(|e| publish_err(ev.seq, e.to_string()))?;
-            acks.push((ev.seq, ack.into_future()));
-        }
-        let mut last = None;
-        for (seq, ack) in acks {
-            last = Some(
-                ack.await
-                    .map_err(|e| publish_err(seq, e.to_string()))?
-                    .sequence,
-            );
-        }
-        // Only this lander's next fast path may rely on it: another writer may follow.
-        self.stream_seq = last;
+        self.stream_seq = Some(ack.sequence);
         Ok(())
     }
 
@@ -1143,28 +1160,25 @@ impl Lander {
             seq,
         };
         let entry = self.kv.entry(edge).await.map_err(|e| err(e.to_string()))?;
-        let (kv_seq, revision) = match entry {
-            Some(e) if e.operation == kv::Operation::Put => (
-                e.value
-                    .as_ref()
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| {
-                        unreadable(
-                            format!(
-                                "KV {} key {edge} (revision {}) is {} bytes, expected 8",
-                                subject::BUCKET_LANDER,
-                                e.revision,
-                                e.value.len()
-                            ),
+        let kv_seq = match entry {
+            Some(e) if e.operation == kv::Operation::Put => e
+                .value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    unreadable(
+                        format!(
+                            "KV {} key {edge} (revision {}) is {} bytes, expected 8",
                             subject::BUCKET_LANDER,
                             e.revision,
-                        )
-                    })?,
-                Some(e.revision),
-            ),
-            Some(e) => (0, Some(e.revision)),
-            None => (0, None),
+                            e.value.len()
+                        ),
+                        subject::BUCKET_LANDER,
+                        e.revision,
+                    )
+                })?,
+            Some(_) | None => 0,
         };
         let last = match self
             .events
@@ -1197,7 +1211,6 @@ impl Lander {
         tracing::debug!(edge, kv_seq, last, "read high-water mark");
         Ok(Mark {
             seq: kv_seq.max(last),
-            revision,
         })
     }
 }
