@@ -131,6 +131,15 @@ pub async fn run(
     .await?
     .report_to(reports_tx)
     .health(health.clone());
+    // Set up before the hub says it has started: on a fresh cluster the consumer's
+    // replicas may still be electing a leader (seen: two hubs started at once).
+    let lander_consumer = streams::set_up_step(
+        &cfg,
+        schemas::subject::STREAM_INGRESS,
+        "create or read the lander consumer",
+        || lander.consumer(),
+    )
+    .await?;
     tasks.spawn(tracker::run_links(
         client.clone(),
         audit.clone(),
@@ -151,7 +160,7 @@ pub async fn run(
         audit.clone(),
         stop_rest.clone(),
     ));
-    let mut lander_task = tasks.spawn(lander.run(stop_lander.clone()));
+    let mut lander_task = tasks.spawn(lander.run(lander_consumer, stop_lander.clone()));
     tracing::info!(%hub, "central hub started");
 
     tasks.spawn(heartbeat(
@@ -205,14 +214,8 @@ pub async fn run(
     result
 }
 
-fn lander_result(
-    r: Result<Result<(), async_nats::Error>, tokio::task::JoinError>,
-) -> Result<(), CentralError> {
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CentralError::JetStream(e)),
-        Err(e) => Err(CentralError::JetStream(e.to_string().into())),
-    }
+fn lander_result(r: Result<(), tokio::task::JoinError>) -> Result<(), CentralError> {
+    r.map_err(|e| CentralError::JetStream(e.to_string().into()))
 }
 
 async fn heartbeat(

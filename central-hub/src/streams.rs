@@ -43,6 +43,7 @@ use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind, RequestError,
     RequestErrorKind,
 };
+use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
 use async_nats::jetstream::{self, kv, stream, ErrorCode};
 use schemas::audit::{StreamChange, StreamUpdated};
 use tokio::time::Instant;
@@ -524,6 +525,27 @@ pub async fn ensure(js: &jetstream::Context, cfg: &CentralConfig) -> Result<Stre
     Ok(Streams { kv, updated })
 }
 
+/// Runs one more set-up `step` on `stream` by the rules of [`ensure`]: transient failures
+/// (a timeout, no responders, a 503, no leader yet) are retried with backoff until
+/// `streams.setup_timeout` from now; a refusal fails at once.
+pub async fn set_up_step<T, F, Fut>(
+    cfg: &CentralConfig,
+    stream: &str,
+    action: &'static str,
+    step: F,
+) -> Result<T, StreamsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, async_nats::Error>>,
+{
+    Retry {
+        until: Instant::now() + cfg.streams.setup_timeout,
+        timeout: cfg.streams.setup_timeout,
+    }
+    .run(stream, action, step)
+    .await
+}
+
 /// The server's configuration of `spec`'s stream, or `None` once created.
 async fn get_or_create(
     admin: &jetstream::Context,
@@ -610,6 +632,15 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> Class {
                     return Class::Transient
                 }
                 CreateStreamErrorKind::JetStream(j) => return code(&j),
+                _ => {}
+            }
+        }
+        if let Some(e) = e.downcast_ref::<ConsumerError>() {
+            match e.kind() {
+                ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => {
+                    return Class::Transient
+                }
+                ConsumerErrorKind::JetStream(j) => return code(&j),
                 _ => {}
             }
         }
@@ -831,6 +862,30 @@ mod tests {
         assert_eq!(classify(&*wrapped), Class::Exists);
         let not_found: async_nats::Error = Box::new(NotVisibleYet("x".into()));
         assert_eq!(classify(&*not_found), Class::Transient);
+        // The lander's consumer (regression: a hub on a fresh cluster exited on its
+        // consumer's time-out while the consumer's replicas elected a leader).
+        let consumer = |kind| -> async_nats::Error { ConsumerError::new(kind).into() };
+        assert_eq!(
+            classify(&*consumer(ConsumerErrorKind::TimedOut)),
+            Class::Transient
+        );
+        assert_eq!(
+            classify(&*consumer(ConsumerErrorKind::Request)),
+            Class::Transient
+        );
+        assert_eq!(
+            classify(&*consumer(ConsumerErrorKind::InvalidName)),
+            Class::Permanent
+        );
+        let refused = |code: u64, status: usize| -> async_nats::Error {
+            let e: jetstream::Error = serde_json::from_value(serde_json::json!({
+                "code": status, "err_code": code, "description": "x"
+            }))
+            .unwrap();
+            ConsumerError::new(ConsumerErrorKind::JetStream(e)).into()
+        };
+        assert_eq!(classify(&*refused(10008, 503)), Class::Transient);
+        assert_eq!(classify(&*refused(10012, 400)), Class::Permanent);
         let e404: jetstream::Error = serde_json::from_value(serde_json::json!({
             "code": 404, "err_code": 10059, "description": "stream not found"
         }))

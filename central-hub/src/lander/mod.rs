@@ -180,6 +180,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::Message;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
@@ -329,6 +330,12 @@ pub enum LandError {
     },
 }
 
+/// The lander's stream and consumer, set up before it runs.
+pub struct LanderConsumer {
+    ingress: jetstream::stream::Stream,
+    consumer: PullConsumer,
+}
+
 impl Lander {
     pub async fn new(
         client: async_nats::Client,
@@ -396,14 +403,21 @@ impl Lander {
         }
     }
 
-    /// Pulls and lands bundles until `shutdown`; what it is landing when it comes is
-    /// landed first, and every bundle taken but not landed is then nakked. Fails only
-    /// when its consumer cannot be set up at the start; later, a pull that fails (the
-    /// consumer deleted, the server gone) is reported to [`Health`] and tried again,
-    /// re-creating the consumer if it is gone.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), async_nats::Error> {
+    /// One try at the stream `MESH_INGRESS` and the durable consumer `lander` on it,
+    /// created if missing; the hub retries it by the set-up rules of the streams
+    /// (`streams::set_up_step`) before it reports that it has started.
+    pub async fn consumer(&self) -> Result<LanderConsumer, async_nats::Error> {
         let ingress = self.admin.get_stream(subject::STREAM_INGRESS).await?;
         let consumer = puller::consumer(&ingress, &self.cfg).await?;
+        Ok(LanderConsumer { ingress, consumer })
+    }
+
+    /// Pulls and lands bundles from `start` (see [`Lander::consumer`]) until `shutdown`;
+    /// what it is landing when it comes is landed first, and every bundle taken but not
+    /// landed is then nakked. A pull that fails (the consumer deleted, the server gone)
+    /// is reported to [`Health`] and tried again, re-creating the consumer if it is gone.
+    pub async fn run(mut self, start: LanderConsumer, shutdown: CancellationToken) {
+        let LanderConsumer { ingress, consumer } = start;
         let (tx, mut rx) = mpsc::channel(MAX_ACK_PENDING);
         let stop_pulling = shutdown.child_token();
         let pulling = tokio::spawn(
@@ -437,7 +451,6 @@ impl Lander {
         }
         self.give_back_all().await;
         self.writer.close().await;
-        Ok(())
     }
 
     /// The landing loop: takes what the pull task hands over and lands it, and ticks,
