@@ -206,9 +206,10 @@ fn print_report(r: &Report) {
     );
     if r.stall_s.is_some() || r.native_stall_s.is_some() {
         println!(
-            "  cluster: stall_s={} native_stall_s={} bound_s={} leader_died={} drain_s={} drain_rate={} normal_drain_rate={}",
+            "  cluster: stall_s={} native_stall_s={} elections_s={} bound_s={} leader_died={} drain_s={} drain_rate={} normal_drain_rate={}",
             secs(r.stall_s),
             secs(r.native_stall_s),
+            secs(r.election_floor_s),
             secs(r.stall_bound_s),
             r.leader_died.map_or_else(|| "-".into(), |b| b.to_string()),
             secs(r.drain_s),

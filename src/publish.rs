@@ -1,6 +1,8 @@
 //! `mesh pub`: publish through the edge hub and report. The last line of output is always
-//! the summary `acked=N failed=M ...`, also when connecting fails; the exit status is 0
-//! only when every event was acked.
+//! the summary `acked=N failed=M ... p50_ms=… p99_ms=…` (ack latency of the requests
+//! acked: from sending a request to its ack), also when connecting fails; the exit
+//! status is 0 only when every event was acked. On a terminal, stderr shows the
+//! progress once a second during long runs.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -56,6 +58,57 @@ struct Tally {
     errors: BTreeMap<String, u64>,
     first_seq: Option<u64>,
     last_seq: Option<u64>,
+    /// Ack latency of every acked request, in microseconds.
+    latencies_us: Vec<u32>,
+}
+
+/// The `q` quantile (0..=1) of `sorted`, nearest rank, in milliseconds.
+fn quantile_ms(sorted: &[u32], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(f64::from(sorted[rank - 1]) / 1000.0)
+}
+
+/// Progress on stderr, once a second, when stderr is a terminal.
+struct Progress {
+    on: bool,
+    next: Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            on: std::io::stderr().is_terminal(),
+            next: Instant::now() + Duration::from_secs(1),
+            shown: false,
+        }
+    }
+
+    fn tick(&mut self, t: &Tally, count: u64, started: Instant) {
+        if !self.on || Instant::now() < self.next {
+            return;
+        }
+        self.next += Duration::from_secs(1);
+        let secs = started.elapsed().as_secs_f64();
+        eprint!(
+            "\r{} of {count} acked, {} failed, {:.0}/s, {:.0}s   ",
+            t.acked,
+            t.failed,
+            t.acked as f64 / secs.max(1e-9),
+            secs
+        );
+        self.shown = true;
+    }
+
+    fn done(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
 }
 
 impl Tally {
@@ -84,8 +137,12 @@ pub async fn run(a: PubArgs) -> anyhow::Result<ExitCode> {
         errors: BTreeMap::new(),
         first_seq: None,
         last_seq: None,
+        latencies_us: Vec::new(),
     };
-    if let Err(e) = publish(&a, &mut t).await {
+    let mut progress = Progress::new();
+    let result = publish(&a, &mut t, &mut progress, started).await;
+    progress.done();
+    if let Err(e) = result {
         let unsent = a.count.saturating_sub(t.acked + t.failed);
         t.fail(unsent, &e);
     }
@@ -103,6 +160,13 @@ pub async fn run(a: PubArgs) -> anyhow::Result<ExitCode> {
     for (k, n) in &t.errors {
         line.push_str(&format!(" {k}={n}"));
     }
+    t.latencies_us.sort_unstable();
+    if let (Some(p50), Some(p99)) = (
+        quantile_ms(&t.latencies_us, 0.50),
+        quantile_ms(&t.latencies_us, 0.99),
+    ) {
+        line.push_str(&format!(" p50_ms={p50:.3} p99_ms={p99:.3}"));
+    }
     println!("{line}");
     Ok(if t.failed == 0 && t.acked == a.count {
         ExitCode::SUCCESS
@@ -111,7 +175,12 @@ pub async fn run(a: PubArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn publish(a: &PubArgs, t: &mut Tally) -> Result<(), AgentError> {
+async fn publish(
+    a: &PubArgs,
+    t: &mut Tally,
+    progress: &mut Progress,
+    started: Instant,
+) -> Result<(), AgentError> {
     let timeout = Duration::from_secs_f64(a.timeout.max(0.001));
     let agent = match &a.edge {
         Some(edge) => {
@@ -146,15 +215,24 @@ async fn publish(a: &PubArgs, t: &mut Tally) -> Result<(), AgentError> {
     while sent < a.count || pipe.in_flight() > 0 {
         if sent < a.count && pipe.in_flight() < window {
             if a.rate > 0.0 {
+                // Take the replies that come while waiting for the next send, so each
+                // ack's latency is measured when it arrives, not at the next send.
                 let due = start + Duration::from_secs_f64(sent as f64 / a.rate);
+                while pipe.in_flight() > 0 {
+                    match tokio::time::timeout_at(due, pipe.next_reply()).await {
+                        Ok(Some((token, r))) => record(t, &mut sizes, token, r),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
                 tokio::time::sleep_until(due).await;
             }
             let n = batch.min(a.count - sent);
             let events = (0..n)
                 .map(|_| NewEvent::new(a.ty.as_str(), a.subject.as_str(), data.clone()))
                 .collect();
+            let sent_at = Instant::now();
             let token = pipe.send(events).await?;
-            sizes.insert(token, n);
+            sizes.insert(token, (n, sent_at));
             sent += n;
             // Keep sending while the window has room; collect replies that are ready.
             if a.rate == 0.0 && pipe.in_flight() < window && sent < a.count {
@@ -174,18 +252,45 @@ async fn publish(a: &PubArgs, t: &mut Tally) -> Result<(), AgentError> {
                     .ok()
                     .flatten(),
             };
+            progress.tick(t, a.count, started);
             if let Some((token, r)) = next {
-                let n = sizes.remove(&token).unwrap_or(1);
-                match r {
-                    Ok(ack) => {
-                        t.acked += n;
-                        t.first_seq.get_or_insert(ack.first_seq);
-                        t.last_seq = Some(t.last_seq.map_or(ack.last_seq, |l| l.max(ack.last_seq)));
-                    }
-                    Err(e) => t.fail(n, &e),
-                }
+                record(t, &mut sizes, token, r);
             }
         }
     }
     agent.drain().await
+}
+
+/// Counts the reply to request `token` (sent at the time `sizes` holds, with its size).
+fn record(
+    t: &mut Tally,
+    sizes: &mut std::collections::HashMap<u64, (u64, Instant)>,
+    token: u64,
+    r: Result<agents::Ack, AgentError>,
+) {
+    let (n, sent_at) = sizes.remove(&token).unwrap_or((1, Instant::now()));
+    match r {
+        Ok(ack) => {
+            let us = sent_at.elapsed().as_micros().min(u128::from(u32::MAX));
+            t.latencies_us.push(us as u32);
+            t.acked += n;
+            t.first_seq.get_or_insert(ack.first_seq);
+            t.last_seq = Some(t.last_seq.map_or(ack.last_seq, |l| l.max(ack.last_seq)));
+        }
+        Err(e) => t.fail(n, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile_ms;
+
+    #[test]
+    fn quantiles_are_nearest_rank_in_milliseconds() {
+        let us: Vec<u32> = (1..=100).map(|k| k * 1000).collect();
+        assert_eq!(quantile_ms(&us, 0.50), Some(50.0));
+        assert_eq!(quantile_ms(&us, 0.99), Some(99.0));
+        assert_eq!(quantile_ms(&[1500], 0.99), Some(1.5));
+        assert_eq!(quantile_ms(&[], 0.5), None);
+    }
 }

@@ -26,6 +26,8 @@ fn bench_smoke_produces_every_figure() {
             "1000",
             "--agents",
             "2",
+            "--noisy-secs",
+            "1",
         ])
         .arg("--json")
         .arg(&json)
@@ -62,6 +64,13 @@ fn bench_smoke_produces_every_figure() {
     let extra = &r["agentmesh_extra"];
     assert!(extra["edge_peak_rss_bytes"].as_u64().unwrap() > 0, "{r}");
     assert!(extra["outbox_disk_full_bytes"].as_u64().unwrap() > 0, "{r}");
+    // The noisy neighbour: the calm agent's every publish acked, alone and beside the
+    // flooder (a refusal fails the bench), and the flooder got through.
+    let noisy = &extra["noisy"];
+    assert_eq!(noisy["alone"]["samples"].as_u64(), Some(100), "{r}");
+    assert_eq!(noisy["beside"]["samples"].as_u64(), Some(100), "{r}");
+    assert!(noisy["flood_acked"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(noisy["flood_limit_per_s"].as_f64(), Some(20_000.0), "{r}");
     assert_eq!(
         extra["outbox_disk_after_cycles"].as_array().unwrap().len(),
         2,

@@ -62,6 +62,17 @@ async fn pub_summary_and_exit_status() {
     .unwrap();
     assert!(ok, "stdout: {out}\nstderr: {err}");
     assert!(summary(&out).starts_with("acked=500 failed=0 "), "{out}");
+    // The ack latency percentiles close the summary.
+    let field = |k: &str| -> f64 {
+        let v = summary(&out)
+            .split(' ')
+            .find_map(|f| f.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {out}"));
+        v.parse()
+            .unwrap_or_else(|_| panic!("{k}{v} is not a number"))
+    };
+    let (p50, p99) = (field("p50_ms="), field("p99_ms="));
+    assert!(0.0 < p50 && p50 <= p99, "p50 {p50} p99 {p99}");
 
     let url = m.edge().client_url();
     let a = cli.clone();

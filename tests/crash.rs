@@ -49,10 +49,11 @@ async fn kill9_edge_hub_under_load() {
     let events = mesh.drained_events().await;
     let v = Verdict::judge(&logs, &events);
     let failed: usize = logs.iter().map(AgentLog::failures).sum();
-    eprintln!("{v}; publishes not acked while the hub was down: {failed}");
+    let slow: usize = logs.iter().map(|l| l.slow).sum();
+    eprintln!("{v}; publishes not acked while the hub was down: {failed}, held up: {slow}");
     assert!(v.acked > 200, "too little load: {v}");
     assert!(
-        failed > 0,
+        failed + slow > 0,
         "the kills did not interrupt publishing; the test proves nothing"
     );
     assert!(v.ok(), "{v}: {v:?}");

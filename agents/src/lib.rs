@@ -35,6 +35,13 @@ pub use mesh_nats::client::ClientAuth;
 use schemas::{subject, ErrorCode, Event, IngestReply, IngestRequest, NewEvent, SchemaError};
 use serde::Serialize;
 
+/// A refusal as [`Agent::request_once`] sees it, with the edge's retry time.
+struct Refused {
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
 /// What can go wrong for an agent. Each variant says which step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -74,7 +81,10 @@ pub struct Ack {
     pub last_seq: u64,
 }
 
-/// A connected agent.
+/// A connected agent. Its publishes are exactly once: each request carries this
+/// agent's producer id (drawn when the `Agent` is made, shared by its clones) and its
+/// own number, so a request sent again after a timeout or a lost reply gets the original
+/// ack and is not stored twice.
 #[derive(Clone)]
 pub struct Agent {
     client: async_nats::Client,
@@ -83,7 +93,15 @@ pub struct Agent {
     ingest: String,
     timeout: Duration,
     js: jetstream::Context,
+    producer: uuid::Uuid,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// The longest one try of a request waits before it is sent again (within the agent's
+/// timeout).
+const TRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait before sending again when no edge hub listens (it may be restarting).
+const NO_HUB_WAIT: Duration = Duration::from_millis(200);
 
 impl Agent {
     /// Connects to an edge's nats-server and discovers the edge id from the edge hub.
@@ -142,6 +160,8 @@ impl Agent {
             edge: edge.into(),
             id: id.into(),
             timeout: Duration::from_secs(5),
+            producer: uuid::Uuid::now_v7(),
+            requests: Default::default(),
         })
     }
 
@@ -213,12 +233,80 @@ impl Agent {
         self.request(body.into()).await
     }
 
-    /// Sends a raw ingest body (used by tests of the edge's refusals).
+    /// This agent's producer id (`mesh-producer`).
+    pub fn producer(&self) -> uuid::Uuid {
+        self.producer
+    }
+
+    /// Sends a raw ingest body (used by tests of the edge's refusals) as this agent's
+    /// next request (`mesh-producer`, `mesh-request`), until the agent's timeout:
+    /// - a `rate_limited` refusal (nothing was stored) is sent again after the time its
+    ///   `mesh-retry-after-ms` header names;
+    /// - a try without an answer within [`TRY_TIMEOUT`], or with no edge hub listening,
+    ///   is sent again with the same number: if the first was stored, the edge answers
+    ///   with its ack and stores nothing.
+    ///
+    /// At the timeout, the last outcome is returned ([`AgentError::Timeout`]: the events
+    /// may or may not be stored, and the same request sent again would tell).
     pub async fn request(&self, body: Bytes) -> Result<Ack, AgentError> {
+        let n = self
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.request_numbered(body, n).await
+    }
+
+    /// [`Agent::request`] as request number `n` of this agent's producer (a test sends
+    /// the same number again, as a restarted client would).
+    pub async fn request_numbered(&self, body: Bytes, n: u64) -> Result<Ack, AgentError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let try_for = left.min(TRY_TIMEOUT).max(Duration::from_millis(1));
+            match self.request_once(body.clone(), n, try_for).await {
+                Err(Refused {
+                    code: ErrorCode::RateLimited,
+                    message,
+                    retry_after: Some(wait),
+                }) if tokio::time::Instant::now() + wait < deadline => {
+                    tracing::debug!(%message, ?wait, "rate limited; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(Refused { code, message, .. }) => {
+                    return Err(AgentError::Refused { code, message })
+                }
+                Ok(Err(AgentError::Timeout(_))) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(request = n, "no answer; sending the request again");
+                }
+                Ok(Err(AgentError::NoEdgeHub { .. }))
+                    if tokio::time::Instant::now() + NO_HUB_WAIT < deadline =>
+                {
+                    tokio::time::sleep(NO_HUB_WAIT).await;
+                }
+                Ok(Err(AgentError::Timeout(_))) => return Err(AgentError::Timeout(self.timeout)),
+                Ok(r) => return r,
+            }
+        }
+    }
+
+    /// One try of [`Agent::request`]: the outcome, or a refusal with its retry time.
+    async fn request_once(
+        &self,
+        body: Bytes,
+        n: u64,
+        timeout: Duration,
+    ) -> Result<Result<Ack, AgentError>, Refused> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            schemas::headers::MESH_PRODUCER,
+            self.producer.to_string().as_str(),
+        );
+        headers.insert(schemas::headers::MESH_REQUEST, n.to_string().as_str());
         let req = async_nats::Request::new()
             .payload(body)
-            .timeout(Some(self.timeout));
-        let reply = self
+            .headers(headers)
+            .timeout(Some(timeout));
+        let reply = match self
             .client
             .send_request(self.ingest.clone(), req)
             .await
@@ -231,16 +319,32 @@ impl Agent {
                     subject: self.ingest.clone(),
                     reason: e.to_string(),
                 },
-            })?;
-        match IngestReply::decode(&reply.payload).map_err(|e| AgentError::Payload(e.to_string()))? {
-            IngestReply::Ok {
+            }) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        match IngestReply::decode(&reply.payload) {
+            Err(e) => Ok(Err(AgentError::Payload(e.to_string()))),
+            Ok(IngestReply::Ok {
                 first_seq,
                 last_seq,
-            } => Ok(Ack {
+            }) => Ok(Ok(Ack {
                 first_seq,
                 last_seq,
-            }),
-            IngestReply::Err { code, message } => Err(AgentError::Refused { code, message }),
+            })),
+            Ok(IngestReply::Err { code, message }) => {
+                let retry_after = reply
+                    .headers
+                    .as_ref()
+                    .and_then(|hs| hs.get(schemas::headers::MESH_RETRY_AFTER_MS))
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                    .map(Duration::from_millis);
+                Err(Refused {
+                    code,
+                    message,
+                    retry_after,
+                })
+            }
         }
     }
 

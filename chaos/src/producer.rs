@@ -26,7 +26,14 @@ pub struct AgentLog {
     pub unknown: Vec<Uuid>,
     /// The data each id carried.
     pub data: HashMap<Uuid, Bytes>,
+    /// Publishes that took [`SLOW`] or longer, whatever their outcome: the SDK sends a
+    /// request again while no edge hub listens (it may be restarting), so a kill shows
+    /// as slow publishes as well as failed ones.
+    pub slow: usize,
 }
+
+/// A publish this slow was held up by a fault.
+pub const SLOW: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl AgentLog {
     pub fn new(agent: &str) -> AgentLog {
@@ -44,6 +51,20 @@ impl AgentLog {
             Err(AgentError::Timeout(_)) | Err(AgentError::Request { .. }) => self.unknown.push(id),
             Err(e) => self.refused.push((id, e.to_string())),
         }
+    }
+
+    /// [`AgentLog::record`], counting the publish as slow if it took `took` >= [`SLOW`].
+    pub fn record_timed(
+        &mut self,
+        id: Uuid,
+        data: Bytes,
+        outcome: &Result<agents::Ack, AgentError>,
+        took: std::time::Duration,
+    ) {
+        if took >= SLOW {
+            self.slow += 1;
+        }
+        self.record(id, data, outcome);
     }
 
     /// Every publish that did not get an ack.
@@ -91,8 +112,9 @@ pub async fn produce(
         let data = payload(agent.id(), n, size);
         let ev = NewEvent::new("chaos.tick", subject, data.clone());
         let id = ev.id.unwrap_or_else(Uuid::now_v7);
+        let t = std::time::Instant::now();
         let outcome = agent.publish_event(ev).await;
-        log.record(id, data, &outcome);
+        log.record_timed(id, data, &outcome, t.elapsed());
     }
     log
 }

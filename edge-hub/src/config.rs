@@ -2,6 +2,7 @@
 //! keys refused; command-line flags override the file. [`EdgeConfig::validate`] reports
 //! every problem at once.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,6 +33,59 @@ pub struct EdgeConfig {
     pub outbox: OutboxConfig,
     pub forwarder: ForwarderConfig,
     pub uplink: UplinkConfig,
+    pub limits: LimitsConfig,
+}
+
+/// What each agent may publish at this edge: token buckets of events and of data bytes
+/// (see `limits`). A request over either is refused `rate_limited`, stores nothing, and
+/// says when to retry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Events per second per agent; 0 means no limit.
+    pub events_per_sec: f64,
+    /// Bytes of event data per second per agent; 0 means no limit.
+    pub bytes_per_sec: f64,
+    /// How much of its rates an agent may use at once, as time at that rate: the
+    /// buckets hold `rate * burst`.
+    #[serde(with = "humantime_serde")]
+    pub burst: Duration,
+    /// Requests per agent taken but not yet committed (acked or refused); one more is
+    /// refused `rate_limited`. 0 means no limit.
+    pub max_inflight: u32,
+    /// Per-agent overrides, by agent id: `[limits.agents.<id>]` with any of the keys
+    /// above.
+    pub agents: BTreeMap<String, AgentLimits>,
+}
+
+/// One agent's overrides of [`LimitsConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_per_sec: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<f64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub burst: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<u32>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            events_per_sec: 20_000.0,
+            bytes_per_sec: (32u64 << 20) as f64,
+            burst: Duration::from_secs(1),
+            max_inflight: 64,
+            agents: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +156,7 @@ impl Default for EdgeConfig {
             outbox: OutboxConfig::default(),
             forwarder: ForwarderConfig::default(),
             uplink: UplinkConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -213,6 +268,36 @@ impl EdgeConfig {
                 errs.push(format!("{name} is 0s; it must be longer"));
             }
         }
+        let mut rates = vec![
+            (
+                "limits.events_per_sec".to_string(),
+                self.limits.events_per_sec,
+            ),
+            (
+                "limits.bytes_per_sec".to_string(),
+                self.limits.bytes_per_sec,
+            ),
+        ];
+        let mut bursts = vec![("limits.burst".to_string(), self.limits.burst)];
+        for (agent, a) in &self.limits.agents {
+            if let Err(e) = schemas::subject::validate_id("an agent of limits.agents", agent) {
+                errs.push(e.to_string());
+            }
+            let key = |k: &str| format!("limits.agents.{agent}.{k}");
+            rates.extend(a.events_per_sec.map(|r| (key("events_per_sec"), r)));
+            rates.extend(a.bytes_per_sec.map(|r| (key("bytes_per_sec"), r)));
+            bursts.extend(a.burst.map(|b| (key("burst"), b)));
+        }
+        for (name, r) in rates {
+            if !(r.is_finite() && r >= 0.0) {
+                errs.push(format!("{name} is {r}; it must be 0 (no limit) or more"));
+            }
+        }
+        for (name, b) in bursts {
+            if b.is_zero() {
+                errs.push(format!("{name} is 0s; it must be longer"));
+            }
+        }
         if (self.ingest.max_event_bytes as u64) > self.outbox.max_bytes {
             errs.push(format!(
                 "ingest.max_event_bytes ({}) is larger than outbox.max_bytes ({})",
@@ -242,6 +327,14 @@ mod tests {
                 .unwrap();
         assert_eq!(c.outbox.max_age, Duration::from_secs(90));
         assert_eq!(c.outbox.full_policy, FullPolicy::DropOldest);
+        let c = EdgeConfig::from_toml(
+            "[limits]\nevents_per_sec = 100\n[limits.agents.bulk]\nevents_per_sec = 0\nburst = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.events_per_sec, 100.0);
+        assert_eq!(c.limits.agents["bulk"].events_per_sec, Some(0.0));
+        assert_eq!(c.limits.agents["bulk"].burst, Some(Duration::from_secs(5)));
+        assert_eq!(EdgeConfig::from_toml(&c.to_toml()).unwrap(), c);
     }
 
     #[test]
@@ -252,7 +345,19 @@ mod tests {
         };
         c.forwarder.max_inflight = 0;
         c.uplink.probe_timeout = Duration::ZERO;
+        c.limits.events_per_sec = -1.0;
+        c.limits.agents.insert(
+            "a1".into(),
+            AgentLimits {
+                burst: Some(Duration::ZERO),
+                ..AgentLimits::default()
+            },
+        );
         let errs = c.validate().unwrap_err();
-        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert_eq!(errs.len(), 5, "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("limits.agents.a1.burst")),
+            "{errs:?}"
+        );
     }
 }

@@ -4,15 +4,29 @@
 //! hub started by mistake for the same edge id cannot store a request twice; one edge id
 //! is one hub process with one outbox) and checks each request completely — subject, agent
 //! id, body, every event — before anything is stored; a refusal names the problem (G7).
-//! Valid requests go to the committer, which gathers every request waiting at that
+//! Then the agent's limits (`limits`): a request over its events/s or bytes/s is refused
+//! `rate_limited` with `mesh-retry-after-ms`, and nothing of it is stored; the refusal is
+//! held back until the agent may retry (paced, see `limits`), by a task of its own so
+//! the ingest task goes on.
+//! Valid requests go to the committer, which gathers the requests waiting at that
 //! moment into one group commit: one sled record, one flush, then an ack to each request
 //! with its `ce-meshseq` range (G1), then the live copies on `mesh.live.<edge>.…` (G6).
+//! When more waits than a commit holds, the agents share it fairly (`fair`: deficit
+//! round robin over per-agent queues).
+//!
+//! A request that carries `mesh-producer` and `mesh-request` (the SDK's do) is exactly
+//! once: one sent again after it was stored gets its original ack and stores nothing
+//! (the outbox keeps each producer's last acks, written with the records; see
+//! `outbox::producers`); one sent again while it waits for its commit is refused
+//! `rate_limited` with a short retry time.
 //!
 //! A request may be a MessagePack [`IngestRequest`] batch, or a single event in the
 //! CloudEvents binary mode (a `ce-type` header, the data as payload) for clients that
 //! do not speak MessagePack. The agent is always the subject's last token.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Message, Subject};
@@ -22,24 +36,78 @@ use schemas::{headers as h, subject, ErrorCode, IngestReply, IngestRequest, Limi
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::fair::{Cost, Fair};
+use crate::limits::{InFlight, Limiter, Refusal};
 use crate::metrics::EdgeMetrics;
-use crate::outbox::{OutboxError, OutboxWriter};
+use crate::outbox::{Outbox, OutboxError, OutboxWriter, RequestId, Seen};
+
+/// Requests the committer takes out of the job queue into its per-agent queues, at most
+/// (the job queue's own bound then holds the ingest task back).
+const MAX_QUEUED: usize = 1024;
+
+/// Refusals held back at once, at most; past this they are sent at once, with the hold
+/// added to their retry time.
+const MAX_HELD: usize = 8192;
+
+/// How long an agent is told to wait before asking again for a request still waiting
+/// for its commit.
+const PENDING_RETRY: Duration = Duration::from_millis(20);
+
+/// The requests with an id taken by the ingest task and not yet committed.
+#[derive(Debug, Clone, Default)]
+pub struct Pending(Arc<Mutex<HashSet<RequestId>>>);
+
+impl Pending {
+    fn contains(&self, id: &RequestId) -> bool {
+        self.0.lock().expect("pending").contains(id)
+    }
+    fn insert(&self, id: RequestId) {
+        self.0.lock().expect("pending").insert(id);
+    }
+    fn remove(&self, id: &RequestId) {
+        self.0.lock().expect("pending").remove(id);
+    }
+}
+
+/// What ingest needs of the outbox and the committer, besides its own limiter.
+#[derive(Clone)]
+pub struct Shared {
+    pub outbox: Arc<Outbox>,
+    pub pending: Pending,
+}
 
 /// One validated request waiting for its group commit.
 pub struct Job {
     reply: Option<Subject>,
+    /// Its `mesh-producer` / `mesh-request`, when it has them.
+    id: Option<RequestId>,
     agent: String,
     events: Vec<NewEvent>,
     data_bytes: u64,
 }
 
+impl Cost for Job {
+    fn agent(&self) -> &str {
+        &self.agent
+    }
+    fn events(&self) -> usize {
+        self.events.len()
+    }
+    fn bytes(&self) -> usize {
+        self.data_bytes as usize
+    }
+}
+
 /// Listens for ingest requests until `shutdown`, then unsubscribes and hands the
 /// requests already received to the committer before returning (dropping `jobs`
 /// closes the committer's queue).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_ingest(
     client: async_nats::Client,
     edge: String,
     limits: Limits,
+    mut limiter: Limiter,
+    shared: Shared,
     jobs: mpsc::Sender<Job>,
     metrics: Arc<EdgeMetrics>,
     subscribed: tokio::sync::oneshot::Sender<()>,
@@ -48,13 +116,14 @@ pub async fn run_ingest(
     let mut sub = client
         .queue_subscribe(subject::ingest_filter(&edge), format!("mesh-edge-{edge}"))
         .await?;
+    let held = Arc::new(AtomicUsize::new(0));
     // The subscription is registered at the server once the client flushed it.
     let _ = client.flush().await;
     let _ = subscribed.send(());
     loop {
         tokio::select! {
             msg = sub.next() => match msg {
-                Some(msg) => handle(&client, &edge, &limits, &jobs, &metrics, msg).await,
+                Some(msg) => handle(&client, &edge, &limits, &mut limiter, &shared, &jobs, &metrics, &held, msg).await,
                 None => break,
             },
             _ = shutdown.cancelled() => break,
@@ -63,29 +132,130 @@ pub async fn run_ingest(
     // Stop new requests, then answer every request the client library already holds.
     let _ = sub.unsubscribe().await;
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
-        handle(&client, &edge, &limits, &jobs, &metrics, msg).await;
+        handle(
+            &client,
+            &edge,
+            &limits,
+            &mut limiter,
+            &shared,
+            &jobs,
+            &metrics,
+            &held,
+            msg,
+        )
+        .await;
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     client: &async_nats::Client,
     edge: &str,
     limits: &Limits,
+    limiter: &mut Limiter,
+    shared: &Shared,
     jobs: &mpsc::Sender<Job>,
     metrics: &EdgeMetrics,
+    held: &Arc<AtomicUsize>,
     msg: Message,
 ) {
+    let now = std::time::Instant::now();
+    let id = match request_id(edge, &msg) {
+        Ok(id) => id,
+        Err(message) => {
+            return reply_err(client, msg.reply, ErrorCode::Invalid, message, metrics).await;
+        }
+    };
+    if let Some(id) = &id {
+        // Sent again: answered from what the outbox holds, before any limit.
+        if shared.pending.contains(id) {
+            let r = Refusal {
+                message: format!(
+                    "request {} of producer {} is still waiting for its commit; nothing was stored twice",
+                    id.request, id.producer
+                ),
+                hold: Duration::ZERO,
+                retry_after: PENDING_RETRY,
+            };
+            return reply_rate_limited(client, msg.reply, r, metrics, held).await;
+        }
+        match shared.outbox.seen(id) {
+            Ok(Seen::Stored {
+                first_seq,
+                last_seq,
+            }) => {
+                metrics.repeated();
+                if let Some(reply) = msg.reply {
+                    let body = IngestReply::Ok {
+                        first_seq,
+                        last_seq,
+                    };
+                    if let Err(e) = client.publish(reply, body.encode().into()).await {
+                        tracing::warn!(error = %e, "cannot send an ingest ack");
+                    }
+                }
+                return;
+            }
+            Ok(Seen::TooOld { oldest }) => {
+                let message = format!(
+                    "request {} of producer {} is older than the {} this edge remembers \
+                     (oldest {oldest}): it may or may not have been stored; nothing was stored now",
+                    id.request,
+                    id.producer,
+                    crate::outbox::PRODUCER_WINDOW
+                );
+                return reply_err(client, msg.reply, ErrorCode::Invalid, message, metrics).await;
+            }
+            Ok(Seen::New) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the producers' acks");
+                return reply_err(
+                    client,
+                    msg.reply,
+                    ErrorCode::Storage,
+                    e.to_string(),
+                    metrics,
+                )
+                .await;
+            }
+        }
+    }
+    if let Some(agent) = subject::agent_of_ingest(edge, &msg.subject) {
+        if let Some(r) = limiter
+            .too_many_in_flight(agent)
+            .or_else(|| limiter.empty(agent, now))
+        {
+            metrics.rate_limited(&limiter.label(agent));
+            reply_rate_limited(client, msg.reply, r, metrics, held).await;
+            return;
+        }
+    }
     match parse(edge, limits, &msg) {
         Ok((agent, events)) => {
             let data_bytes = events.iter().map(|e| e.data.len() as u64).sum();
+            if let Err(r) = limiter.admit(&agent, events.len() as u64, data_bytes, now) {
+                metrics.rate_limited(&limiter.label(&agent));
+                reply_rate_limited(client, msg.reply, r, metrics, held).await;
+                return;
+            }
+            let inflight = limiter.inflight();
+            inflight.take(&agent);
+            if let Some(id) = &id {
+                shared.pending.insert(id.clone());
+            }
             let job = Job {
                 reply: msg.reply,
+                id,
                 agent,
                 events,
                 data_bytes,
             };
             if let Err(mpsc::error::SendError(job)) = jobs.send(job).await {
+                inflight.release(&job.agent);
+                if let Some(id) = &job.id {
+                    shared.pending.remove(id);
+                }
                 reply_err(
                     client,
                     job.reply,
@@ -98,6 +268,37 @@ async fn handle(
         }
         Err((code, message)) => reply_err(client, msg.reply, code, message, metrics).await,
     }
+}
+
+/// The request's `mesh-producer` / `mesh-request`, if it has them (both or neither).
+fn request_id(edge: &str, msg: &Message) -> Result<Option<RequestId>, String> {
+    let Some(hm) = msg.headers.as_ref() else {
+        return Ok(None);
+    };
+    let (p, r) = match (hm.get(h::MESH_PRODUCER), hm.get(h::MESH_REQUEST)) {
+        (None, None) => return Ok(None),
+        (Some(p), Some(r)) => (p.as_str(), r.as_str()),
+        _ => {
+            return Err(format!(
+                "a request carries both {} and {}, or neither",
+                h::MESH_PRODUCER,
+                h::MESH_REQUEST
+            ))
+        }
+    };
+    let producer = uuid::Uuid::parse_str(p)
+        .map_err(|e| format!("header {} {p:?} is not a UUID: {e}", h::MESH_PRODUCER))?;
+    let request = r
+        .parse::<u64>()
+        .map_err(|_| format!("header {} {r:?} is not a number", h::MESH_REQUEST))?;
+    let Some(agent) = subject::agent_of_ingest(edge, &msg.subject) else {
+        return Ok(None);
+    };
+    Ok(Some(RequestId {
+        agent: agent.to_string(),
+        producer,
+        request,
+    }))
 }
 
 fn parse(
@@ -176,6 +377,54 @@ async fn reply_err(
     }
 }
 
+/// Refuses a request `rate_limited`, with `mesh-retry-after-ms`, after holding the
+/// refusal back for `r.hold` (from a task of its own; at once past [`MAX_HELD`]).
+async fn reply_rate_limited(
+    client: &async_nats::Client,
+    reply: Option<Subject>,
+    mut r: Refusal,
+    metrics: &EdgeMetrics,
+    held: &Arc<AtomicUsize>,
+) {
+    let code = ErrorCode::RateLimited;
+    metrics.rejected(code.as_str());
+    let Some(reply) = reply else {
+        return;
+    };
+    if !r.hold.is_zero() {
+        if held.fetch_add(1, Ordering::Relaxed) < MAX_HELD {
+            let (client, held) = (client.clone(), held.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(r.hold).await;
+                send_rate_limited(&client, reply, r).await;
+                held.fetch_sub(1, Ordering::Relaxed);
+            });
+            return;
+        }
+        held.fetch_sub(1, Ordering::Relaxed);
+        r.retry_after += r.hold;
+    }
+    send_rate_limited(client, reply, r).await;
+}
+
+async fn send_rate_limited(client: &async_nats::Client, reply: Subject, r: Refusal) {
+    let code = ErrorCode::RateLimited;
+    let mut hm = HeaderMap::new();
+    hm.insert(h::MESH_ERROR, code.as_str());
+    hm.insert(
+        h::MESH_RETRY_AFTER_MS,
+        r.retry_after.as_millis().to_string().as_str(),
+    );
+    let body = IngestReply::Err {
+        code,
+        message: r.text(),
+    }
+    .encode();
+    if let Err(e) = client.publish_with_headers(reply, hm, body.into()).await {
+        tracing::warn!(error = %e, "cannot send an ingest error reply");
+    }
+}
+
 /// Gathers waiting jobs into group commits until the job queue closes, expiring old
 /// records between commits; flushes the outbox on the way out.
 #[allow(clippy::too_many_arguments)]
@@ -184,6 +433,8 @@ pub async fn run_committer(
     edge: String,
     mut writer: OutboxWriter,
     mut jobs: mpsc::Receiver<Job>,
+    inflight: InFlight,
+    pending: Pending,
     commit_max_events: usize,
     commit_max_bytes: usize,
     live: bool,
@@ -191,7 +442,7 @@ pub async fn run_committer(
 ) {
     let mut expiry = tokio::time::interval(Duration::from_secs(1));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: Option<Job> = None;
+    let mut fair: Fair<Job> = Fair::default();
     let (live_tx, live_task) = if live {
         // Two commits: the live copies of one go out while the next commits. A longer
         // queue holds whole commits in memory when the live task falls behind (measured:
@@ -202,35 +453,40 @@ pub async fn run_committer(
         (None, None)
     };
     loop {
-        let first = match pending.take() {
-            Some(j) => j,
-            None => tokio::select! {
-                j = jobs.recv() => match j { Some(j) => j, None => break },
+        if fair.is_empty() {
+            tokio::select! {
+                j = jobs.recv() => match j { Some(j) => fair.push(j), None => break },
                 _ = expiry.tick() => {
                     if let Err(e) = writer.expire().await {
                         tracing::error!(error = %e, "outbox expiry failed");
                     }
                     continue;
                 }
-            },
-        };
-        let mut batch = vec![first];
-        let mut count = batch[0].events.len();
-        let mut bytes = batch[0].data_bytes as usize;
-        while count < commit_max_events && bytes < commit_max_bytes {
+            }
+        }
+        // Everything waiting now (bounded), then the commit's fair share of it.
+        while fair.len() < MAX_QUEUED {
             match jobs.try_recv() {
-                Ok(j) => {
-                    if count + j.events.len() > commit_max_events && count > 0 {
-                        pending = Some(j);
-                        break;
-                    }
-                    count += j.events.len();
-                    bytes += j.data_bytes as usize;
-                    batch.push(j);
-                }
+                Ok(j) => fair.push(j),
                 Err(_) => break,
             }
         }
+        let batch = fair.take(commit_max_events, commit_max_bytes);
+        let agents: Vec<(String, Option<RequestId>)> = batch
+            .iter()
+            .map(|j| (j.agent.clone(), j.id.clone()))
+            .collect();
+        // Given back once the commit is durable (or failed) and before any reply goes
+        // out: a client that sends its next request on a reply must find its count
+        // already down, or a window of `max_inflight` would be refused.
+        let release = || {
+            for (a, id) in &agents {
+                inflight.release(a);
+                if let Some(id) = id {
+                    pending.remove(id);
+                }
+            }
+        };
         commit(
             &client,
             &edge,
@@ -238,6 +494,7 @@ pub async fn run_committer(
             batch,
             live_tx.as_ref(),
             &metrics,
+            release,
         )
         .await;
     }
@@ -245,8 +502,16 @@ pub async fn run_committer(
         tracing::error!(error = %e, "final outbox flush failed");
     }
     drop(live_tx);
-    if let Some(t) = live_task {
-        let _ = t.await;
+    // The outbox is flushed; live copies still queued go out if the connection takes
+    // them soon (they are best effort: subscribers read the centre for the rest).
+    if let Some(mut t) = live_task {
+        if tokio::time::timeout(Duration::from_secs(2), &mut t)
+            .await
+            .is_err()
+        {
+            tracing::warn!("live copies still queued at shutdown were not sent");
+            t.abort();
+        }
     }
 }
 
@@ -257,6 +522,7 @@ async fn commit(
     batch: Vec<Job>,
     live: Option<&mpsc::Sender<Vec<schemas::Event>>>,
     metrics: &EdgeMetrics,
+    release: impl FnOnce(),
 ) {
     let count: usize = batch.iter().map(|j| j.events.len()).sum();
     let bytes: u64 = batch.iter().map(|j| j.data_bytes).sum();
@@ -265,12 +531,19 @@ async fn commit(
     // Events are moved into the record; the jobs keep their reply subject and size.
     let mut parts: Vec<(Option<Subject>, usize)> = Vec::with_capacity(batch.len());
     let mut sources: Vec<(String, Vec<NewEvent>)> = Vec::with_capacity(batch.len());
+    let mut requests: Vec<(RequestId, u64, u64)> = Vec::new();
+    let mut offset = 0u64;
     for j in batch {
+        let n = j.events.len() as u64;
+        if let Some(id) = j.id {
+            requests.push((id, offset, n));
+        }
+        offset += n;
         parts.push((j.reply, j.events.len()));
         sources.push((j.agent, j.events));
     }
     let result = writer
-        .append(count, bytes, |first| {
+        .append_acked(count, bytes, &requests, |first| {
             let mut seq = first;
             let mut out = Vec::with_capacity(count);
             for (agent, evs) in sources {
@@ -282,6 +555,7 @@ async fn commit(
             out
         })
         .await;
+    release();
     match result {
         Ok(c) => {
             metrics.committed(count as u64, started.elapsed());

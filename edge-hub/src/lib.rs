@@ -11,9 +11,11 @@
 //! Nothing acknowledged is lost: it is in the outbox and is forwarded on the next start.
 
 pub mod config;
+pub mod fair;
 pub mod forwarder;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod uplink;
@@ -102,11 +104,18 @@ pub async fn run(
     ));
 
     let (jobs_tx, jobs_rx) = mpsc::channel(4096);
+    let limiter = limits::Limiter::new(cfg.limits.clone());
+    let shared = ingest::Shared {
+        outbox: writer.outbox().clone(),
+        pending: ingest::Pending::default(),
+    };
     let committer = tokio::spawn(ingest::run_committer(
         client.clone(),
         cfg.id.clone(),
         writer,
         jobs_rx,
+        limiter.inflight(),
+        shared.pending.clone(),
         cfg.ingest.commit_max_events,
         cfg.ingest.commit_max_bytes,
         cfg.ingest.live,
@@ -117,6 +126,8 @@ pub async fn run(
         client.clone(),
         cfg.id.clone(),
         cfg.limits(),
+        limiter,
+        shared,
         jobs_tx,
         metrics.clone(),
         subscribed_tx,
@@ -161,7 +172,9 @@ pub async fn run(
     stop_ingest.cancel();
     // The committer ends once ingest dropped its queue; it flushes the outbox last.
     let _ = committer.await;
-    let _ = client.flush().await;
+    // Bounded: on Ctrl-C in `mesh up` every process gets the signal at once, and a flush
+    // over a connection whose nats-server already stopped would wait for ever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     stop_rest.cancel();
     if tokio::time::timeout(
         cfg.forwarder.ack_timeout + Duration::from_secs(2),

@@ -22,6 +22,8 @@ pub struct EdgeMetrics {
     registry: Mutex<Registry>,
     ingested: Counter,
     rejected: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
+    repeated: Counter,
     expelled: Family<Labels, Counter>,
     commit_seconds: Histogram,
     outbox_events: Gauge,
@@ -48,6 +50,8 @@ impl EdgeMetrics {
             )),
             ingested: Counter::default(),
             rejected: Family::default(),
+            rate_limited: Family::default(),
+            repeated: Counter::default(),
             expelled: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             outbox_events: Gauge::default(),
@@ -70,6 +74,16 @@ impl EdgeMetrics {
                 "rejected_requests",
                 "Ingest requests refused, by reason",
                 m.rejected.clone(),
+            );
+            r.register(
+                "rate_limited_requests",
+                "Ingest requests refused rate_limited, by agent (the first 100 agents and those with limits of their own; the rest as _other)",
+                m.rate_limited.clone(),
+            );
+            r.register(
+                "repeated_requests",
+                "Ingest requests sent again after they were stored (same mesh-producer and mesh-request): answered with the original ack, nothing stored",
+                m.repeated.clone(),
             );
             r.register(
                 "expelled_events",
@@ -125,6 +139,19 @@ impl EdgeMetrics {
         self.rejected
             .get_or_create(&vec![("reason".into(), reason.into())])
             .inc();
+    }
+
+    /// A request of `agent` (a bounded label, see `limits::Limiter::label`) was refused
+    /// `rate_limited` (also counted in `rejected_requests{reason="rate_limited"}`).
+    pub fn rate_limited(&self, agent: &str) {
+        self.rate_limited
+            .get_or_create(&vec![("agent".into(), agent.into())])
+            .inc();
+    }
+
+    /// A request was sent again after it was stored, and got its original ack.
+    pub fn repeated(&self) {
+        self.repeated.inc();
     }
 
     pub fn committed(&self, events: u64, took: Duration) {

@@ -318,3 +318,57 @@ fn expelled_while_in_flight_counts_only_what_is_lost() {
         assert_eq!(ob.stats().expelled_max_age, 4);
     });
 }
+
+/// The acks of a producer's requests are written with the records they ack, survive a
+/// reopen, and are dropped once the producer was idle for `max_age`.
+#[test]
+fn producer_acks_survive_a_reopen_and_expire_with_max_age() {
+    use edge_hub::outbox::{RequestId, Seen};
+    let dir = tempfile::tempdir().unwrap();
+    let id = |request| RequestId {
+        agent: "a".into(),
+        producer: uuid::Uuid::from_u128(7),
+        request,
+    };
+    rt().block_on(async {
+        let mut c = cfg();
+        c.max_age = Duration::from_millis(300);
+        let (ob, mut w) = Outbox::open(dir.path(), c.clone()).unwrap();
+        append(&mut w, &[1]).await.unwrap();
+        // Two requests of 2 and 3 events in one commit, at offsets 0 and 2.
+        let c5 = w
+            .append_acked(5, 20, &[(id(1), 0, 2), (id(2), 2, 3)], |first| {
+                (0..5)
+                    .map(|i| {
+                        NewEvent::new("t", "s", Bytes::from_static(b"x")).into_event(
+                            "e",
+                            "a",
+                            first + i,
+                            chrono::Utc::now(),
+                        )
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!((c5.first_seq, c5.last_seq), (2, 6));
+        let stored = |first_seq, last_seq| Seen::Stored {
+            first_seq,
+            last_seq,
+        };
+        assert_eq!(ob.seen(&id(1)).unwrap(), stored(2, 3));
+        assert_eq!(ob.seen(&id(2)).unwrap(), stored(4, 6));
+        assert_eq!(ob.seen(&id(3)).unwrap(), Seen::New);
+        let other = RequestId {
+            agent: "b".into(),
+            ..id(1)
+        };
+        assert_eq!(ob.seen(&other).unwrap(), Seen::New, "keyed by agent too");
+        drop((ob, w));
+        let (ob, mut w) = Outbox::open(dir.path(), c).unwrap();
+        assert_eq!(ob.seen(&id(2)).unwrap(), stored(4, 6));
+        std::thread::sleep(Duration::from_millis(400));
+        w.expire().await.unwrap();
+        assert_eq!(ob.seen(&id(2)).unwrap(), Seen::New);
+    });
+}

@@ -225,6 +225,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The outbox could not be written.
     Storage,
+    /// The agent is over its events/s or bytes/s limit at this edge; nothing was stored.
+    /// The reply's `mesh-retry-after-ms` header says when to send it again.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -237,6 +240,7 @@ impl ErrorCode {
             ErrorCode::Unauthorised => "unauthorised",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Storage => "storage",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 

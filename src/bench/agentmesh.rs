@@ -16,6 +16,7 @@ use mesh_testkit::{disk_usage, scrape, wait_until, Hub, Mesh, MeshBuilder};
 
 use super::cpu::{cpu_now, cpu_profile};
 use super::load::{bench_auth, connect, mesh_latency, mesh_publish_all, wait_count};
+use super::noisy::{bench_noisy, Flooder, NOISY};
 use super::report::{MeshExtra, SystemResult};
 use super::{BenchArgs, Progress};
 
@@ -35,11 +36,29 @@ pub(super) async fn bench_agentmesh(
         .secure(!a.insecure)
         .nats_binary(bin)
         .dir(dir);
-    if let Some(path) = &a.edge_config {
-        let toml = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --edge-config {}", path.display()))?;
-        b = b.edge_toml(toml);
-    }
+    let edge_toml = match &a.edge_config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --edge-config {}", path.display()))?,
+        None => {
+            // The bench measures what the mesh can carry, not the per-agent limits (a
+            // policy that would cap each publisher at its events/s), but for the noisy
+            // neighbour, which keeps the defaults; `--edge-config` may set them.
+            let d = edge_hub::config::LimitsConfig::default();
+            format!(
+                "[limits]\nevents_per_sec = 0\nbytes_per_sec = 0\n\n[limits.agents.{NOISY}]\nevents_per_sec = {:?}\nbytes_per_sec = {:?}\n",
+                d.events_per_sec, d.bytes_per_sec
+            )
+        }
+    };
+    let limits = edge_hub::config::EdgeConfig::from_toml(&edge_toml)
+        .map_err(|e| anyhow::anyhow!("the edge config: {e}"))?
+        .limits;
+    let flood_limit = limits
+        .agents
+        .get(NOISY)
+        .and_then(|o| o.events_per_sec)
+        .unwrap_or(limits.events_per_sec);
+    b = b.edge_toml(edge_toml);
     let mut mesh = b.start().await?;
     let agents = bench_agents(&mesh, a.agents).await?;
     let js = jetstream::new(connect(&mesh.central.client_url(), &bench_auth(&mesh)?).await?);
@@ -74,6 +93,7 @@ pub(super) async fn bench_agentmesh(
         latency.push(l);
     }
     let mut landed = a.count + latency.iter().map(|l| l.samples as u64).sum::<u64>();
+
     wait_count(
         &js,
         events,
@@ -83,6 +103,44 @@ pub(super) async fn bench_agentmesh(
         Duration::from_secs(300),
     )
     .await?;
+
+    // The noisy neighbour, on a settled mesh: everything before it has landed.
+    let mut noisy = None;
+    if a.noisy_secs > 0.0 {
+        p.say("agentmesh: a noisy neighbour");
+        // A quiet edge for the calm agent alone: its outbox emptied and flushed.
+        let _ = wait_until("the outbox to empty", Duration::from_secs(30), || async {
+            mesh.edge_metric(0, "mesh_edge_outbox_events").await == Some(0.0)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let site = &mesh.sites[0];
+        let flooder = Flooder {
+            url: site.nats.client_url(),
+            auth: agent_auth(&mesh, NOISY)?,
+            edge: site.id.clone(),
+        };
+        let n = bench_noisy(
+            &agents[0],
+            flooder,
+            flood_limit,
+            a.noisy_secs,
+            a.size,
+            edge_http,
+        )
+        .await?;
+        landed += (n.alone.samples + n.beside.samples) as u64 + n.flood_acked;
+        noisy = Some(n);
+        wait_count(
+            &js,
+            events,
+            landed,
+            "agentmesh: the noisy neighbour landed",
+            p,
+            Duration::from_secs(300),
+        )
+        .await?;
+    }
 
     p.say("agentmesh: building the backlog behind a cut link");
     mesh.proxy(0)?.cut();
@@ -108,6 +166,7 @@ pub(super) async fn bench_agentmesh(
     p.say("agentmesh: edge hub memory with a full outbox");
     let mut extra = MeshExtra {
         rss_events: a.rss_events,
+        noisy,
         ..MeshExtra::default()
     };
     mesh.sites[0].hub_mut()?.terminate(Duration::from_secs(20));
@@ -198,24 +257,32 @@ fn mesh_cpu(mesh: &Mesh) -> [u64; 5] {
 
 /// `n` publishing agents on the edge, one connection each.
 async fn bench_agents(mesh: &Mesh, n: usize) -> anyhow::Result<Vec<Agent>> {
-    let site = &mesh.sites[0];
     let mut out = Vec::new();
     for i in 0..n {
-        let id = format!("bench-{i}");
-        let auth = mesh.auth(&mesh_nats::auth::Identity::Agent {
-            edge: site.id.clone(),
-            agent: id.clone(),
-            live: vec![],
-            durables: vec![],
-        })?;
-        let c = connect(&site.nats.client_url(), &auth).await?;
-        out.push(Agent::with_client(c, &site.id, &id)?.with_timeout(Duration::from_secs(30)));
+        out.push(bench_agent(mesh, &format!("bench-{i}")).await?);
     }
     Ok(out)
 }
 
+/// The identity of agent `id` on the edge.
+fn agent_auth(mesh: &Mesh, id: &str) -> anyhow::Result<mesh_nats::client::ClientAuth> {
+    Ok(mesh.auth(&mesh_nats::auth::Identity::Agent {
+        edge: mesh.sites[0].id.clone(),
+        agent: id.to_string(),
+        live: vec![],
+        durables: vec![],
+    })?)
+}
+
+/// Agent `id` on the edge, on a connection of its own.
+async fn bench_agent(mesh: &Mesh, id: &str) -> anyhow::Result<Agent> {
+    let site = &mesh.sites[0];
+    let c = connect(&site.nats.client_url(), &agent_auth(mesh, id)?).await?;
+    Ok(Agent::with_client(c, &site.id, id)?.with_timeout(Duration::from_secs(30)))
+}
+
 /// The edge hub's group-commit histogram now (empty when it does not answer).
-async fn commit_histogram(edge_http: SocketAddr) -> Vec<(f64, f64)> {
+pub(super) async fn commit_histogram(edge_http: SocketAddr) -> Vec<(f64, f64)> {
     scrape(edge_http)
         .await
         .map(|s| s.histogram(COMMIT_HISTOGRAM))

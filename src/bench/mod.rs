@@ -33,6 +33,7 @@ mod cpu;
 mod limit;
 mod load;
 mod native;
+mod noisy;
 mod payload;
 mod report;
 
@@ -70,6 +71,10 @@ pub struct BenchArgs {
     /// Events per fill/drain cycle.
     #[arg(long, default_value_t = 100_000)]
     cycle_events: u64,
+    /// Seconds of each half of the noisy-neighbour run (a calm agent at 100 events/s
+    /// alone, then beside a flooding agent); 0 skips it.
+    #[arg(long, default_value_t = 10.0)]
+    noisy_secs: f64,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,

@@ -40,6 +40,9 @@ pub(super) struct MeshExtra {
     pub(super) outbox_payload_full_bytes: u64,
     pub(super) outbox_disk_after_cycles: Vec<u64>,
     pub(super) cycle_payload_bytes: u64,
+    /// The noisy-neighbour run (`--noisy-secs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) noisy: Option<super::noisy::Noisy>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +134,32 @@ pub(super) fn table(r: &Report) -> String {
         mib(e.outbox_payload_full_bytes),
         e.outbox_disk_full_bytes as f64 / e.outbox_payload_full_bytes.max(1) as f64
     ));
+    if let Some(n) = &e.noisy {
+        s.push_str(&format!(
+            "\nnoisy neighbour: a calm agent at {}/s, ack p50/p99/p999 µs alone {}/{}/{}, beside a flooder {}/{}/{}: p99 x{:.2}\n",
+            n.alone.offered_per_s,
+            n.alone.p50_us,
+            n.alone.p99_us,
+            n.alone.p999_us,
+            n.beside.p50_us,
+            n.beside.p99_us,
+            n.beside.p999_us,
+            n.beside.p99_us as f64 / n.alone.p99_us.max(1) as f64
+        ));
+        let c = |l: &Latency| match (l.commit_p50_us, l.commit_p99_us) {
+            (Some(a), Some(b)) => format!("{a:.0}/{b:.0}"),
+            _ => "-".into(),
+        };
+        s.push_str(&format!(
+            "  the edge's group commits p50/p99 µs: alone {}, beside the flooder {}\n",
+            c(&n.alone),
+            c(&n.beside)
+        ));
+        s.push_str(&format!(
+            "  the flooder (limit {:.0} events/s): {:.0} events/s acked meanwhile, {} events acked, {} requests refused rate_limited\n",
+            n.flood_limit_per_s, n.flood_acked_per_s, n.flood_acked, n.flood_rate_limited
+        ));
+    }
     s.push_str("\nCPU µs per event (edge hub / central hub / edge nats-server / central nats-server / publishers):\n");
     for (name, sys) in [("limit", l), ("native", n), ("agentmesh", m)] {
         for (what, c) in [

@@ -197,6 +197,21 @@ pub(crate) fn finish(mesh: &mut Mesh, faults: Faults, report: &mut Report) {
 /// A recovery slower than this is not a violation, but its directory is kept.
 const SLOW_RECOVERY_S: f64 = 5.0;
 
+/// The G6 violation when any publish in `logs` failed: how many, and the first
+/// refusal's text (or "no answer"); `while` says what was going on.
+pub(crate) fn failed_publishes(logs: &[AgentLog], while_: &str) -> Option<String> {
+    let failed: usize = logs.iter().map(AgentLog::failures).sum();
+    if failed == 0 {
+        return None;
+    }
+    let first = logs
+        .iter()
+        .flat_map(|l| l.refused.first().map(|r| r.1.clone()))
+        .next()
+        .unwrap_or_else(|| "no answer".into());
+    Some(format!("G6: {failed} publishes {while_} (first: {first})"))
+}
+
 /// Every event in `MESH_EVENTS`, in stream order (the judge's reader).
 pub(crate) async fn read_events(mesh: &Mesh) -> Result<Vec<Event>, ScenarioError> {
     read_stream(mesh.central_js())

@@ -88,11 +88,12 @@ async fn publish_loop(
         let data = payload(agent.id(), n, size);
         let ev = NewEvent::new("chaos.tick", "chaos.load", data.clone());
         let id = ev.id.unwrap_or_else(Uuid::now_v7);
+        let t = std::time::Instant::now();
         let outcome = agent.publish_event(ev).await;
         if let Ok(ack) = &outcome {
             high.fetch_max(ack.last_seq, Ordering::SeqCst);
         }
-        log.record(id, data, &outcome);
+        log.record_timed(id, data, &outcome, t.elapsed());
     }
     log
 }

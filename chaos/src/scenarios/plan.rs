@@ -327,7 +327,10 @@ mod tests {
     fn the_same_seed_gives_the_same_schedule() {
         let t = Timeline::new(Duration::from_secs(10));
         for s in SCENARIOS {
-            if s.name.starts_with("outbox-") || s.name.starts_with("cluster-") {
+            if s.name.starts_with("outbox-")
+                || s.name.starts_with("cluster-")
+                || s.name == "noisy-neighbour"
+            {
                 continue;
             }
             let a = plan(s.name, &t, &mut Rng::new(scenario_seed(7, s.name)));
@@ -344,10 +347,11 @@ mod tests {
     fn every_fault_is_healed_within_the_fault_window() {
         for secs in [8, 30] {
             let t = Timeline::new(Duration::from_secs(secs));
-            for s in SCENARIOS
-                .iter()
-                .filter(|s| !s.name.starts_with("outbox-") && !s.name.starts_with("cluster-"))
-            {
+            for s in SCENARIOS.iter().filter(|s| {
+                !s.name.starts_with("outbox-")
+                    && !s.name.starts_with("cluster-")
+                    && s.name != "noisy-neighbour"
+            }) {
                 let p = plan(s.name, &t, &mut Rng::new(scenario_seed(1, s.name)));
                 let last = p.steps.last().unwrap();
                 assert!(

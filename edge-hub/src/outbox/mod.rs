@@ -13,6 +13,9 @@
 //! Tree `meta`: `acked` = the centre confirmed every sequence up to it; `expelled` = the
 //! highest sequence the outbox limits expelled. Both 8 bytes big-endian.
 //!
+//! Tree `producers`: the acks of each producer's last requests (format in `producers`),
+//! written in the same sled transaction as the records of the commit they ack.
+//!
 //! # Invariants
 //! * Sequences are gap-free and ascending: the next commit starts at
 //!   `max(last record, acked, expelled) + 1`, so a sequence is never reused, even after
@@ -183,6 +186,8 @@ pub struct Outbox {
     db: sled::Db,
     records: sled::Tree,
     meta: sled::Tree,
+    /// The acks of each producer's last requests (`producers`).
+    producers: sled::Tree,
     state: Mutex<State>,
     /// Held by a read from start to end and by every expulsion, so that a record cannot
     /// be expelled between a forwarder's read of it and the mark that puts it in flight
@@ -233,6 +238,7 @@ impl Outbox {
             .map_err(storage)?;
         let records = db.open_tree("records").map_err(storage)?;
         let meta = db.open_tree("meta").map_err(storage)?;
+        let producers = db.open_tree("producers").map_err(storage)?;
         let read_meta = |k: &[u8]| -> Result<u64, OutboxError> {
             Ok(meta
                 .get(k)
@@ -275,13 +281,14 @@ impl Outbox {
             db,
             records,
             meta,
+            producers,
             state: Mutex::new(st),
             reading: Mutex::new(()),
             cfg,
             appended: tokio::sync::Notify::new(),
             churn: AtomicU64::new(0),
         });
-        Ok((outbox.clone(), OutboxWriter { outbox }))
+        Ok((outbox.clone(), OutboxWriter { outbox, ticks: 0 }))
     }
 
     /// Counts record bytes written or removed; every `TRIM_EVERY_BYTES` returns the heap
@@ -313,6 +320,18 @@ impl Outbox {
 
     fn reading(&self) -> MutexGuard<'_, ()> {
         self.reading.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the outbox knows of request `id` (see `producers`).
+    pub fn seen(&self, id: &RequestId) -> Result<Seen, OutboxError> {
+        Ok(
+            match self.producers.get(id.key()).map_err(|e| self.storage(e))? {
+                Some(v) => producers::Entry::decode(&v)
+                    .map(|e| e.seen(id.request))
+                    .unwrap_or(Seen::New),
+                None => Seen::New,
+            },
+        )
     }
 
     fn storage(&self, source: sled::Error) -> OutboxError {
@@ -471,8 +490,10 @@ impl Outbox {
     }
 }
 
+mod producers;
 mod read;
 mod writer;
 
+pub use producers::{RequestId, Seen, WINDOW as PRODUCER_WINDOW};
 pub use read::ReadCache;
 pub use writer::{Committed, OutboxWriter};

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use schemas::{Event, OutboxRecord};
 
+use super::producers::{Entry, RequestId};
 use super::{
     ExpelReason, Outbox, OutboxError, RecMeta, EVENT_OVERHEAD_BYTES, RECORD_TARGET_BYTES,
     TOUCH_READS,
@@ -13,7 +14,12 @@ use crate::config::FullPolicy;
 /// The single writer: appends (group commits) and limit expiry.
 pub struct OutboxWriter {
     pub(super) outbox: Arc<Outbox>,
+    /// Calls of [`OutboxWriter::expire`], for the rarer sweep of idle producers.
+    pub(super) ticks: u64,
 }
+
+/// Expiry calls between two sweeps of idle producers.
+const PRODUCER_SWEEP_EVERY: u64 = 600;
 
 /// What one group commit stored.
 #[derive(Debug)]
@@ -35,6 +41,19 @@ impl OutboxWriter {
         &mut self,
         count: usize,
         data_bytes: u64,
+        build: impl FnOnce(u64) -> Vec<Event>,
+    ) -> Result<Committed, OutboxError> {
+        self.append_acked(count, data_bytes, &[], build).await
+    }
+
+    /// [`OutboxWriter::append`], also recording the ack of each request in `requests`
+    /// (its id, and its events' offset and count in the commit) in the same transaction
+    /// as the records (`producers`).
+    pub async fn append_acked(
+        &mut self,
+        count: usize,
+        data_bytes: u64,
+        requests: &[(RequestId, u64, u64)],
         build: impl FnOnce(u64) -> Vec<Event>,
     ) -> Result<Committed, OutboxError> {
         let ob = &self.outbox;
@@ -109,11 +128,47 @@ impl OutboxWriter {
             metas.push(meta);
             stored.extend(rec.events);
         }
-        ob.records.apply_batch(batch).map_err(|e| ob.storage(e))?;
+        if requests.is_empty() {
+            ob.records.apply_batch(batch).map_err(|e| ob.storage(e))?;
+        } else {
+            use sled::transaction::{ConflictableTransactionError, TransactionError};
+            use sled::Transactional;
+            let r: Result<(), TransactionError<()>> =
+                (&ob.records, &ob.producers).transaction(|(records, producers)| {
+                    records.apply_batch(&batch)?;
+                    for (id, offset, n) in requests {
+                        let key = id.key();
+                        let mut e = match producers.get(&key)? {
+                            Some(v) => Entry::decode(&v).unwrap_or_default(),
+                            None => Entry::default(),
+                        };
+                        let f = first + offset;
+                        e.record(id.request, f, f + n - 1, now_ns);
+                        producers.insert(key, e.encode())?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                });
+            r.map_err(|e| match e {
+                TransactionError::Storage(e) => ob.storage(e),
+                TransactionError::Abort(()) => ob.storage(sled::Error::Unsupported(
+                    "the outbox transaction aborted".into(),
+                )),
+            })?;
+        }
         if let Err(e) = ob.db.flush_async().await {
-            // Not durable, not acknowledged: make sure it is not forwarded after a restart.
+            // Not durable, not acknowledged: make sure it is not forwarded after a restart,
+            // nor answered as stored to a retry.
             for m in &metas {
                 let _ = ob.records.remove(&m.key()[..]);
+            }
+            for (id, _, _) in requests {
+                let key = id.key();
+                if let Ok(Some(v)) = ob.producers.get(&key) {
+                    if let Some(mut e) = Entry::decode(&v) {
+                        e.acks.retain(|(r, _, _)| *r != id.request);
+                        let _ = ob.producers.insert(key, e.encode());
+                    }
+                }
             }
             return Err(ob.storage(e));
         }
@@ -147,12 +202,12 @@ impl OutboxWriter {
     /// Expels every record older than `outbox.max_age`. Returns the events counted as
     /// expelled now (events in a bundle in flight are counted once its fate is known).
     pub async fn expire(&mut self) -> Result<u64, OutboxError> {
+        self.ticks += 1;
+        if self.ticks % PRODUCER_SWEEP_EVERY == 1 {
+            self.sweep_producers();
+        }
         let ob = &self.outbox;
-        let max_age = i64::try_from(ob.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);
-        let cutoff = chrono::Utc::now()
-            .timestamp_nanos_opt()
-            .unwrap_or(i64::MAX)
-            .saturating_sub(max_age);
+        let cutoff = self.max_age_cutoff();
         let (n, moved) = {
             let _reading = ob.reading();
             let mut st = ob.state();
@@ -165,6 +220,27 @@ impl OutboxWriter {
             ob.appended.notify_one();
         }
         Ok(n)
+    }
+
+    /// Now minus `outbox.max_age`, in ns: anything accepted or used before it is too old.
+    fn max_age_cutoff(&self) -> i64 {
+        let max_age = i64::try_from(self.outbox.cfg.max_age.as_nanos()).unwrap_or(i64::MAX);
+        chrono::Utc::now()
+            .timestamp_nanos_opt()
+            .unwrap_or(i64::MAX)
+            .saturating_sub(max_age)
+    }
+
+    /// Drops the producers idle for longer than `outbox.max_age` (the horizon of a retry).
+    fn sweep_producers(&self) {
+        let ob = &self.outbox;
+        let cutoff = self.max_age_cutoff();
+        for kv in ob.producers.iter() {
+            let Ok((k, v)) = kv else { continue };
+            if Entry::decode(&v).is_none_or(|e| e.updated_ns < cutoff) {
+                let _ = ob.producers.remove(k);
+            }
+        }
     }
 
     /// Flushes everything to disk (on shutdown).
