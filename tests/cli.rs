@@ -123,7 +123,7 @@ async fn pub_summary_and_exit_status() {
     assert_eq!(h("ce-specversion").as_deref(), Some("1.0"));
     assert_eq!(h("ce-meshseq").as_deref(), Some("1"));
     assert_eq!(h("ce-meshedge").as_deref(), Some("e1"));
-    assert_eq!(h("Nats-Msg-Id"), h("ce-id"));
+    assert_eq!(h("Nats-Msg-Id").as_deref(), Some("e1:1"));
     assert!(h("ce-time").is_some() && h("ce-type").is_some());
 
     // A durable `mesh sub` at the edge reads them back from the centre.

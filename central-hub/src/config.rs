@@ -40,7 +40,7 @@ pub struct EventsConfig {
     pub max_age: Duration,
     /// Most bytes kept; -1 for no limit.
     pub max_bytes: i64,
-    /// JetStream de-duplication window on `Nats-Msg-Id` (= `ce-id`). Exactly-once does
+    /// JetStream de-duplication window on `Nats-Msg-Id` (= `<edge>:<meshseq>`). Exactly-once does
     /// not rest on it: the lander's high-water mark does.
     #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,

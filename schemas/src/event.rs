@@ -3,7 +3,9 @@
 //! On a NATS message (stream `MESH_EVENTS`, the live copy, a dead letter) an event is in
 //! the binding's binary mode: every attribute in a header (see [`crate::headers`]), the
 //! data as the payload, so any NATS client in any language can read it. `Nats-Msg-Id`
-//! always equals `ce-id`. In the edge outbox and in bundles it is MessagePack (array
+//! is `<ce-meshedge>:<ce-meshseq>`, which names exactly one event of the mesh; `ce-id`
+//! does not (CloudEvents makes an event `ce-source` + `ce-id`, so two agents may use one
+//! id, and a JetStream de-duplication on it would drop the second agent's event). In the edge outbox and in bundles it is MessagePack (array
 //! encoding, fields in declaration order: append new optional fields at the end only).
 
 use std::collections::HashMap;
@@ -75,6 +77,11 @@ impl Event {
         format!("mesh://{}/{}", self.edge, self.agent)
     }
 
+    /// Its `Nats-Msg-Id`: `<edge>:<meshseq>`, unique in the mesh (see the module doc).
+    pub fn msg_id(&self) -> String {
+        format!("{}:{}", self.edge, self.seq)
+    }
+
     /// The subject this event has in `MESH_EVENTS`.
     pub fn evt_subject(&self) -> String {
         subject::evt(&self.edge, &self.subject)
@@ -114,7 +121,7 @@ impl Event {
         }
         m.insert(names::MESH_EDGE, self.edge.as_str());
         m.insert(names::MESH_SEQ, self.seq.to_string());
-        m.insert(names::NATS_MSG_ID, id);
+        m.insert(names::NATS_MSG_ID, self.msg_id());
         m
     }
 
@@ -286,7 +293,7 @@ impl MessageBuilder {
             .hyphenated()
             .encode_lower(&mut Uuid::encode_buffer())
             .to_owned();
-        m.insert(names::NATS_MSG_ID, id.clone());
+        m.insert(names::NATS_MSG_ID, ev.msg_id());
         m.insert(names::ID, id);
         m.insert(
             names::TIME,
@@ -431,12 +438,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn msg_id_is_ce_id() {
+    fn msg_id_is_edge_and_meshseq() {
         let ev = sample();
         let hm = ev.to_headers();
         assert_eq!(
             hm.get(h::NATS_MSG_ID).unwrap().as_str(),
-            hm.get(h::ID).unwrap().as_str()
+            format!("{}:{}", ev.edge, ev.seq)
         );
         assert_eq!(hm.get(h::SOURCE).unwrap().as_str(), "mesh://e1/a1");
     }
