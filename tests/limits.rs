@@ -60,13 +60,14 @@ async fn an_agent_over_its_rate_is_refused_with_a_retry_time_and_holds_no_one_ba
     // The refusal carries its retry time in a header. (Refusals are held back until the
     // agent may retry, so the bucket may have credit again by now: 100-event requests
     // empty it.)
-    let body = IngestRequest {
-        events: events(100),
-    }
-    .encode()
-    .unwrap();
     let mut reply = None;
     for _ in 0..5 {
+        // A new body each time: the same ids again would be refused as duplicates.
+        let body = IngestRequest {
+            events: events(100),
+        }
+        .encode()
+        .unwrap();
         let r = flood
             .client()
             .request(schemas::subject::ingest("e1", "flood"), body.clone().into())

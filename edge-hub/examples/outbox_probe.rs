@@ -74,6 +74,7 @@ async fn main() {
         max_age: Duration::from_secs(3600),
         full_policy: FullPolicy::Reject,
         cache_bytes: env("CACHE").unwrap_or(16 << 20),
+        ..OutboxConfig::default()
     };
     let (ob, mut w) = Outbox::open(dir.path(), cfg).unwrap();
     let data = bytes::Bytes::from(vec![b'x'; size]);

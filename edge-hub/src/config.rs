@@ -117,6 +117,14 @@ pub struct OutboxConfig {
     /// `outbox`, "Memory"). Probe peak RSS at 1M events: 35-39 MiB with 1 or 16 MiB,
     /// 71 MiB with 64 MiB.
     pub cache_bytes: u64,
+    /// How long the edge remembers the event ids it stored, on the ids' own time (the
+    /// `ce-id` rule, `outbox::ids`): a `ce-id` made longer ago is refused, since a copy
+    /// could no longer be told from a new event.
+    #[serde(with = "humantime_serde")]
+    pub id_horizon: Duration,
+    /// Most ids remembered (~30 bytes of memory each); past it the oldest are forgotten
+    /// early, never those of the last minute, and ids older than them are refused.
+    pub max_ids: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +189,8 @@ impl Default for OutboxConfig {
             max_age: Duration::from_secs(7 * 24 * 3600),
             full_policy: FullPolicy::Reject,
             cache_bytes: 16 << 20,
+            id_horizon: Duration::from_secs(600),
+            max_ids: 1_000_000,
         }
     }
 }
@@ -243,6 +253,7 @@ impl EdgeConfig {
                 self.ingest.commit_max_bytes as u64,
             ),
             ("outbox.max_bytes", self.outbox.max_bytes),
+            ("outbox.max_ids", self.outbox.max_ids),
             (
                 "forwarder.bundle_max_events",
                 self.forwarder.bundle_max_events as u64,
@@ -260,6 +271,7 @@ impl EdgeConfig {
         }
         for (name, d) in [
             ("outbox.max_age", self.outbox.max_age),
+            ("outbox.id_horizon", self.outbox.id_horizon),
             ("forwarder.ack_timeout", self.forwarder.ack_timeout),
             ("uplink.probe_interval", self.uplink.probe_interval),
             ("uplink.probe_timeout", self.uplink.probe_timeout),

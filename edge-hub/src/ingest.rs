@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fair::{Cost, Fair};
 use crate::limits::{InFlight, Limiter, Refusal};
 use crate::metrics::EdgeMetrics;
-use crate::outbox::{Outbox, OutboxError, OutboxWriter, RequestId, Seen};
+use crate::outbox::{Fingerprint, IdCheck, Outbox, OutboxError, OutboxWriter, RequestId, Seen};
 
 /// Requests the committer takes out of the job queue into its per-agent queues, at most
 /// (the job queue's own bound then holds the ingest task back).
@@ -53,19 +53,43 @@ const MAX_HELD: usize = 8192;
 /// for its commit.
 const PENDING_RETRY: Duration = Duration::from_millis(20);
 
-/// The requests with an id taken by the ingest task and not yet committed.
+/// The requests (by `mesh-producer` / `mesh-request`) and the supplied event ids taken
+/// by the ingest task and not yet committed.
 #[derive(Debug, Clone, Default)]
-pub struct Pending(Arc<Mutex<HashSet<RequestId>>>);
+pub struct Pending(Arc<Mutex<PendingSets>>);
+
+#[derive(Debug, Default)]
+struct PendingSets {
+    requests: HashSet<RequestId>,
+    ids: HashSet<Fingerprint>,
+}
 
 impl Pending {
+    fn sets(&self) -> std::sync::MutexGuard<'_, PendingSets> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
     fn contains(&self, id: &RequestId) -> bool {
-        self.0.lock().expect("pending").contains(id)
+        self.sets().requests.contains(id)
     }
-    fn insert(&self, id: RequestId) {
-        self.0.lock().expect("pending").insert(id);
+    fn any_id(&self, fps: &[Fingerprint]) -> Option<usize> {
+        let sets = self.sets();
+        fps.iter().position(|fp| sets.ids.contains(fp))
     }
-    fn remove(&self, id: &RequestId) {
-        self.0.lock().expect("pending").remove(id);
+    fn insert(&self, id: Option<&RequestId>, fps: &[Fingerprint]) {
+        let mut sets = self.sets();
+        if let Some(id) = id {
+            sets.requests.insert(id.clone());
+        }
+        sets.ids.extend(fps.iter().copied());
+    }
+    fn remove(&self, id: Option<&RequestId>, fps: &[Fingerprint]) {
+        let mut sets = self.sets();
+        if let Some(id) = id {
+            sets.requests.remove(id);
+        }
+        for fp in fps {
+            sets.ids.remove(fp);
+        }
     }
 }
 
@@ -81,6 +105,8 @@ pub struct Job {
     reply: Option<Subject>,
     /// Its `mesh-producer` / `mesh-request`, when it has them.
     id: Option<RequestId>,
+    /// The fingerprints of the event ids it supplied (pending until committed).
+    fps: Vec<Fingerprint>,
     agent: String,
     events: Vec<NewEvent>,
     data_bytes: u64,
@@ -233,6 +259,15 @@ async fn handle(
     }
     match parse(edge, limits, &msg) {
         Ok((agent, events)) => {
+            let fps = match check_ids(shared, &agent, &events) {
+                Ok(fps) => fps,
+                Err(IdRefusal::Now(code, message)) => {
+                    return reply_err(client, msg.reply, code, message, metrics).await;
+                }
+                Err(IdRefusal::Pending(r)) => {
+                    return reply_rate_limited(client, msg.reply, r, metrics, held).await;
+                }
+            };
             let data_bytes = events.iter().map(|e| e.data.len() as u64).sum();
             if let Err(r) = limiter.admit(&agent, events.len() as u64, data_bytes, now) {
                 metrics.rate_limited(&limiter.label(&agent));
@@ -241,21 +276,18 @@ async fn handle(
             }
             let inflight = limiter.inflight();
             inflight.take(&agent);
-            if let Some(id) = &id {
-                shared.pending.insert(id.clone());
-            }
+            shared.pending.insert(id.as_ref(), &fps);
             let job = Job {
                 reply: msg.reply,
                 id,
+                fps,
                 agent,
                 events,
                 data_bytes,
             };
             if let Err(mpsc::error::SendError(job)) = jobs.send(job).await {
                 inflight.release(&job.agent);
-                if let Some(id) = &job.id {
-                    shared.pending.remove(id);
-                }
+                shared.pending.remove(job.id.as_ref(), &job.fps);
                 reply_err(
                     client,
                     job.reply,
@@ -301,6 +333,98 @@ fn request_id(edge: &str, msg: &Message) -> Result<Option<RequestId>, String> {
     }))
 }
 
+/// Why the `ce-id` rule refused a request.
+enum IdRefusal {
+    /// Refused for good (`duplicate` or `invalid`).
+    Now(ErrorCode, String),
+    /// An id waits for its commit in another request: ask again shortly.
+    Pending(Refusal),
+}
+
+/// The `ce-id` rule (`outbox::ids`) for the ids `agent` supplied in one request: their
+/// fingerprints, or why the request is refused.
+fn check_ids(
+    shared: &Shared,
+    agent: &str,
+    events: &[NewEvent],
+) -> Result<Vec<Fingerprint>, IdRefusal> {
+    let supplied: Vec<&uuid::Uuid> = events.iter().filter_map(|e| e.id.as_ref()).collect();
+    if supplied.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cfg = shared.outbox.cfg();
+    let fps = shared
+        .outbox
+        .check_ids(agent, supplied.iter().copied())
+        .map_err(|(id, why)| {
+            let invalid = |m: String| IdRefusal::Now(ErrorCode::Invalid, m);
+            let age = || {
+                let ms =
+                    crate::outbox::ids::now_ms().saturating_sub(crate::outbox::ids::v7_ms(&id));
+                humantime_serde::re::humantime::format_duration(Duration::from_secs(ms / 1000))
+            };
+            let horizon = humantime_serde::re::humantime::format_duration(cfg.id_horizon);
+            match why {
+                IdCheck::Stored => IdRefusal::Now(
+                    ErrorCode::Duplicate,
+                    format!(
+                        "ce-id {id} of agent {agent} is stored at this edge already; nothing of \
+                         this request was stored (the stored event stands)"
+                    ),
+                ),
+                IdCheck::NotV7(v) => invalid(format!(
+                    "ce-id {id} is a version {v} UUID: a ce-id an agent supplies must be a \
+                     UUIDv7, whose time lets the edge tell a copy from a new event for \
+                     outbox.id_horizon ({horizon}); or leave it out to have the edge assign one"
+                )),
+                IdCheck::Ahead(ms) => invalid(format!(
+                    "ce-id {id} was made {:.1} s ahead of this edge's clock (at most {} s); \
+                     check the agent's clock",
+                    ms as f64 / 1000.0,
+                    crate::outbox::ids::MAX_AHEAD.as_secs()
+                )),
+                IdCheck::PastHorizon => invalid(format!(
+                    "ce-id {id} was made {} ago, before outbox.id_horizon ({horizon}): this edge \
+                     no longer remembers ids that old, so it cannot tell a copy from a new \
+                     event; publish the event with a new id",
+                    age()
+                )),
+                IdCheck::Forgotten => invalid(format!(
+                    "ce-id {id} was made {} ago: this edge remembers at most outbox.max_ids \
+                     ({}) ids and has forgotten ids that old before outbox.id_horizon \
+                     ({horizon}), so it cannot tell a copy from a new event; publish the \
+                     event with a new id",
+                    age(),
+                    cfg.max_ids
+                )),
+                IdCheck::New => unreachable!("a new id is not refused"),
+            }
+        })?;
+    if fps.len() > 1 {
+        let mut seen = HashSet::with_capacity(fps.len());
+        for (fp, id) in fps.iter().zip(&supplied) {
+            if !seen.insert(*fp) {
+                return Err(IdRefusal::Now(
+                    ErrorCode::Invalid,
+                    format!("ce-id {id} appears twice in this request; nothing was stored"),
+                ));
+            }
+        }
+    }
+    if let Some(k) = shared.pending.any_id(&fps) {
+        return Err(IdRefusal::Pending(Refusal {
+            message: format!(
+                "ce-id {} is in another request still waiting for its commit; nothing was \
+                 stored twice",
+                supplied[k]
+            ),
+            hold: Duration::ZERO,
+            retry_after: PENDING_RETRY,
+        }));
+    }
+    Ok(fps)
+}
+
 fn parse(
     edge: &str,
     limits: &Limits,
@@ -322,7 +446,7 @@ fn parse(
         .and_then(|hm| hm.get(h::TYPE).map(|_| hm));
     let events = match binary {
         Some(hm) => {
-            let ev = binary_event(hm, msg.payload.clone());
+            let ev = binary_event(hm, msg.payload.clone())?;
             ev.validate(limits)
                 .map_err(|e| (ErrorCode::of(&e), e.to_string()))?;
             vec![ev]
@@ -337,15 +461,36 @@ fn parse(
 }
 
 /// A single event in CloudEvents binary mode: attributes from headers, data as payload.
-fn binary_event(hm: &HeaderMap, data: Bytes) -> NewEvent {
+/// A `ce-id` or `ce-time` that does not parse is refused, naming the header (it used to
+/// be replaced silently by the edge's own).
+fn binary_event(hm: &HeaderMap, data: Bytes) -> Result<NewEvent, (ErrorCode, String)> {
     let get = |n: &str| hm.get(n).map(|v| v.as_str().to_string());
-    NewEvent {
-        id: get(h::ID).and_then(|s| s.parse().ok()),
+    let bad = |name: &str, value: &str, why: String| {
+        (
+            ErrorCode::Invalid,
+            format!("header {name} {value:?} {why}; leave it out to have the edge set it"),
+        )
+    };
+    let id = match get(h::ID) {
+        None => None,
+        Some(s) => Some(
+            uuid::Uuid::parse_str(&s).map_err(|e| bad(h::ID, &s, format!("is not a UUID: {e}")))?,
+        ),
+    };
+    let time_ns = match get(h::TIME) {
+        None => None,
+        Some(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(&s)
+                .ok()
+                .and_then(|t| t.timestamp_nanos_opt())
+                .ok_or_else(|| bad(h::TIME, &s, "is not an RFC 3339 time".into()))?,
+        ),
+    };
+    Ok(NewEvent {
+        id,
         ty: get(h::TYPE).unwrap_or_default(),
         subject: get(h::SUBJECT).unwrap_or_default(),
-        time_ns: get(h::TIME)
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
-            .and_then(|t| t.timestamp_nanos_opt()),
+        time_ns,
         content_type: get(h::CONTENT_TYPE),
         dataschema: get(h::DATASCHEMA),
         correlation_id: get(h::CORRELATION_ID),
@@ -353,7 +498,7 @@ fn binary_event(hm: &HeaderMap, data: Bytes) -> NewEvent {
         traceparent: get(h::TRACEPARENT),
         tracestate: get(h::TRACESTATE),
         data,
-    }
+    })
 }
 
 async fn reply_err(
@@ -471,20 +616,18 @@ pub async fn run_committer(
                 Err(_) => break,
             }
         }
-        let batch = fair.take(commit_max_events, commit_max_bytes);
-        let agents: Vec<(String, Option<RequestId>)> = batch
-            .iter()
-            .map(|j| (j.agent.clone(), j.id.clone()))
+        let mut batch = fair.take(commit_max_events, commit_max_bytes);
+        let agents: Vec<(String, Option<RequestId>, Vec<Fingerprint>)> = batch
+            .iter_mut()
+            .map(|j| (j.agent.clone(), j.id.clone(), std::mem::take(&mut j.fps)))
             .collect();
         // Given back once the commit is durable (or failed) and before any reply goes
         // out: a client that sends its next request on a reply must find its count
         // already down, or a window of `max_inflight` would be refused.
         let release = || {
-            for (a, id) in &agents {
+            for (a, id, fps) in &agents {
                 inflight.release(a);
-                if let Some(id) = id {
-                    pending.remove(id);
-                }
+                pending.remove(id.as_ref(), fps);
             }
         };
         commit(

@@ -29,6 +29,7 @@ pub struct EdgeMetrics {
     outbox_events: Gauge,
     outbox_bytes: Gauge,
     outbox_acked_seq: Gauge,
+    ids_remembered: Gauge,
     bundles_inflight: Gauge,
     bundles_forwarded: Counter,
     events_forwarded: Counter,
@@ -57,6 +58,7 @@ impl EdgeMetrics {
             outbox_events: Gauge::default(),
             outbox_bytes: Gauge::default(),
             outbox_acked_seq: Gauge::default(),
+            ids_remembered: Gauge::default(),
             bundles_inflight: Gauge::default(),
             bundles_forwarded: Counter::default(),
             events_forwarded: Counter::default(),
@@ -104,6 +106,11 @@ impl EdgeMetrics {
                 "outbox_bytes",
                 "Bytes held in the outbox",
                 m.outbox_bytes.clone(),
+            );
+            r.register(
+                "ids_remembered",
+                "Event ids remembered for the ce-id rule (outbox.id_horizon, outbox.max_ids)",
+                m.ids_remembered.clone(),
             );
             r.register(
                 "outbox_acked_seq",
@@ -178,6 +185,8 @@ impl EdgeMetrics {
         self.outbox_events.set(s.events as i64);
         self.outbox_bytes.set(s.bytes as i64);
         self.outbox_acked_seq.set(s.acked as i64);
+        self.ids_remembered
+            .set(i64::try_from(outbox.ids_remembered().0).unwrap_or(i64::MAX));
         for (reason, total) in [
             ("max_age", s.expelled_max_age),
             ("max_bytes", s.expelled_max_bytes),

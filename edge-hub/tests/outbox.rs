@@ -16,7 +16,39 @@ fn cfg() -> OutboxConfig {
         max_age: Duration::from_secs(3600),
         full_policy: FullPolicy::Reject,
         cache_bytes: 1 << 20,
+        ..OutboxConfig::default()
     }
+}
+
+/// Opens the outbox at `path` again right after it (or a raw sled handle on it) was
+/// dropped. sled lets go of its file lock only once its own IO threads let go of the
+/// database, which can be a few milliseconds after the last handle is dropped (seen:
+/// "could not acquire lock" on a loaded machine).
+fn open_settled(
+    path: &std::path::Path,
+    c: OutboxConfig,
+) -> Result<(Arc<Outbox>, OutboxWriter), OutboxError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Outbox::open(path, c.clone()) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn reopen(path: &std::path::Path) -> (Arc<Outbox>, OutboxWriter) {
+    reopen_with(path, cfg())
+}
+
+/// [`open_settled`], which must succeed.
+fn reopen_with(path: &std::path::Path, c: OutboxConfig) -> (Arc<Outbox>, OutboxWriter) {
+    open_settled(path, c).unwrap_or_else(|e| panic!("reopen: {e}"))
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -141,7 +173,7 @@ proptest! {
                     Op::Reopen => {
                         drop(w);
                         drop(ob);
-                        let (o, nw) = Outbox::open(&path, cfg()).unwrap();
+                        let (o, nw) = reopen(&path);
                         ob = o;
                         w = nw;
                         // Acks are not flushed: a reopen may resurrect acked records,
@@ -169,7 +201,7 @@ fn sequences_are_not_reused_after_a_full_drain_and_reopen() {
         ob.ack_through(last).unwrap();
         w.flush().await.unwrap();
         drop((ob, w));
-        let (ob, mut w) = Outbox::open(dir.path(), cfg()).unwrap();
+        let (ob, mut w) = reopen_with(dir.path(), cfg());
         assert_eq!(ob.stats().events, 0);
         assert_eq!(append(&mut w, &[4]).await.unwrap(), (4, 4));
     });
@@ -196,7 +228,7 @@ fn expiry_expels_counts_and_leaves_a_gap_the_next_bundle_covers() {
         // After a reopen, the sequence still moves on.
         w.flush().await.unwrap();
         drop((ob, w));
-        let (ob, mut w) = Outbox::open(dir.path(), c).unwrap();
+        let (ob, mut w) = reopen_with(dir.path(), c);
         assert_eq!(ob.stats().next_seq, 5);
         assert_eq!(append(&mut w, &[10]).await.unwrap(), (5, 5));
     });
@@ -259,7 +291,7 @@ fn a_corrupt_key_is_refused_by_name() {
             .unwrap();
         db.flush().unwrap();
     }
-    let err = Outbox::open(dir.path(), cfg()).err().expect("must refuse");
+    let err = open_settled(dir.path(), cfg()).err().expect("must refuse");
     assert!(err.to_string().contains("expected 32"), "{err}");
 }
 
@@ -279,7 +311,7 @@ fn a_corrupt_value_is_reported_when_read() {
             t.insert(k, b"\xc1garbage".as_ref()).unwrap();
             db.flush().unwrap();
         }
-        let (ob, _w) = Outbox::open(dir.path(), cfg()).unwrap();
+        let (ob, _w) = reopen_with(dir.path(), cfg());
         let err = ob
             .read_from(1, 10, 1 << 20, &mut ReadCache::default())
             .unwrap_err();
@@ -365,10 +397,69 @@ fn producer_acks_survive_a_reopen_and_expire_with_max_age() {
         };
         assert_eq!(ob.seen(&other).unwrap(), Seen::New, "keyed by agent too");
         drop((ob, w));
-        let (ob, mut w) = Outbox::open(dir.path(), c).unwrap();
+        let (ob, mut w) = reopen_with(dir.path(), c);
         assert_eq!(ob.seen(&id(2)).unwrap(), stored(4, 6));
         std::thread::sleep(Duration::from_millis(400));
         w.expire().await.unwrap();
         assert_eq!(ob.seen(&id(2)).unwrap(), Seen::New);
+    });
+}
+
+/// Every stored event's id (supplied or assigned) is remembered with its record, survives
+/// a reopen, and is forgotten (and its chunks removed) once past `id_horizon`; an id
+/// older than the horizon is then refused as such, not taken as new.
+#[test]
+fn stored_ids_survive_a_reopen_and_are_forgotten_past_the_horizon() {
+    use edge_hub::outbox::IdCheck;
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut c = cfg();
+        c.id_horizon = Duration::from_secs(1);
+        let (ob, mut w) = Outbox::open(dir.path(), c.clone()).unwrap();
+        let supplied = uuid::Uuid::now_v7();
+        let c2 = w
+            .append(2, 2, |first| {
+                let mut a = NewEvent::new("t", "s", Bytes::from_static(b"x"));
+                a.id = Some(supplied);
+                let b = NewEvent::new("t", "s", Bytes::from_static(b"y"));
+                let now = chrono::Utc::now();
+                vec![
+                    a.into_event("e", "a", first, now),
+                    b.into_event("e", "b", first + 1, now),
+                ]
+            })
+            .await
+            .unwrap();
+        let assigned = c2.events[1].id;
+        let check =
+            |ob: &Outbox, agent: &str, id: uuid::Uuid| match ob.check_ids(agent, [id].iter()) {
+                Ok(_) => IdCheck::New,
+                Err((_, why)) => why,
+            };
+        assert_eq!(check(&ob, "a", supplied), IdCheck::Stored);
+        assert_eq!(check(&ob, "b", assigned), IdCheck::Stored);
+        assert_eq!(check(&ob, "b", supplied), IdCheck::New, "keyed by agent");
+        assert_eq!(ob.ids_remembered().0, 2);
+        drop((ob, w));
+
+        let (ob, mut w) = reopen_with(dir.path(), c.clone());
+        assert_eq!(
+            check(&ob, "a", supplied),
+            IdCheck::Stored,
+            "rebuilt on reopen"
+        );
+        assert_eq!(check(&ob, "b", assigned), IdCheck::Stored);
+        std::thread::sleep(Duration::from_millis(2100));
+        w.expire().await.unwrap();
+        assert_eq!(ob.ids_remembered().0, 0);
+        assert_eq!(check(&ob, "a", supplied), IdCheck::PastHorizon);
+        drop((ob, w));
+
+        // The chunks left the tree: a reopen with a long horizon finds none, and the
+        // floor kept in `meta` still refuses the id.
+        c.id_horizon = Duration::from_secs(3600);
+        let (ob, _w) = reopen_with(dir.path(), c);
+        assert_eq!(ob.ids_remembered().0, 0);
+        assert_eq!(check(&ob, "a", supplied), IdCheck::Forgotten);
     });
 }

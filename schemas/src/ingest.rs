@@ -228,6 +228,9 @@ pub enum ErrorCode {
     /// The agent is over its events/s or bytes/s limit at this edge; nothing was stored.
     /// The reply's `mesh-retry-after-ms` header says when to send it again.
     RateLimited,
+    /// An event's `ce-id` was stored already for this agent (within
+    /// `outbox.id_horizon`); nothing of the request was stored, the stored event stands.
+    Duplicate,
 }
 
 impl ErrorCode {
@@ -241,6 +244,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Storage => "storage",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Duplicate => "duplicate",
         }
     }
 

@@ -16,6 +16,10 @@
 //! Tree `producers`: the acks of each producer's last requests (format in `producers`),
 //! written in the same sled transaction as the records of the commit they ack.
 //!
+//! Tree `ids`: every event id stored within `outbox.id_horizon`, per agent (the `ce-id`
+//! rule and its format in `ids`), written in the same transaction as the records; the
+//! floor below which ids are refused as too old is `ids_floor` in `meta`.
+//!
 //! # Invariants
 //! * Sequences are gap-free and ascending: the next commit starts at
 //!   `max(last record, acked, expelled) + 1`, so a sequence is never reused, even after
@@ -57,6 +61,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::OutboxConfig;
+use ids::Ids;
+use uuid::Uuid;
 
 /// Why an outbox operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +194,9 @@ pub struct Outbox {
     meta: sled::Tree,
     /// The acks of each producer's last requests (`producers`).
     producers: sled::Tree,
+    /// The ids stored within the horizon (`ids`), on disk and in memory.
+    id_chunks: sled::Tree,
+    ids: Mutex<Ids>,
     state: Mutex<State>,
     /// Held by a read from start to end and by every expulsion, so that a record cannot
     /// be expelled between a forwarder's read of it and the mark that puts it in flight
@@ -239,6 +248,7 @@ impl Outbox {
         let records = db.open_tree("records").map_err(storage)?;
         let meta = db.open_tree("meta").map_err(storage)?;
         let producers = db.open_tree("producers").map_err(storage)?;
+        let id_chunks = db.open_tree("ids").map_err(storage)?;
         let read_meta = |k: &[u8]| -> Result<u64, OutboxError> {
             Ok(meta
                 .get(k)
@@ -272,9 +282,15 @@ impl Outbox {
         }
         let last = st.index.back().map_or(0, |m| m.last);
         st.next_seq = last.max(st.acked).max(st.expelled_through) + 1;
+        let max_ids = usize::try_from(cfg.max_ids).unwrap_or(usize::MAX);
+        let mut ids = Ids::new(cfg.id_horizon, max_ids, read_meta(ids::META_FLOOR)?);
+        let forgotten = rebuild_ids(&mut ids, &id_chunks).map_err(storage)?;
+        meta.insert(ids::META_FLOOR, &ids.floor_s().to_be_bytes())
+            .map_err(storage)?;
         tracing::info!(
             path = %path, records = st.index.len(), events = st.events, bytes = st.bytes,
-            next_seq = st.next_seq, acked = st.acked, "outbox opened"
+            next_seq = st.next_seq, acked = st.acked, ids = ids.len(), ids_forgotten = forgotten,
+            "outbox opened"
         );
         let outbox = Arc::new(Outbox {
             path,
@@ -282,6 +298,8 @@ impl Outbox {
             records,
             meta,
             producers,
+            id_chunks,
+            ids: Mutex::new(ids),
             state: Mutex::new(st),
             reading: Mutex::new(()),
             cfg,
@@ -320,6 +338,42 @@ impl Outbox {
 
     fn reading(&self) -> MutexGuard<'_, ()> {
         self.reading.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ids(&self) -> MutexGuard<'_, Ids> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks the ids `agent` supplied in one request against the `ce-id` rule (`ids`):
+    /// their fingerprints, in order, or the first id refused and why. Does not look at
+    /// the request's own repeats, nor at requests waiting for their commit.
+    pub fn check_ids<'a>(
+        &self,
+        agent: &str,
+        supplied: impl Iterator<Item = &'a Uuid>,
+    ) -> Result<Vec<Fingerprint>, (Uuid, IdCheck)> {
+        let now = ids::now_ms();
+        let ids = self.ids();
+        supplied
+            .map(|id| {
+                let fp = ids.fingerprint(agent, id);
+                match ids.check(fp, id, now) {
+                    IdCheck::New => Ok(fp),
+                    other => Err((*id, other)),
+                }
+            })
+            .collect()
+    }
+
+    /// The outbox's configuration.
+    pub fn cfg(&self) -> &OutboxConfig {
+        &self.cfg
+    }
+
+    /// Ids remembered for the `ce-id` rule, and the first second not forgotten.
+    pub fn ids_remembered(&self) -> (usize, u64) {
+        let ids = self.ids();
+        (ids.len(), ids.floor_s())
     }
 
     /// What the outbox knows of request `id` (see `producers`).
@@ -490,10 +544,39 @@ impl Outbox {
     }
 }
 
+pub mod ids;
 mod producers;
 mod read;
 mod writer;
 
+pub use ids::{Fingerprint, IdCheck};
 pub use producers::{RequestId, Seen, WINDOW as PRODUCER_WINDOW};
 pub use read::ReadCache;
 pub use writer::{Committed, OutboxWriter};
+
+/// Fills `ids` from tree `ids`, removing the chunks of seconds already forgotten (before
+/// the floor or the horizon). Returns how many chunks it removed.
+fn rebuild_ids(ids: &mut Ids, tree: &sled::Tree) -> Result<usize, sled::Error> {
+    let (floor, _) = ids.forget(ids::now_ms());
+    let floor = floor.unwrap_or(ids.floor_s());
+    let mut stale = Vec::new();
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        match (ids::chunk_second(&k), ids::decode_chunk(&v)) {
+            (Some(s), Some(entries)) if s >= floor => {
+                for (agent, id) in entries {
+                    ids.insert(agent, &id);
+                }
+            }
+            (Some(_), Some(_)) => stale.push(k),
+            _ => {
+                tracing::warn!(key = ?k, "outbox: an id chunk does not decode; dropped");
+                stale.push(k);
+            }
+        }
+    }
+    for k in &stale {
+        tree.remove(k)?;
+    }
+    Ok(stale.len())
+}

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use schemas::{Event, OutboxRecord};
 
+use super::ids;
 use super::producers::{Entry, RequestId};
 use super::{
     ExpelReason, Outbox, OutboxError, RecMeta, EVENT_OVERHEAD_BYTES, RECORD_TARGET_BYTES,
@@ -128,14 +129,19 @@ impl OutboxWriter {
             metas.push(meta);
             stored.extend(rec.events);
         }
-        if requests.is_empty() {
-            ob.records.apply_batch(batch).map_err(|e| ob.storage(e))?;
-        } else {
+        // Every event's id, for the `ce-id` rule (`ids`): durable with its event.
+        let id_chunks = ids::chunks(first, &stored);
+        let mut id_batch = sled::Batch::default();
+        for (k, v) in &id_chunks {
+            id_batch.insert(&k[..], &v[..]);
+        }
+        {
             use sled::transaction::{ConflictableTransactionError, TransactionError};
             use sled::Transactional;
-            let r: Result<(), TransactionError<()>> =
-                (&ob.records, &ob.producers).transaction(|(records, producers)| {
+            let r: Result<(), TransactionError<()>> = (&ob.records, &ob.producers, &ob.id_chunks)
+                .transaction(|(records, producers, id_tree)| {
                     records.apply_batch(&batch)?;
+                    id_tree.apply_batch(&id_batch)?;
                     for (id, offset, n) in requests {
                         let key = id.key();
                         let mut e = match producers.get(&key)? {
@@ -161,6 +167,9 @@ impl OutboxWriter {
             for m in &metas {
                 let _ = ob.records.remove(&m.key()[..]);
             }
+            for (k, _) in &id_chunks {
+                let _ = ob.id_chunks.remove(&k[..]);
+            }
             for (id, _, _) in requests {
                 let key = id.key();
                 if let Ok(Some(v)) = ob.producers.get(&key) {
@@ -173,6 +182,14 @@ impl OutboxWriter {
             return Err(ob.storage(e));
         }
         let last = seq - 1;
+        // Durable: a copy of any of these ids is refused from now on (before the
+        // committer releases the requests' pending ids).
+        {
+            let mut ids = ob.ids();
+            for ev in &stored {
+                ids.insert(&ev.agent, &ev.id);
+            }
+        }
         // Reads only pages just written (in memory): they feed sled's cache the accesses
         // it needs to page out older leaves (module doc, "Memory"). The commit is durable
         // already, so a failed read must not fail it.
@@ -206,6 +223,7 @@ impl OutboxWriter {
         if self.ticks % PRODUCER_SWEEP_EVERY == 1 {
             self.sweep_producers();
         }
+        self.forget_ids()?;
         let ob = &self.outbox;
         let cutoff = self.max_age_cutoff();
         let (n, moved) = {
@@ -229,6 +247,30 @@ impl OutboxWriter {
             .timestamp_nanos_opt()
             .unwrap_or(i64::MAX)
             .saturating_sub(max_age)
+    }
+
+    /// Forgets the ids made before the horizon, and the oldest past `outbox.max_ids`
+    /// (`ids`): the floor first, then the chunks below it.
+    fn forget_ids(&self) -> Result<(), OutboxError> {
+        let ob = &self.outbox;
+        let (floor, early) = ob.ids().forget(ids::now_ms());
+        let Some(floor) = floor else { return Ok(()) };
+        if early > 0 {
+            tracing::warn!(
+                forgotten = early,
+                max_ids = ob.cfg.max_ids,
+                floor_s = floor,
+                "outbox.max_ids reached: ids forgotten before outbox.id_horizon; older ids are refused"
+            );
+        }
+        ob.meta
+            .insert(ids::META_FLOOR, &floor.to_be_bytes())
+            .map_err(|e| ob.storage(e))?;
+        for k in ob.id_chunks.range(..&floor.to_be_bytes()[..]).keys() {
+            let k = k.map_err(|e| ob.storage(e))?;
+            ob.id_chunks.remove(k).map_err(|e| ob.storage(e))?;
+        }
+        Ok(())
     }
 
     /// Drops the producers idle for longer than `outbox.max_age` (the horizon of a retry).
