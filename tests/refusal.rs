@@ -190,6 +190,93 @@ async fn drop_oldest_expels_counts_and_moves_on() {
     assert_eq!(v.delivered + expelled, 1_000, "{v}, expelled {expelled}");
 }
 
+/// A partition with a flooder under `drop-oldest`: the flooder fills the outbox many
+/// times over, and only its own events are expelled; two calm agents publishing
+/// throughout keep every event (they hold less than their share, a third of the
+/// outbox: single-event records of ~450 bytes at 20/s, ~9 KB/s, while the flood takes
+/// ~8 s here), and the flooder's newest events are the ones that arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_expels_only_the_flooders_events() {
+    let mesh = Mesh::start(MeshOpts {
+        edge_toml: "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 1000000\nfull_policy = \"drop-oldest\"\n".into(),
+        ..MeshOpts::default()
+    })
+    .await;
+    mesh.proxy().cut();
+    mesh.wait_uplink(false).await;
+    let stop = CancellationToken::new();
+    let mut calm = Vec::new();
+    for id in ["calm1", "calm2"] {
+        let agent = mesh.agent(id).await;
+        let s = stop.clone();
+        calm.push(tokio::spawn(async move {
+            produce(agent, "calm.tick", 20.0, u64::MAX, 256, s.cancelled_owned()).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // About 4.4 MB in 1 KiB events: four times the outbox.
+    let s = CancellationToken::new();
+    let flood = produce(
+        mesh.agent("flood").await,
+        "flood.tick",
+        4_000.0,
+        4_000,
+        1024,
+        s.cancelled_owned(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let mut logs = Vec::new();
+    for c in calm {
+        logs.push(c.await.unwrap());
+    }
+    assert_eq!(flood.failures(), 0, "drop-oldest never refuses");
+    for log in &logs {
+        assert_eq!(log.failures(), 0, "{}: {:?}", log.agent, log.refused);
+        assert!(
+            log.acked.len() > 10,
+            "{} acked {}",
+            log.agent,
+            log.acked.len()
+        );
+    }
+    let expelled = mesh
+        .edge_metric("mesh_edge_expelled_events_total{edge=\"e1\",reason=\"max_bytes\"}")
+        .unwrap_or(0.0) as usize;
+    assert!(expelled > 1_000, "only {expelled} expelled");
+    mesh.proxy().heal();
+    let events = mesh.drained_events().await;
+
+    let calm_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.agent.starts_with("calm"))
+        .cloned()
+        .collect();
+    let v = Verdict::judge(&logs, &calm_events);
+    assert!(
+        v.ok(),
+        "the calm agents lost or got something wrong: {v}: {v:?}"
+    );
+    assert_eq!(v.delivered, v.acked, "{v}");
+    let flood_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.agent == "flood")
+        .cloned()
+        .collect();
+    assert_eq!(
+        flood_events.len() + expelled,
+        4_000,
+        "{} of the flooder's events arrived, {expelled} expelled",
+        flood_events.len()
+    );
+    // Its own oldest went: what arrived is the tail of what it was acked for.
+    let mut kept = flood.clone();
+    kept.acked = flood.acked[expelled..].to_vec();
+    let v = Verdict::judge(&[kept], &flood_events);
+    assert!(v.ok(), "{v}: {v:?}");
+}
+
 /// SIGTERM to the edge hub in the middle of a load, with a backlog behind a cut link:
 /// it exits 0, and after a restart and the heal every acked event arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

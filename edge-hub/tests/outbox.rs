@@ -60,6 +60,15 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// Appends `n` events whose data is their tag; returns the sequences.
 async fn append(w: &mut OutboxWriter, tags: &[u32]) -> Result<(u64, u64), OutboxError> {
+    append_as(w, "a", tags).await
+}
+
+/// [`append`] as `agent`.
+async fn append_as(
+    w: &mut OutboxWriter,
+    agent: &str,
+    tags: &[u32],
+) -> Result<(u64, u64), OutboxError> {
     let bytes: u64 = tags.len() as u64 * 4;
     let c = w
         .append(tags.len(), bytes, |first| {
@@ -68,7 +77,7 @@ async fn append(w: &mut OutboxWriter, tags: &[u32]) -> Result<(u64, u64), Outbox
                 .map(|(i, t)| {
                     NewEvent::new("t", "s", Bytes::copy_from_slice(&t.to_be_bytes())).into_event(
                         "e",
-                        "a",
+                        agent,
                         first + i as u64,
                         chrono::Utc::now(),
                     )
@@ -461,5 +470,72 @@ fn stored_ids_survive_a_reopen_and_are_forgotten_past_the_horizon() {
         let (ob, _w) = reopen_with(dir.path(), c);
         assert_eq!(ob.ids_remembered().0, 0);
         assert_eq!(check(&ob, "a", supplied), IdCheck::Forgotten);
+    });
+}
+
+/// Under `drop-oldest`, an agent flooding the outbox loses its own oldest events first:
+/// a calm agent keeps every event while it holds less than its share (half, with two
+/// agents). Reads pass over the holes the flooder's records leave, as bundles that say
+/// how many sequences hold no event; after a reopen the agents are known again.
+#[test]
+fn drop_oldest_expels_the_agent_over_its_share_first() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut c = cfg();
+        c.max_bytes = 20_000;
+        c.full_policy = FullPolicy::DropOldest;
+        let (ob, mut w) = Outbox::open(dir.path(), c.clone()).unwrap();
+        let mut calm = Vec::new();
+        let mut tag = 0u32;
+        for round in 0..200 {
+            let tags: Vec<u32> = (0..5).map(|k| tag + k).collect();
+            tag += 5;
+            append_as(&mut w, "flood", &tags).await.unwrap();
+            if round % 20 == 0 {
+                let (s, _) = append_as(&mut w, "calm", &[1_000_000 + round])
+                    .await
+                    .unwrap();
+                calm.push((s, 1_000_000 + round));
+            }
+        }
+        // `flood_sent`: the flooder's events since the outbox was opened, and those it
+        // held then (the expelled counts start at 0 on each open).
+        let check = |ob: &Outbox, flood_sent: u64| {
+            let s = ob.stats();
+            let (covered, got) = read_all(ob, 1);
+            assert_eq!(read_all_raw(ob, 1), (covered, got.clone()));
+            assert_eq!(covered, s.next_seq - 1, "the reads cover every sequence");
+            let kept: Vec<(u64, u32)> = got
+                .iter()
+                .copied()
+                .filter(|(_, t)| *t >= 1_000_000)
+                .collect();
+            assert_eq!(kept, calm, "the calm agent lost events");
+            let flood_kept = (got.len() - kept.len()) as u64;
+            assert_eq!(flood_kept + s.expelled_max_bytes, flood_sent);
+            assert_eq!(s.events, got.len() as u64);
+        };
+        check(&ob, 1000);
+        assert!(ob.stats().expelled_max_bytes > 0, "nothing expelled");
+        let flood_held = ob.stats().events - calm.len() as u64;
+        drop((ob, w));
+
+        let (ob, mut w) = reopen_with(dir.path(), c);
+        check(&ob, flood_held);
+        for _ in 0..50 {
+            let tags: Vec<u32> = (0..5).map(|k| tag + k).collect();
+            tag += 5;
+            append_as(&mut w, "flood", &tags).await.unwrap();
+        }
+        check(&ob, flood_held + 250);
+        assert!(
+            ob.stats().expelled_max_bytes > 0,
+            "nothing expelled after the reopen"
+        );
+        // Acks pass over the holes too.
+        let last = ob.stats().next_seq - 1;
+        ob.ack_through(last).unwrap();
+        assert_eq!(ob.stats().events, 0);
+        assert_eq!(read_all(&ob, last + 1), (last, vec![]));
     });
 }

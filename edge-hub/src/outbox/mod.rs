@@ -4,9 +4,11 @@
 //! Tree `records`, one or more entries per group commit (a commit is split into records
 //! of about 4 KiB, written in one batch with one flush; see "Memory" for why so small):
 //! * key (32 bytes): `first_seq`, `last_seq`, `accepted_ns` (i64), `value_len`, each
-//!   8 bytes big-endian. Keys sort by `first_seq`, so a range scan from an 8-byte
-//!   `first_seq` prefix finds the record holding a sequence, and start-up rebuilds the
-//!   in-memory index from keys alone, without decoding a value.
+//!   8 bytes big-endian, then, when all its events are from one agent, that agent's
+//!   number (u32 BE; `agent:<number>` in tree `meta` names it). Keys sort by
+//!   `first_seq`, so a range scan from an 8-byte `first_seq` prefix finds the record
+//!   holding a sequence, and start-up rebuilds the in-memory index from keys alone,
+//!   without decoding a value. Under `drop-oldest` a record holds one agent's events.
 //! * value: an LZ4-compressed MessagePack [`OutboxRecord`] holding consecutive events of
 //!   one commit (format in `schemas::bundle`); ~4 KiB before compression.
 //!
@@ -28,9 +30,15 @@
 //!   event is forwarded only once it is durable here, so a crash can never make the
 //!   centre hold an event the outbox no longer knows (which would let a later event
 //!   reuse its sequence).
-//! * Records leave only from the front: when the centre acknowledged all their events
+//! * Records leave from the front: when the centre acknowledged all their events
 //!   ([`Outbox::ack_through`]), or when a limit expels them ([`Outbox::expire`],
-//!   `drop-oldest`). Each expelled event is counted by reason.
+//!   `drop-oldest`). One exception: under `drop-oldest`, an agent holding more than its
+//!   share (`max_bytes` over the agents holding or bringing events) loses its own oldest
+//!   records first, from wherever they are (`Outbox::make_room`). Such a record stays in
+//!   the index as a tombstone until it reaches the front; a read stops at the hole and
+//!   the next read starts at it, so its bundle says (`mesh-missing`) that those
+//!   sequences hold no event, as for an expelled front. Each expelled event is counted
+//!   by reason.
 //! * One writer ([`OutboxWriter`], not `Clone`) appends and expires; readers and the ack
 //!   path share [`Outbox`]. The state mutex is never held across an `.await`.
 //!
@@ -55,7 +63,7 @@
 //! file keeps its size after a drain (sled shrinks it only from its end); in steady
 //! state it does not grow from cycle to cycle.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -123,6 +131,12 @@ struct RecMeta {
     last: u64,
     accepted_ns: i64,
     bytes: u64,
+    /// The agent all its events are from ([`Agents`]); 0 when unknown or several.
+    agent: u32,
+    /// Expelled from the middle of the index (`drop-oldest` by share): gone from sled
+    /// and from every count, kept in the index until it reaches the front so the index
+    /// stays sorted and gap-free.
+    gone: bool,
 }
 
 impl RecMeta {
@@ -134,17 +148,21 @@ impl RecMeta {
         }
     }
 
-    fn key(&self) -> [u8; 32] {
-        let mut k = [0u8; 32];
-        k[0..8].copy_from_slice(&self.first.to_be_bytes());
-        k[8..16].copy_from_slice(&self.last.to_be_bytes());
-        k[16..24].copy_from_slice(&self.accepted_ns.to_be_bytes());
-        k[24..32].copy_from_slice(&self.bytes.to_be_bytes());
+    /// 32 bytes, and 4 more (the agent's number) when the record has one agent.
+    fn key(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(36);
+        k.extend_from_slice(&self.first.to_be_bytes());
+        k.extend_from_slice(&self.last.to_be_bytes());
+        k.extend_from_slice(&self.accepted_ns.to_be_bytes());
+        k.extend_from_slice(&self.bytes.to_be_bytes());
+        if self.agent != 0 {
+            k.extend_from_slice(&self.agent.to_be_bytes());
+        }
         k
     }
 
     fn from_key(k: &[u8]) -> Option<RecMeta> {
-        if k.len() != 32 {
+        if k.len() != 32 && k.len() != 36 {
             return None;
         }
         let u = |r: std::ops::Range<usize>| u64::from_be_bytes(k[r].try_into().unwrap_or([0; 8]));
@@ -153,6 +171,10 @@ impl RecMeta {
             last: u(8..16),
             accepted_ns: u(16..24) as i64,
             bytes: u(24..32),
+            agent: k
+                .get(32..36)
+                .map_or(0, |a| u32::from_be_bytes(a.try_into().unwrap_or([0; 4]))),
+            gone: false,
         })
     }
 
@@ -175,9 +197,95 @@ struct State {
     inflight_through: u64,
     /// Expelled while in flight: lost only if their bundle is not acknowledged.
     pending_expel: Vec<(u64, u64, ExpelReason)>,
+    /// Records in the index that are [`RecMeta::gone`].
+    tombstones: usize,
+    agents: Agents,
+    /// What each agent holds (by number; 0: records of several or unknown agents).
+    held: HashMap<u32, Held>,
+}
+
+/// The agents records are kept for, by number (from 1), kept in tree `meta` as
+/// `agent:<number>` so a record's key can name its agent in 4 bytes.
+#[derive(Debug, Default)]
+struct Agents {
+    names: Vec<String>,
+    numbers: HashMap<String, u32>,
+}
+
+impl Agents {
+    fn number(&self, agent: &str) -> Option<u32> {
+        self.numbers.get(agent).copied()
+    }
+
+    fn add(&mut self, agent: &str) -> u32 {
+        self.names.push(agent.to_string());
+        let n = self.names.len() as u32;
+        self.numbers.insert(agent.to_string(), n);
+        n
+    }
+
+    fn meta_key(n: u32) -> Vec<u8> {
+        let mut k = META_AGENT.to_vec();
+        k.extend_from_slice(&n.to_be_bytes());
+        k
+    }
+}
+
+/// One agent's records in the outbox, oldest first, and their bytes.
+#[derive(Debug, Default)]
+struct Held {
+    bytes: u64,
+    firsts: VecDeque<u64>,
 }
 
 impl State {
+    /// Adds a record at the end of the index.
+    fn push_record(&mut self, m: RecMeta) {
+        self.bytes += m.bytes;
+        self.events += m.events();
+        let h = self.held.entry(m.agent).or_default();
+        h.bytes += m.bytes;
+        h.firsts.push_back(m.first);
+        self.index.push_back(m);
+    }
+
+    /// Takes a record leaving the outbox (not yet [`RecMeta::gone`]) out of the counts.
+    fn forget_record(&mut self, m: &RecMeta) {
+        self.bytes -= m.bytes;
+        self.events -= m.events();
+        if let Some(h) = self.held.get_mut(&m.agent) {
+            h.bytes -= m.bytes;
+            match h.firsts.front() == Some(&m.first) {
+                true => drop(h.firsts.pop_front()),
+                false => h.firsts.retain(|f| *f != m.first),
+            }
+            if h.firsts.is_empty() {
+                self.held.remove(&m.agent);
+            }
+        }
+    }
+
+    /// The events of `m`, leaving by `reason`, that count as expelled now: those the
+    /// centre acknowledged were delivered, not lost; those in a bundle still in flight
+    /// are lost only if that bundle is not acknowledged (kept in `pending_expel`).
+    fn count_lost(&mut self, m: &RecMeta, reason: ExpelReason) -> u64 {
+        let first_unacked = self.acked.max(m.first - 1) + 1;
+        let inflight_end = self.inflight_through.min(m.last);
+        if first_unacked <= inflight_end {
+            self.pending_expel
+                .push((first_unacked, inflight_end, reason));
+        }
+        m.last.saturating_sub(inflight_end.max(first_unacked - 1))
+    }
+
+    /// Pops the records at the front that are gone already.
+    fn pop_tombstones(&mut self) {
+        while self.index.front().is_some_and(|m| m.gone) {
+            self.index.pop_front();
+            self.tombstones -= 1;
+        }
+    }
+
     fn count_expelled(&mut self, reason: ExpelReason, n: u64) {
         match reason {
             ExpelReason::MaxAge => self.expelled_max_age += n,
@@ -225,6 +333,8 @@ const TRIM_EVERY_BYTES: u64 = 16 << 20;
 /// Estimated MessagePack size of an event beyond its data (ids, subject, type, time…).
 const EVENT_OVERHEAD_BYTES: usize = 160;
 const META_EXPELLED: &[u8] = b"expelled";
+/// Prefix of the agents' numbers in tree `meta` ([`Agents`]).
+const META_AGENT: &[u8] = b"agent:";
 
 impl Outbox {
     /// Opens (or creates) the outbox in `dir` and rebuilds its index from the keys.
@@ -261,24 +371,40 @@ impl Outbox {
             expelled_through: read_meta(META_EXPELLED)?,
             ..State::default()
         };
+        for kv in meta.scan_prefix(META_AGENT) {
+            let (k, v) = kv.map_err(storage)?;
+            let n = k
+                .get(META_AGENT.len()..)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes);
+            match (n, std::str::from_utf8(&v)) {
+                // Numbers are given in order, from 1, and kept in order of their key.
+                (Some(n), Ok(name)) if n as usize == st.agents.names.len() + 1 => {
+                    st.agents.add(name);
+                }
+                _ => tracing::warn!(key = ?k, "outbox: an agent's number does not decode; ignored"),
+            }
+        }
         for key in records.iter().keys() {
             let key = key.map_err(storage)?;
             let m = RecMeta::from_key(&key).ok_or_else(|| OutboxError::Corrupt {
                 key: format!("{key:?}"),
-                reason: format!("key is {} bytes, expected 32", key.len()),
+                reason: format!(
+                    "key is {} bytes, expected 32 (or 36 with an agent)",
+                    key.len()
+                ),
             })?;
             if let Some(prev) = st.index.back() {
                 if m.first != prev.last + 1 {
-                    tracing::warn!(
+                    // Records expelled by share under `drop-oldest` (or a failed flush).
+                    tracing::debug!(
                         prev_last = prev.last,
                         first = m.first,
                         "outbox records are not contiguous"
                     );
                 }
             }
-            st.bytes += m.bytes;
-            st.events += m.events();
-            st.index.push_back(m);
+            st.push_record(m);
         }
         let last = st.index.back().map_or(0, |m| m.last);
         st.next_seq = last.max(st.acked).max(st.expelled_through) + 1;
@@ -404,7 +530,7 @@ impl Outbox {
             .front()
             .map_or(0, |m| st.acked.saturating_sub(m.first - 1).min(m.events()));
         OutboxStats {
-            records: st.index.len() as u64,
+            records: (st.index.len() - st.tombstones) as u64,
             events: st.events - delivered_in_front,
             bytes: st.bytes,
             next_seq: st.next_seq,
@@ -468,12 +594,16 @@ impl Outbox {
             if m.last > seq {
                 break;
             }
-            removed += m.bytes;
             st.index.pop_front();
-            st.bytes -= m.bytes;
-            st.events -= m.events();
-            batch.remove(&m.key()[..]);
+            if m.gone {
+                st.tombstones -= 1;
+                continue;
+            }
+            removed += m.bytes;
+            st.forget_record(&m);
+            batch.remove(m.key());
         }
+        st.pop_tombstones();
         st.acked = seq;
         // Events expelled while in flight and now acknowledged were delivered.
         st.pending_expel.retain_mut(|(first, last, _)| {
@@ -491,6 +621,73 @@ impl Outbox {
         Ok(())
     }
 
+    /// Makes room for `need` more bytes under `drop-oldest`. While there is not enough,
+    /// the agent holding the most above its share (`outbox.max_bytes` over the number
+    /// of agents holding or bringing events, counting what it brings in `incoming`)
+    /// loses its oldest record; once no agent is over its share, the oldest records go.
+    /// So a flooding agent's events are expelled before anyone else's.
+    fn make_room(
+        &self,
+        st: &mut State,
+        need: u64,
+        incoming: &HashMap<u32, u64>,
+    ) -> Result<(), OutboxError> {
+        let max = self.cfg.max_bytes;
+        let mut batch = sled::Batch::default();
+        let (mut n, mut removed, before) = (0, 0, st.expelled_through);
+        let mut through = before;
+        while st.bytes + need > max {
+            let holders = st
+                .held
+                .iter()
+                .filter(|(a, h)| **a != 0 && h.bytes > 0)
+                .map(|(a, _)| *a)
+                .chain(incoming.keys().copied().filter(|a| *a != 0))
+                .collect::<std::collections::HashSet<u32>>()
+                .len();
+            let share = max / holders.max(1) as u64;
+            let victim = st
+                .held
+                .iter()
+                .filter(|(a, h)| **a != 0 && !h.firsts.is_empty())
+                .map(|(a, h)| (h.bytes + incoming.get(a).copied().unwrap_or(0), *a))
+                .filter(|(b, _)| *b > share)
+                .max();
+            let Some((_, agent)) = victim else { break };
+            let first = st.held[&agent].firsts[0];
+            let pos = st.index.partition_point(|m| m.first < first);
+            let m = st.index[pos];
+            debug_assert!(m.first == first && !m.gone, "{m:?} for {first}");
+            st.forget_record(&m);
+            n += st.count_lost(&m, ExpelReason::MaxBytes);
+            through = through.max(m.last);
+            st.index[pos].gone = true;
+            st.tombstones += 1;
+            removed += m.bytes;
+            batch.remove(m.key());
+        }
+        st.pop_tombstones();
+        if through != before {
+            st.count_expelled(ExpelReason::MaxBytes, n);
+            st.expelled_through = through;
+            self.records
+                .apply_batch(batch)
+                .map_err(|e| self.storage(e))?;
+            self.meta
+                .insert(META_EXPELLED, &through.to_be_bytes())
+                .map_err(|e| self.storage(e))?;
+            self.churned(removed);
+            tracing::warn!(
+                events = n,
+                reason = ExpelReason::MaxBytes.as_str(),
+                "outbox expelled the events of agents over their share"
+            );
+        }
+        // No one over its share: the oldest go.
+        self.expel_while(st, ExpelReason::MaxBytes, |st, _| st.bytes + need > max)?;
+        Ok(())
+    }
+
     /// Removes the oldest records while `pred` holds, counting them under `reason`.
     /// Returns the number of events expelled.
     fn expel_while(
@@ -504,23 +701,20 @@ impl Outbox {
         let mut n = 0;
         let mut through = st.expelled_through;
         while let Some(m) = st.index.front().copied() {
+            if m.gone {
+                st.index.pop_front();
+                st.tombstones -= 1;
+                continue;
+            }
             if !pred(st, &m) {
                 break;
             }
             removed += m.bytes;
             st.index.pop_front();
-            st.bytes -= m.bytes;
-            st.events -= m.events();
-            // Events the centre already acknowledged were delivered, not lost; events in
-            // a bundle still in flight are lost only if that bundle is not acknowledged.
-            let first_unacked = st.acked.max(m.first - 1) + 1;
-            let inflight_end = st.inflight_through.min(m.last);
-            if first_unacked <= inflight_end {
-                st.pending_expel.push((first_unacked, inflight_end, reason));
-            }
-            n += m.last.saturating_sub(inflight_end.max(first_unacked - 1));
+            st.forget_record(&m);
+            n += st.count_lost(&m, reason);
             through = through.max(m.last);
-            batch.remove(&m.key()[..]);
+            batch.remove(m.key());
         }
         if through == st.expelled_through {
             return Ok(0);

@@ -29,6 +29,11 @@ impl Outbox {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         'records: for m in metas {
+            // A hole (records expelled from the middle) ends the read: the next starts
+            // at it, and its bundle says the hole's sequences hold no event.
+            if !out.is_empty() && m.first != last_covered + 1 {
+                break;
+            }
             let rec = cache.get(self, m)?;
             for ev in rec
                 .events
@@ -98,6 +103,10 @@ impl Outbox {
         };
         let mut count = 0usize;
         for m in metas {
+            // A hole ends the read (see `read_from`).
+            if count > 0 && m.first != last_covered + 1 {
+                break;
+            }
             let rec = cache.get_raw(self, m)?;
             let skip = from.saturating_sub(m.first) as usize;
             let mut end = skip;
@@ -141,7 +150,15 @@ impl Outbox {
         }
         let start = st.index.partition_point(|m| m.last < from);
         // 128 records of ~4 KiB cover a full bundle (1024 events or 128 KiB of data).
-        let metas: Vec<RecMeta> = st.index.iter().skip(start).take(128).copied().collect();
+        // Records gone from the middle are holes, like sequences expelled from the front.
+        let metas: Vec<RecMeta> = st
+            .index
+            .iter()
+            .skip(start)
+            .filter(|m| !m.gone)
+            .take(128)
+            .copied()
+            .collect();
         let covered = match metas.first() {
             Some(m) if m.first <= from => from - 1,
             Some(m) => m.first - 1,

@@ -1,5 +1,6 @@
 //! The single writer of the outbox: group commits and limit expiry.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use schemas::{Event, OutboxRecord};
@@ -7,7 +8,7 @@ use schemas::{Event, OutboxRecord};
 use super::ids;
 use super::producers::{Entry, RequestId};
 use super::{
-    ExpelReason, Outbox, OutboxError, RecMeta, EVENT_OVERHEAD_BYTES, RECORD_TARGET_BYTES,
+    Agents, ExpelReason, Outbox, OutboxError, RecMeta, EVENT_OVERHEAD_BYTES, RECORD_TARGET_BYTES,
     TOUCH_READS,
 };
 use crate::config::FullPolicy;
@@ -62,14 +63,47 @@ impl OutboxWriter {
         // Room is checked against an estimate (data + per-event overhead); the record's
         // real size is what is accounted once written.
         let need = data_bytes + 96 * count as u64;
-        let first = {
+        let max = ob.cfg.max_bytes;
+        if need > max {
+            return Err(OutboxError::TooLarge { need, max });
+        }
+        let drop_oldest = ob.cfg.full_policy == FullPolicy::DropOldest;
+        // The one writer: nothing else moves `next_seq`, so the events can be built before
+        // room is made (which needs to know whose they are).
+        let first = ob.state().next_seq;
+        let events = build(first);
+        debug_assert_eq!(events.len(), count);
+        // Each agent's number (new agents are numbered in `meta`, durable with the
+        // commit's flush) and what it brings, estimated like `need`.
+        let mut numbers: HashMap<String, u32> = HashMap::new();
+        let mut incoming: HashMap<u32, u64> = HashMap::new();
+        {
             let mut st = ob.state();
-            let max = ob.cfg.max_bytes;
-            if need > max {
-                return Err(OutboxError::TooLarge { need, max });
+            for ev in &events {
+                let n = match numbers.get(ev.agent.as_str()) {
+                    Some(n) => *n,
+                    None => {
+                        let n = match st.agents.number(&ev.agent) {
+                            Some(n) => n,
+                            None => {
+                                let n = st.agents.add(&ev.agent);
+                                ob.meta
+                                    .insert(Agents::meta_key(n), ev.agent.as_bytes())
+                                    .map_err(|e| ob.storage(e))?;
+                                n
+                            }
+                        };
+                        numbers.insert(ev.agent.clone(), n);
+                        n
+                    }
+                };
+                *incoming.entry(n).or_default() += ev.data.len() as u64 + 96;
             }
+        }
+        {
+            let mut st = ob.state();
             if st.bytes + need > max {
-                if ob.cfg.full_policy == FullPolicy::Reject {
+                if !drop_oldest {
                     return Err(OutboxError::Full {
                         used: st.bytes,
                         max,
@@ -80,16 +114,10 @@ impl OutboxWriter {
                 drop(st);
                 let _reading = ob.reading();
                 st = ob.state();
-                ob.expel_while(&mut st, ExpelReason::MaxBytes, |st, _| {
-                    st.bytes + need > max
-                })?;
+                ob.make_room(&mut st, need, &incoming)?;
             }
-            let first = st.next_seq;
             st.next_seq += count as u64;
-            first
-        };
-        let events = build(first);
-        debug_assert_eq!(events.len(), count);
+        }
         // One commit, several records: each stays under RECORD_TARGET_BYTES so that sled's
         // leaves stay inline in its log segments and can be paged out (module doc,
         // "Memory"); still one write batch and one flush.
@@ -106,6 +134,11 @@ impl OutboxWriter {
                 if !chunk.is_empty() && size + est > RECORD_TARGET_BYTES {
                     break;
                 }
+                // Under `drop-oldest` a record holds one agent's events, so that an agent
+                // over its share can lose its own (`Outbox::make_room`).
+                if drop_oldest && chunk.first().is_some_and(|c: &Event| c.agent != ev.agent) {
+                    break;
+                }
                 size += est;
                 chunk.extend(pending.next());
             }
@@ -118,14 +151,22 @@ impl OutboxWriter {
                 key: format!("{seq}"),
                 reason: e.to_string(),
             })?;
+            let agent = match rec.events.split_first() {
+                Some((a, rest)) if rest.iter().all(|e| e.agent == a.agent) => {
+                    numbers.get(&a.agent).copied().unwrap_or(0)
+                }
+                _ => 0,
+            };
             let meta = RecMeta {
                 first: seq,
                 last: rec.last_seq(),
                 accepted_ns: now_ns,
                 bytes: value.len() as u64,
+                agent,
+                gone: false,
             };
             seq = meta.last + 1;
-            batch.insert(&meta.key()[..], value);
+            batch.insert(meta.key(), value);
             metas.push(meta);
             stored.extend(rec.events);
         }
@@ -165,7 +206,7 @@ impl OutboxWriter {
             // Not durable, not acknowledged: make sure it is not forwarded after a restart,
             // nor answered as stored to a retry.
             for m in &metas {
-                let _ = ob.records.remove(&m.key()[..]);
+                let _ = ob.records.remove(m.key());
             }
             for (k, _) in &id_chunks {
                 let _ = ob.id_chunks.remove(&k[..]);
@@ -195,16 +236,14 @@ impl OutboxWriter {
         // already, so a failed read must not fail it.
         for _ in 0..TOUCH_READS {
             for m in &metas {
-                let _ = ob.records.get(&m.key()[..]);
+                let _ = ob.records.get(m.key());
             }
         }
         let written = metas.iter().map(|m| m.bytes).sum();
         {
             let mut st = ob.state();
             for m in metas {
-                st.bytes += m.bytes;
-                st.events += m.events();
-                st.index.push_back(m);
+                st.push_record(m);
             }
         }
         ob.churned(written);
