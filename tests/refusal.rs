@@ -100,7 +100,8 @@ async fn bad_input_is_refused_with_a_named_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_outbox_rejects_and_recovers() {
     let mesh = Mesh::start(MeshOpts {
-        edge_toml: "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\n".into(),
+        // One agent may fill it all (no quota): this is about the outbox filling.
+        edge_toml: "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\n[limits]\noutbox_share = 1.0\n".into(),
         ..MeshOpts::default()
     })
     .await;
@@ -275,6 +276,73 @@ async fn drop_oldest_expels_only_the_flooders_events() {
     kept.acked = flood.acked[expelled..].to_vec();
     let v = Verdict::judge(&[kept], &flood_events);
     assert!(v.ok(), "{v}: {v:?}");
+}
+
+/// Under `reject`, an agent holds at most its share of the outbox (`limits.outbox_share`,
+/// half by default): during a partition a flooder is refused `quota_exceeded`, naming
+/// the key, with a retry time, while another agent still finds room; after the heal
+/// everything acked arrives and the flooder may publish again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_holds_an_agent_to_its_share_of_the_outbox() {
+    let mesh = Mesh::start(MeshOpts {
+        edge_toml: "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\n".into(),
+        ..MeshOpts::default()
+    })
+    .await;
+    mesh.proxy().cut();
+    mesh.wait_uplink(false).await;
+    // A short timeout: the SDK waits out a retry time only within it.
+    let flood = mesh
+        .agent("flood")
+        .await
+        .with_timeout(Duration::from_millis(500));
+    let mut flood_log = AgentLog::new("flood");
+    let mut refusal = None;
+    for n in 0..400 {
+        let data = chaos::producer::payload("flood", n, 1024);
+        let ev = NewEvent::new("t", "flood.fill", data.clone());
+        let id = ev.id.unwrap();
+        let r = flood.publish_event(ev).await;
+        flood_log.record(id, data, &r);
+        if let Err(e) = r {
+            refusal = Some(e);
+            break;
+        }
+    }
+    let (code, message) = refused(Err(refusal.expect("the flooder was never refused")));
+    assert_eq!(code, ErrorCode::QuotaExceeded, "{message}");
+    assert!(message.contains("limits.outbox_share = 0.5"), "{message}");
+    let held = flood_log.acked.len();
+    assert!(
+        (40..=100).contains(&held),
+        "the flooder got {held} KiB-events in"
+    );
+
+    // Another agent still finds room: the other half.
+    let calm = mesh.agent("calm").await;
+    let mut calm_log = AgentLog::new("calm");
+    for n in 0..40 {
+        let data = chaos::producer::payload("calm", n, 1024);
+        let ev = NewEvent::new("t", "calm.fill", data.clone());
+        let id = ev.id.unwrap();
+        let r = calm.publish_event(ev).await;
+        assert!(r.is_ok(), "calm publish {n}: {r:?}");
+        calm_log.record(id, data, &r);
+    }
+    assert_eq!(
+        mesh.edge_metric(
+            "mesh_edge_rejected_requests_total{edge=\"e1\",reason=\"quota_exceeded\"}"
+        ),
+        Some(1.0)
+    );
+
+    mesh.proxy().heal();
+    let events = mesh.drained_events().await;
+    // Once drained, the flooder is within its share again.
+    flood.publish("t", "flood.after", "x").await.unwrap();
+    let v = Verdict::judge(&[flood_log, calm_log], &events);
+    assert!(v.ok(), "{v}: {v:?}");
+    assert_eq!(v.delivered, v.acked, "{v}");
 }
 
 /// SIGTERM to the edge hub in the middle of a load, with a backlog behind a cut link:

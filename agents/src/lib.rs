@@ -240,8 +240,8 @@ impl Agent {
 
     /// Sends a raw ingest body (used by tests of the edge's refusals) as this agent's
     /// next request (`mesh-producer`, `mesh-request`), until the agent's timeout:
-    /// - a `rate_limited` refusal (nothing was stored) is sent again after the time its
-    ///   `mesh-retry-after-ms` header names;
+    /// - a `rate_limited` or `quota_exceeded` refusal (nothing was stored) is sent again
+    ///   after the time its `mesh-retry-after-ms` header names;
     /// - a try without an answer within [`TRY_TIMEOUT`], or with no edge hub listening,
     ///   is sent again with the same number: if the first was stored, the edge answers
     ///   with its ack and stores nothing.
@@ -265,11 +265,11 @@ impl Agent {
             let try_for = left.min(TRY_TIMEOUT).max(Duration::from_millis(1));
             match self.request_once(body.clone(), n, try_for).await {
                 Err(Refused {
-                    code: ErrorCode::RateLimited,
+                    code: ErrorCode::RateLimited | ErrorCode::QuotaExceeded,
                     message,
                     retry_after: Some(wait),
                 }) if tokio::time::Instant::now() + wait < deadline => {
-                    tracing::debug!(%message, ?wait, "rate limited; retrying");
+                    tracing::debug!(%message, ?wait, "rate limited or over quota; retrying");
                     tokio::time::sleep(wait).await;
                 }
                 Err(Refused { code, message, .. }) => {

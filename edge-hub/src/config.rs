@@ -53,6 +53,11 @@ pub struct LimitsConfig {
     /// Requests per agent taken but not yet committed (acked or refused); one more is
     /// refused `rate_limited`. 0 means no limit.
     pub max_inflight: u32,
+    /// Under `outbox.full_policy = "reject"`: the most of `outbox.max_bytes` one agent's
+    /// events may hold; a request past it is refused `quota_exceeded`, so one agent
+    /// cannot fill the outbox for everyone during a partition. 1 means no quota. (Under
+    /// `drop-oldest` the agents over their fair share lose their own events first.)
+    pub outbox_share: f64,
     /// Per-agent overrides, by agent id: `[limits.agents.<id>]` with any of the keys
     /// above.
     pub agents: BTreeMap<String, AgentLimits>,
@@ -74,6 +79,8 @@ pub struct AgentLimits {
     pub burst: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_inflight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_share: Option<f64>,
 }
 
 impl Default for LimitsConfig {
@@ -83,6 +90,7 @@ impl Default for LimitsConfig {
             bytes_per_sec: (32u64 << 20) as f64,
             burst: Duration::from_secs(1),
             max_inflight: 64,
+            outbox_share: 0.5,
             agents: BTreeMap::new(),
         }
     }
@@ -291,6 +299,7 @@ impl EdgeConfig {
             ),
         ];
         let mut bursts = vec![("limits.burst".to_string(), self.limits.burst)];
+        let mut shares = vec![("limits.outbox_share".to_string(), self.limits.outbox_share)];
         for (agent, a) in &self.limits.agents {
             if let Err(e) = schemas::subject::validate_id("an agent of limits.agents", agent) {
                 errs.push(e.to_string());
@@ -299,10 +308,18 @@ impl EdgeConfig {
             rates.extend(a.events_per_sec.map(|r| (key("events_per_sec"), r)));
             rates.extend(a.bytes_per_sec.map(|r| (key("bytes_per_sec"), r)));
             bursts.extend(a.burst.map(|b| (key("burst"), b)));
+            shares.extend(a.outbox_share.map(|s| (key("outbox_share"), s)));
         }
         for (name, r) in rates {
             if !(r.is_finite() && r >= 0.0) {
                 errs.push(format!("{name} is {r}; it must be 0 (no limit) or more"));
+            }
+        }
+        for (name, s) in shares {
+            if !(s > 0.0 && s <= 1.0) {
+                errs.push(format!(
+                    "{name} is {s}; it must be more than 0 and at most 1 (1: no quota)"
+                ));
             }
         }
         for (name, b) in bursts {

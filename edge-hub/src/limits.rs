@@ -191,6 +191,15 @@ impl Limiter {
         }
     }
 
+    /// The share of the outbox `agent` may hold under `reject` (`limits.outbox_share`).
+    pub fn outbox_share(&self, agent: &str) -> f64 {
+        self.cfg
+            .agents
+            .get(agent)
+            .and_then(|a| a.outbox_share)
+            .unwrap_or(self.cfg.outbox_share)
+    }
+
     /// The in-flight counts, for the committer to give requests back.
     pub fn inflight(&self) -> InFlight {
         self.inflight.clone()
@@ -407,6 +416,7 @@ mod tests {
                 bytes_per_sec: Some(0.0),
                 burst: None,
                 max_inflight: None,
+                outbox_share: None,
             },
         );
         let mut l = Limiter::new(cfg);

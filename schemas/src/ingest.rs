@@ -231,6 +231,11 @@ pub enum ErrorCode {
     /// An event's `ce-id` was stored already for this agent (within
     /// `outbox.id_horizon`); nothing of the request was stored, the stored event stands.
     Duplicate,
+    /// The agent holds its share of the edge's outbox already (`limits.outbox_share`,
+    /// under `outbox.full_policy = "reject"`); nothing was stored. The reply's
+    /// `mesh-retry-after-ms` says when to try again (the outbox drains once the link to
+    /// the centre is up).
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -245,6 +250,7 @@ impl ErrorCode {
             ErrorCode::Storage => "storage",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Duplicate => "duplicate",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 

@@ -17,7 +17,10 @@ use super::plan::{scenario_seed, Action, Timeline, MIN_TAIL};
 use super::{start_mesh, Report, RunOpts, ScenarioError};
 use crate::producer::AgentLog;
 
-const FULL_OUTBOX_EDGE: &str = "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\n";
+/// One agent may fill the whole outbox here (`limits.outbox_share = 1`): these scenarios
+/// are about the outbox filling, not about one agent's quota.
+const FULL_OUTBOX_EDGE: &str =
+    "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\n[limits]\noutbox_share = 1.0\n";
 
 /// The mesh of an outbox scenario (a 200 kB outbox with `full_policy`) and its monitor.
 async fn full_outbox_mesh(

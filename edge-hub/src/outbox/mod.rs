@@ -4,11 +4,12 @@
 //! Tree `records`, one or more entries per group commit (a commit is split into records
 //! of about 4 KiB, written in one batch with one flush; see "Memory" for why so small):
 //! * key (32 bytes): `first_seq`, `last_seq`, `accepted_ns` (i64), `value_len`, each
-//!   8 bytes big-endian, then, when all its events are from one agent, that agent's
-//!   number (u32 BE; `agent:<number>` in tree `meta` names it). Keys sort by
-//!   `first_seq`, so a range scan from an 8-byte `first_seq` prefix finds the record
-//!   holding a sequence, and start-up rebuilds the in-memory index from keys alone,
-//!   without decoding a value. Under `drop-oldest` a record holds one agent's events.
+//!   8 bytes big-endian, then the number of the agent whose events it holds (u32 BE;
+//!   `agent:<number>` in tree `meta` names it; absent in records written before
+//!   records were kept per agent). Keys sort by `first_seq`, so a range scan from an
+//!   8-byte `first_seq` prefix finds the record holding a sequence, and start-up
+//!   rebuilds the in-memory index, and what each agent holds, from keys alone, without
+//!   decoding a value. A record holds one agent's events.
 //! * value: an LZ4-compressed MessagePack [`OutboxRecord`] holding consecutive events of
 //!   one commit (format in `schemas::bundle`); ~4 KiB before compression.
 //!
@@ -489,6 +490,16 @@ impl Outbox {
                 }
             })
             .collect()
+    }
+
+    /// The bytes of `agent`'s records in the outbox (records of one agent only: under
+    /// `reject` a record may hold several agents' events; see the writer).
+    pub fn held_bytes(&self, agent: &str) -> u64 {
+        let st = self.state();
+        st.agents
+            .number(agent)
+            .and_then(|n| st.held.get(&n))
+            .map_or(0, |h| h.bytes)
     }
 
     /// The outbox's configuration.

@@ -134,9 +134,10 @@ impl OutboxWriter {
                 if !chunk.is_empty() && size + est > RECORD_TARGET_BYTES {
                     break;
                 }
-                // Under `drop-oldest` a record holds one agent's events, so that an agent
-                // over its share can lose its own (`Outbox::make_room`).
-                if drop_oldest && chunk.first().is_some_and(|c: &Event| c.agent != ev.agent) {
+                // A record holds one agent's events: an agent over its share loses its
+                // own under `drop-oldest` (`Outbox::make_room`), and its holdings are
+                // known for its quota under `reject` (`limits.outbox_share`).
+                if chunk.first().is_some_and(|c: &Event| c.agent != ev.agent) {
                     break;
                 }
                 size += est;
