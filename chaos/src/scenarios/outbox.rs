@@ -18,9 +18,10 @@ use super::{start_mesh, Report, RunOpts, ScenarioError};
 use crate::producer::AgentLog;
 
 /// One agent may fill the whole outbox here (`limits.outbox_share = 1`): these scenarios
-/// are about the outbox filling, not about one agent's quota.
+/// are about the outbox filling, not about one agent's quota. `[outbox]` comes last:
+/// `full_policy` is appended to it.
 const FULL_OUTBOX_EDGE: &str =
-    "[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\n[limits]\noutbox_share = 1.0\n";
+    "[limits]\noutbox_share = 1.0\n[ingest]\nmax_event_bytes = 65536\n[outbox]\nmax_bytes = 200000\n";
 
 /// The mesh of an outbox scenario (a 200 kB outbox with `full_policy`) and its monitor.
 async fn full_outbox_mesh(
