@@ -42,6 +42,22 @@ fn open_settled(
     }
 }
 
+/// `sled::open` right after the outbox on `path` was dropped (see [`open_settled`]).
+fn sled_settled(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match sled::open(path) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 fn reopen(path: &std::path::Path) -> (Arc<Outbox>, OutboxWriter) {
     reopen_with(path, cfg())
 }
@@ -314,7 +330,7 @@ fn a_corrupt_value_is_reported_when_read() {
             w.flush().await.unwrap();
         }
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = sled_settled(dir.path());
             let t = db.open_tree("records").unwrap();
             let (k, _) = t.first().unwrap().unwrap();
             t.insert(k, b"\xc1garbage".as_ref()).unwrap();
