@@ -202,12 +202,14 @@ async fn a_stored_ce_id_is_refused_and_nothing_of_its_request_is_stored() {
     assert_eq!(got, want);
 }
 
-/// After the edge's horizon (3 s here) and the centre's duplicate window (1 s here) have
-/// both passed, a copy is still not stored: it is refused as too old.
+/// After the edge's horizon (8 s here) and the centre's duplicate window (1 s here) have
+/// both passed, a copy is still not stored: it is refused as too old. The checks are
+/// timed from the id's own time, so a slow drain on a loaded machine does not move them
+/// past the horizon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_sent_after_every_duplicate_window_is_refused_as_too_old() {
     let mesh = Mesh::start(MeshOpts {
-        edge_toml: "[outbox]\nid_horizon = \"3s\"\n".into(),
+        edge_toml: "[outbox]\nid_horizon = \"8s\"\n".into(),
         central_toml: "[events]\nduplicate_window = \"1s\"\n".into(),
         ..MeshOpts::default()
     })
@@ -215,12 +217,18 @@ async fn a_copy_sent_after_every_duplicate_window_is_refused_as_too_old() {
     let a1 = mesh.agent("a1").await;
     let a2 = mesh.agent("a2").await;
     let x = Uuid::now_v7();
+    let made = tokio::time::Instant::now();
     acked(send(&a1, vec![event(Some(x), "a1's")]).await);
     acked(send(&a2, vec![event(Some(x), "a2's")]).await);
     mesh.drained_events().await;
 
     // Past the centre's window, within the edge's horizon: a duplicate.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep_until(made + Duration::from_millis(1500)).await;
+    assert!(
+        made.elapsed() < Duration::from_secs(6),
+        "too slow to check within the horizon: {:?}",
+        made.elapsed()
+    );
     for a in [&a1, &a2] {
         refused(
             send(a, vec![event(Some(x), "copy")]).await,
@@ -228,13 +236,13 @@ async fn a_copy_sent_after_every_duplicate_window_is_refused_as_too_old() {
             &[&x.to_string()],
         );
     }
-    // Past both: too old, naming the horizon.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // Past both (the horizon counts whole seconds of id time): too old, naming it.
+    tokio::time::sleep_until(made + Duration::from_millis(9500)).await;
     for a in [&a1, &a2] {
         refused(
             send(a, vec![event(Some(x), "copy")]).await,
             ErrorCode::Invalid,
-            &["outbox.id_horizon (3s)"],
+            &["outbox.id_horizon (8s)"],
         );
     }
     // Refused ids are not acked-and-dropped: a new id is stored at once.
