@@ -232,6 +232,15 @@ impl Agents {
     }
 }
 
+/// Records just expelled: their removal from sled, the events counted as expelled, the
+/// new `expelled_through`, and their bytes.
+struct Expelled {
+    batch: sled::Batch,
+    events: u64,
+    through: u64,
+    bytes: u64,
+}
+
 /// One agent's records in the outbox, oldest first, and their bytes.
 #[derive(Debug, Default)]
 struct Held {
@@ -679,20 +688,13 @@ impl Outbox {
         }
         st.pop_tombstones();
         if through != before {
-            st.count_expelled(ExpelReason::MaxBytes, n);
-            st.expelled_through = through;
-            self.records
-                .apply_batch(batch)
-                .map_err(|e| self.storage(e))?;
-            self.meta
-                .insert(META_EXPELLED, &through.to_be_bytes())
-                .map_err(|e| self.storage(e))?;
-            self.churned(removed);
-            tracing::warn!(
-                events = n,
-                reason = ExpelReason::MaxBytes.as_str(),
-                "outbox expelled the events of agents over their share"
-            );
+            let expelled = Expelled {
+                batch,
+                events: n,
+                through,
+                bytes: removed,
+            };
+            self.expelled(st, ExpelReason::MaxBytes, expelled, "by share")?;
         }
         // No one over its share: the oldest go.
         self.expel_while(st, ExpelReason::MaxBytes, |st, _| st.bytes + need > max)?;
@@ -730,22 +732,42 @@ impl Outbox {
         if through == st.expelled_through {
             return Ok(0);
         }
-        st.count_expelled(reason, n);
-        st.expelled_through = through;
-        self.records
-            .apply_batch(batch)
-            .map_err(|e| self.storage(e))?;
-        self.meta
-            .insert(META_EXPELLED, &through.to_be_bytes())
-            .map_err(|e| self.storage(e))?;
-        self.churned(removed);
-        tracing::warn!(
-            events = n,
+        let expelled = Expelled {
+            batch,
+            events: n,
             through,
+            bytes: removed,
+        };
+        self.expelled(st, reason, expelled, "oldest first")?;
+        Ok(n)
+    }
+
+    /// Counts and records records just expelled (taken out of `st` already): removes
+    /// them from sled, moves `expelled_through` (kept in `meta`), and logs it.
+    fn expelled(
+        &self,
+        st: &mut State,
+        reason: ExpelReason,
+        e: Expelled,
+        how: &'static str,
+    ) -> Result<(), OutboxError> {
+        st.count_expelled(reason, e.events);
+        st.expelled_through = e.through;
+        self.records
+            .apply_batch(e.batch)
+            .map_err(|err| self.storage(err))?;
+        self.meta
+            .insert(META_EXPELLED, &e.through.to_be_bytes())
+            .map_err(|err| self.storage(err))?;
+        self.churned(e.bytes);
+        tracing::warn!(
+            events = e.events,
+            through = e.through,
             reason = reason.as_str(),
+            how,
             "outbox expelled events"
         );
-        Ok(n)
+        Ok(())
     }
 }
 
