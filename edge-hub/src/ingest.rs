@@ -379,16 +379,8 @@ async fn reply_quota(
 ) {
     let code = ErrorCode::QuotaExceeded;
     metrics.rejected(code.as_str());
-    let Some(reply) = reply else { return };
-    let mut hm = HeaderMap::new();
-    hm.insert(h::MESH_ERROR, code.as_str());
-    hm.insert(
-        h::MESH_RETRY_AFTER_MS,
-        QUOTA_RETRY.as_millis().to_string().as_str(),
-    );
-    let body = IngestReply::Err { code, message }.encode();
-    if let Err(e) = client.publish_with_headers(reply, hm, body.into()).await {
-        tracing::warn!(error = %e, "cannot send an ingest error reply");
+    if let Some(reply) = reply {
+        send_retry_later(client, reply, code, message, QUOTA_RETRY).await;
     }
 }
 
@@ -612,18 +604,31 @@ async fn reply_rate_limited(
 }
 
 async fn send_rate_limited(client: &async_nats::Client, reply: Subject, r: Refusal) {
-    let code = ErrorCode::RateLimited;
+    send_retry_later(
+        client,
+        reply,
+        ErrorCode::RateLimited,
+        r.text(),
+        r.retry_after,
+    )
+    .await;
+}
+
+/// Sends a refusal that says when to try again (`mesh-retry-after-ms`).
+async fn send_retry_later(
+    client: &async_nats::Client,
+    reply: Subject,
+    code: ErrorCode,
+    message: String,
+    retry_after: Duration,
+) {
     let mut hm = HeaderMap::new();
     hm.insert(h::MESH_ERROR, code.as_str());
     hm.insert(
         h::MESH_RETRY_AFTER_MS,
-        r.retry_after.as_millis().to_string().as_str(),
+        retry_after.as_millis().to_string().as_str(),
     );
-    let body = IngestReply::Err {
-        code,
-        message: r.text(),
-    }
-    .encode();
+    let body = IngestReply::Err { code, message }.encode();
     if let Err(e) = client.publish_with_headers(reply, hm, body.into()).await {
         tracing::warn!(error = %e, "cannot send an ingest error reply");
     }
