@@ -15,6 +15,21 @@ fn events(n: usize) -> Vec<NewEvent> {
         .collect()
 }
 
+/// Sends a raw request of 100 new events (new ids each time: the same ids again would
+/// be refused as duplicates) as `agent`, without the SDK's retries.
+async fn request_100(agent: &agents::Agent) -> async_nats::Message {
+    let body = IngestRequest {
+        events: events(100),
+    }
+    .encode()
+    .unwrap();
+    agent
+        .client()
+        .request(schemas::subject::ingest("e1", agent.id()), body.into())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_over_its_rate_is_refused_with_a_retry_time_and_holds_no_one_back() {
     let mesh = Mesh::start(MeshOpts {
@@ -62,17 +77,7 @@ async fn an_agent_over_its_rate_is_refused_with_a_retry_time_and_holds_no_one_ba
     // empty it.)
     let mut reply = None;
     for _ in 0..5 {
-        // A new body each time: the same ids again would be refused as duplicates.
-        let body = IngestRequest {
-            events: events(100),
-        }
-        .encode()
-        .unwrap();
-        let r = flood
-            .client()
-            .request(schemas::subject::ingest("e1", "flood"), body.clone().into())
-            .await
-            .unwrap();
+        let r = request_100(&flood).await;
         match IngestReply::decode(&r.payload).unwrap() {
             IngestReply::Ok {
                 first_seq,
@@ -114,16 +119,7 @@ async fn an_agent_over_its_rate_is_refused_with_a_retry_time_and_holds_no_one_ba
     // the bucket empty: without it, a refusal held until the bucket had credit again
     // let the SDK's request through unrefused (1 run in 7).
     loop {
-        let body = IngestRequest {
-            events: events(100),
-        }
-        .encode()
-        .unwrap();
-        let r = flood
-            .client()
-            .request(schemas::subject::ingest("e1", "flood"), body.into())
-            .await
-            .unwrap();
+        let r = request_100(&flood).await;
         match IngestReply::decode(&r.payload).unwrap() {
             IngestReply::Ok {
                 first_seq,
