@@ -41,12 +41,16 @@ pub(super) async fn bench_agentmesh(
             .with_context(|| format!("cannot read --edge-config {}", path.display()))?,
         None => {
             // The bench measures what the mesh can carry, not the per-agent limits (a
-            // policy that would cap each publisher at its events/s), but for the noisy
-            // neighbour, which keeps the defaults; `--edge-config` may set them.
+            // policy that would cap each publisher at its events/s or its requests in
+            // flight), but for the noisy neighbour, which keeps every default;
+            // `--edge-config` may set them. (A calm agent held to `max_inflight` fails
+            // the bench when its acks are slow, as they are in a debug build.)
             let d = edge_hub::config::LimitsConfig::default();
             format!(
-                "[limits]\nevents_per_sec = 0\nbytes_per_sec = 0\n\n[limits.agents.{NOISY}]\nevents_per_sec = {:?}\nbytes_per_sec = {:?}\n",
-                d.events_per_sec, d.bytes_per_sec
+                "[limits]\nevents_per_sec = 0\nbytes_per_sec = 0\nmax_inflight = 0\n\n\
+                 [limits.agents.{NOISY}]\nevents_per_sec = {:?}\nbytes_per_sec = {:?}\n\
+                 max_inflight = {}\noutbox_share = {:?}\n",
+                d.events_per_sec, d.bytes_per_sec, d.max_inflight, d.outbox_share
             )
         }
     };
