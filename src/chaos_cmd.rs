@@ -29,7 +29,7 @@ struct RunArgs {
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Length of each scenario's loaded run, faults included (e.g. `8s`, `30s`, `2m`).
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = crate::duration::parse)]
     duration: Duration,
     /// Seed of the fault schedules (default: drawn from the clock, and printed).
     #[arg(long)]
@@ -41,28 +41,6 @@ struct RunArgs {
     /// kept only for a failing scenario or a recovery over 5 s).
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-/// `8s`, `1500ms`, `2m`, or plain seconds (`8`, `0.5`).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (try 8s, 1500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (ms, s or m)")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("{s:?} must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
@@ -113,6 +91,10 @@ async fn run_scenarios(r: RunArgs) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     let mut errors = Vec::new();
     for n in names {
+        if crate::out::is_closed() {
+            eprintln!("[chaos] stdout was closed; no further scenario runs");
+            break;
+        }
         eprintln!("[chaos] {n} …");
         match scenarios::run(n, &opts).await {
             Ok(rep) => {
@@ -249,22 +231,5 @@ fn print_summary(reports: &[Report], errors: &[String]) {
     }
     for e in errors {
         println!("  ERROR {e}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("8s"), Ok(Duration::from_secs(8)));
-        assert_eq!(parse_duration("8"), Ok(Duration::from_secs(8)));
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("x").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("3h").is_err());
     }
 }

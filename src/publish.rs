@@ -43,9 +43,9 @@ pub struct PubArgs {
     /// ce-type of the events.
     #[arg(long = "type", default_value = "mesh.pub")]
     ty: String,
-    /// Seconds to wait for each ack.
-    #[arg(long, default_value_t = 5.0)]
-    timeout: f64,
+    /// How long to wait for each ack (`5s`, `500ms`, or seconds).
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    timeout: Duration,
     /// Event subject (below mesh.evt.<edge>.).
     subject: String,
     /// Data of every event; generated when omitted.
@@ -181,7 +181,7 @@ async fn publish(
     progress: &mut Progress,
     started: Instant,
 ) -> Result<(), AgentError> {
-    let timeout = Duration::from_secs_f64(a.timeout.max(0.001));
+    let timeout = a.timeout;
     let agent = match &a.edge {
         Some(edge) => {
             let client = a

@@ -30,9 +30,9 @@ pub struct UpArgs {
     /// Start the mesh without the demo agents.
     #[arg(long)]
     no_demo: bool,
-    /// Stop by itself after this many seconds (default: run until Ctrl-C).
-    #[arg(long)]
-    duration: Option<f64>,
+    /// Stop by itself after this long (`90s`, `5m`, or seconds; default: run until Ctrl-C).
+    #[arg(long, value_parser = crate::duration::parse)]
+    duration: Option<Duration>,
     /// No authentication, no TLS, every client in one account: any client can do
     /// anything. Only for experiments on a trusted machine.
     #[arg(long)]
@@ -88,8 +88,10 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
         "--central-nodes is {}; use 1, or 3 or 5 for a cluster (JetStream needs a majority)",
         a.central_nodes
     );
-    std::fs::create_dir_all(&a.data_dir)
-        .with_context(|| format!("cannot create --data-dir {}", a.data_dir.display()))?;
+    // Before anything else touches the directory: a second `mesh up` on it would start
+    // a second central nats-server on the first one's store.
+    let lock = crate::dirlock::DirLock::take(&a.data_dir, "mesh up")?;
+    lock.inherit()?;
     let data = std::fs::canonicalize(&a.data_dir)?;
     let binary = tokio::task::spawn_blocking(mesh_nats::ensure_binary)
         .await?
@@ -232,9 +234,9 @@ pub async fn run(a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     println!("running; Ctrl-C to stop");
     match a.duration {
-        Some(secs) => {
+        Some(d) => {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+                _ = tokio::time::sleep(d) => {}
                 _ = crate::shutdown_signal() => {}
             }
         }

@@ -1,10 +1,14 @@
 //! The command line as outside scripts drive it (docs/DESIGN.md: stable names and flags):
 //! `mesh pub` summary line and exit status, `mesh sub`, `--print-config`, and refusal of
-//! unknown configuration keys.
+//! unknown configuration keys; and the operator surface: the data-directory lock, an
+//! unreachable server's retry log, JSON logs, durations, a closed stdout, `--version`
+//! and shell completions.
 
 mod support;
 
-use std::process::Command;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use mesh_nats::client::ClientAuth;
 use support::{Mesh, MeshOpts};
@@ -153,6 +157,25 @@ async fn pub_summary_and_exit_status() {
     assert_eq!(first["meshseq"], 1);
     assert_eq!(first["source"], "mesh://e1/cli");
 
+    // Pointed at the centre, `mesh pub` says to use the edge's server.
+    let central = m.central().client_url();
+    let a = cli.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        mesh_as(
+            &a,
+            &[
+                "pub", "--nats", &central, "--agent", "cli", "--count", "1", "x.y",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "publishing at the centre must fail");
+    assert!(
+        format!("{out}{err}").contains("connect to the nats-server of your edge"),
+        "stdout: {out}\nstderr: {err}"
+    );
+
     m.edge_hub().kill();
     let url = m.edge().client_url();
     let a = cli.clone();
@@ -277,4 +300,274 @@ async fn hub_logs_in_files_have_no_colour_codes() {
             p.display()
         );
     }
+}
+
+/// A `mesh` child process, killed (by its PID, through `Child`) and reaped on drop.
+struct Running(Child);
+
+impl Running {
+    fn start(args: &[&str], stdout: Stdio, stderr: Stdio) -> Running {
+        Running(
+            Command::new(env!("CARGO_BIN_EXE_mesh"))
+                .args(args)
+                .env("MESH_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
+                .spawn()
+                .expect("start mesh"),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGTERM, then up to `grace` for it to exit; true when it exited by itself.
+    fn terminate(&mut self, grace: Duration) -> bool {
+        // SAFETY: a signal to our own child, which we have not reaped yet.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < grace {
+            if !self.alive() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on loopback with nothing listening on it (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A second `mesh up` on a data directory in use refuses at once, naming the PID that
+/// holds it, and starts nothing (it once started a second central nats-server on the
+/// first one's store and broke its audit chain); the first mesh runs on, its audit
+/// chain intact.
+#[test]
+fn a_second_mesh_up_on_a_data_dir_in_use_refuses_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mesh");
+    let data_s = data.to_str().unwrap();
+    let up_args = [
+        "up",
+        "--insecure",
+        "--no-demo",
+        "--edges",
+        "1",
+        "--data-dir",
+        data_s,
+    ];
+    let mut first = Running::start(&up_args, Stdio::piped(), Stdio::null());
+    let mut lines = std::io::BufReader::new(first.0.stdout.take().unwrap()).lines();
+    let mut central_url = None;
+    let mut said = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read mesh up's stdout");
+        said.push_str(&line);
+        said.push('\n');
+        if line.starts_with("central  nats-server") {
+            central_url = line
+                .split_whitespace()
+                .skip_while(|w| *w != "nats")
+                .nth(1)
+                .map(String::from);
+        }
+        if line.starts_with("running") {
+            break;
+        }
+    }
+    let central_url = central_url.unwrap_or_else(|| panic!("no central URL in:\n{said}"));
+    assert!(
+        said.contains("running"),
+        "the first mesh up did not start:\n{said}"
+    );
+    // Keep reading its output so it never blocks on a full pipe.
+    let reader = std::thread::spawn(move || lines.map_while(Result::ok).count());
+
+    let t = Instant::now();
+    let second = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(up_args)
+        .args(["--duration", "30s"])
+        .output()
+        .expect("run the second mesh up");
+    let (out, err) = (
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr),
+    );
+    assert!(
+        !second.status.success(),
+        "the second mesh up exited 0:\n{out}\n{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the second mesh up took {:?} to refuse",
+        t.elapsed()
+    );
+    assert!(
+        err.contains(&format!("in use by pid {} mesh up", first.pid())),
+        "the refusal does not name the first mesh up's pid {}:\n{err}",
+        first.pid()
+    );
+    assert!(
+        !out.contains("nats-server") && !out.contains("running"),
+        "the second mesh up started something:\n{out}"
+    );
+
+    // The first one is untouched: still running, its audit chain verifies.
+    assert!(first.alive(), "the first mesh up died");
+    let (ok, text) = support::mesh_cli(&["audit", "verify", "--nats", &central_url]);
+    assert!(ok && text.contains("OK"), "{text}");
+    assert!(
+        first.terminate(Duration::from_secs(30)),
+        "mesh up did not stop on SIGTERM"
+    );
+    let _ = reader.join();
+}
+
+/// `mesh edge` against a server that is not there says so, with the URL, at a steady
+/// cadence (it used to log once and fall silent), here in JSON lines (`--log-format
+/// json`); a second `mesh edge` on the same data directory refuses, naming the first's
+/// PID; and a durations flag in the wrong syntax is refused by name.
+#[test]
+fn an_unreachable_server_is_retried_aloud_and_a_data_dir_is_one_edges() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("edge");
+    let url = format!("nats://127.0.0.1:{}", closed_port());
+    let log_path = dir.path().join("edge.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let edge_args = [
+        "edge",
+        "--log-format",
+        "json",
+        "--nats",
+        &url,
+        "--id",
+        "e1",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let mut first = Running::start(&edge_args, Stdio::null(), Stdio::from(log));
+    let lock = data.join("mesh.lock");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains(&first.pid().to_string())) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "mesh edge took no lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let (ok, _, err) = mesh(&edge_args);
+    assert!(!ok, "a second mesh edge on one data directory must refuse");
+    assert!(
+        err.contains(&format!("in use by pid {} mesh edge e1", first.pid())),
+        "the refusal does not name pid {}:\n{err}",
+        first.pid()
+    );
+
+    // Tries every second, says so at the first and every fifth.
+    std::thread::sleep(Duration::from_millis(7_500));
+    assert!(first.alive(), "mesh edge gave up");
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let warnings: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .filter(|v: &serde_json::Value| v["level"] == "WARN")
+        .collect();
+    assert!(
+        warnings.len() >= 2,
+        "expected a warning at the first and the sixth try:\n{text}"
+    );
+    for w in &warnings {
+        assert_eq!(w["url"], url.as_str(), "{w}");
+        assert!(
+            w["message"].as_str().unwrap_or_default().contains(&url),
+            "the message does not name the URL: {w}"
+        );
+    }
+    assert!(
+        first.terminate(Duration::from_secs(5)),
+        "mesh edge did not stop on SIGTERM"
+    );
+
+    let (ok, _, err) = mesh(&["up", "--duration", "5 parsecs"]);
+    assert!(
+        !ok && err.contains("\"5 parsecs\" is not a duration"),
+        "{err}"
+    );
+}
+
+/// A reader that goes away (`mesh chaos list | head -1`) ends the output quietly: no
+/// panic, exit status 0 (it was `Broken pipe` and exit 101).
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    for args in [&["chaos", "list"][..], &["completions", "bash"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mesh");
+        // Closed before the child writes anything: every write meets a broken pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "mesh {args:?}: {err}");
+        assert!(
+            out.status.success(),
+            "mesh {args:?}: {:?} {err}",
+            out.status
+        );
+    }
+}
+
+/// `mesh --version` names the commit it was built from and the nats-server it would
+/// run; `mesh completions` writes a completion script that knows the commands.
+#[test]
+fn version_and_completions() {
+    let (ok, out, err) = mesh(&["--version"]);
+    assert!(ok, "{err}");
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(commit) => assert!(out.contains(&format!("(commit {commit})")), "{out}"),
+        None => assert!(out.contains("(commit unknown)"), "{out}"),
+    }
+    assert!(out.contains("\nnats-server: "), "{out}");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = mesh(&["completions", shell]);
+        assert!(ok, "{shell}: {err}");
+        for cmd in ["up", "pub", "replay", "completions"] {
+            assert!(out.contains(cmd), "{shell} completions lack {cmd}");
+        }
+    }
+    let (ok, _, err) = mesh(&["completions", "cmd.exe"]);
+    assert!(!ok && err.contains("cmd.exe"), "{err}");
 }

@@ -480,10 +480,17 @@ pub async fn discover_edge(
                 return match heard.as_slice() {
                     [one] => Ok(one.clone()),
                     [] => Err(format!(
-                        "no edge hub answered on {} within {within:?}",
+                        "no edge hub answered on {} within {within:?}: agents publish \
+                         at an edge, so connect to the nats-server of your edge (not the \
+                         central one), and check that its edge hub runs",
                         subject::HUB_DISCOVER
                     )),
-                    many => Err(format!("edge hubs {many:?} answered, none on this server")),
+                    many => Err(format!(
+                        "edge hubs {many:?} answered, none on this server: this looks \
+                         like the central nats-server, which hears every edge across the \
+                         leaf links; agents publish at an edge, so connect to the \
+                         nats-server of your edge instead"
+                    )),
                 };
             }
             Err(_) => {}

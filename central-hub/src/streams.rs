@@ -81,8 +81,10 @@ pub enum StreamsError {
     /// Transient failures lasted past `streams.setup_timeout`.
     #[error(
         "stream {stream}: cannot {action} within streams.setup_timeout ({timeout}, {attempts} \
-         attempts); last error: {last}. Check that JetStream is up, has a meta leader and \
-         enough servers for the replicas asked, or raise streams.setup_timeout"
+         attempts); last error: {last}. Check that the hub's --nats is the central \
+         nats-server (JetStream domain `central`), not an edge's, and that its JetStream is \
+         up, has a meta leader and enough servers for the replicas asked; or raise \
+         streams.setup_timeout"
     )]
     Deadline {
         stream: String,
