@@ -571,3 +571,41 @@ fn version_and_completions() {
     let (ok, _, err) = mesh(&["completions", "cmd.exe"]);
     assert!(!ok && err.contains("cmd.exe"), "{err}");
 }
+
+/// A component that fails at start fails `mesh up` at once, with a non-zero exit and
+/// its reason: here the edge hub cannot open its outbox (a file stands where the
+/// directory belongs). `mesh up` used to wait out a minute's deadline for it.
+#[test]
+fn a_component_that_fails_at_start_fails_mesh_up_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mesh");
+    std::fs::create_dir_all(data.join("edge-1")).unwrap();
+    std::fs::write(data.join("edge-1").join("outbox"), b"not a directory").unwrap();
+    let t = Instant::now();
+    let (ok, out, err) = mesh(&[
+        "up",
+        "--insecure",
+        "--no-demo",
+        "--edges",
+        "1",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--duration",
+        "60s",
+    ]);
+    assert!(!ok, "mesh up exited 0:\n{out}\n{err}");
+    assert!(!out.contains("running"), "{out}");
+    assert!(
+        err.contains("edge hub edge-1") && err.contains("exited before it was ready"),
+        "{err}"
+    );
+    assert!(
+        err.contains("outbox storage"),
+        "the edge hub's reason is not shown: {err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+}

@@ -255,7 +255,7 @@ impl Mesh {
         self.wait_central_hubs_ready().await?;
         if self.sites.iter().all(|s| s.hub.is_some()) {
             for i in 0..self.sites.len() {
-                self.wait_uplink(i, true).await?;
+                self.wait_edge_hub_up(i).await?;
             }
             return Ok(());
         }
@@ -316,6 +316,32 @@ impl Mesh {
             }
         }
         Ok(())
+    }
+
+    /// Waits until site `i`'s edge hub has its uplink up; fails at once when the hub
+    /// exits (e.g. it could not open its outbox), instead of waiting out the deadline.
+    async fn wait_edge_hub_up(&mut self, i: usize) -> Result<(), KitError> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if self.edge_metric(i, "mesh_edge_uplink_up").await == Some(1.0) {
+                return Ok(());
+            }
+            let site = &mut self.sites[i];
+            let hub = site.hub.as_mut().expect("a site with an edge hub");
+            if !hub.is_running() {
+                return Err(KitError::Client {
+                    what: hub.process.name().to_string(),
+                    source: "exited before it was ready".into(),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(KitError::Timeout {
+                    what: format!("{} uplink_up == 1", site.id),
+                    waited: DEADLINE,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The central nats-server nodes: node 1 ([`Mesh::central`]), then the peers.
