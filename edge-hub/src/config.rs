@@ -18,6 +18,27 @@ pub enum FullPolicy {
     DropOldest,
 }
 
+/// When a group commit counts as stored, and so may be acked (`outbox.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutboxSync {
+    /// After sled's flush, `fdatasync` of its log and new blob files: an acked event
+    /// survives a power cut (the default; `outbox::durable`).
+    Always,
+    /// After sled's flush only (`pwrite` + `sync_file_range`): an acked event survives a
+    /// kill -9 of the edge hub, not a power cut or a kernel crash. Faster.
+    Flush,
+}
+
+impl OutboxSync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxSync::Always => "always",
+            OutboxSync::Flush => "flush",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
@@ -133,6 +154,9 @@ pub struct OutboxConfig {
     /// Most ids remembered (~30 bytes of memory each); past it the oldest are forgotten
     /// early, never those of the last minute, and ids older than them are refused.
     pub max_ids: u64,
+    /// When a commit is acked: `always` once it is on stable storage (survives a power
+    /// cut), `flush` once sled has written it to the kernel (survives a kill -9 only).
+    pub sync: OutboxSync,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +223,7 @@ impl Default for OutboxConfig {
             cache_bytes: 16 << 20,
             id_horizon: Duration::from_secs(600),
             max_ids: 1_000_000,
+            sync: OutboxSync::Always,
         }
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{EdgeConfig, FullPolicy};
+pub use config::{EdgeConfig, FullPolicy, OutboxSync};
 pub use outbox::{Outbox, OutboxError};
 
 /// Why the edge hub could not start or stopped with an error.

@@ -69,7 +69,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::config::OutboxConfig;
+use crate::config::{OutboxConfig, OutboxSync};
 use ids::Ids;
 use uuid::Uuid;
 
@@ -322,6 +322,8 @@ pub struct Outbox {
     /// sled while a read loads it. Taken before `state`, never after.
     reading: Mutex<()>,
     cfg: OutboxConfig,
+    /// What `outbox.sync = "always"` syncs after each flush; `None` under `flush`.
+    durable: Option<Arc<durable::Durable>>,
     appended: tokio::sync::Notify,
     /// Record bytes written or removed since the last `malloc_trim`.
     churn: AtomicU64,
@@ -423,9 +425,23 @@ impl Outbox {
         let forgotten = rebuild_ids(&mut ids, &id_chunks).map_err(storage)?;
         meta.insert(ids::META_FLOOR, &ids.floor_s().to_be_bytes())
             .map_err(storage)?;
+        let durable = match cfg.sync {
+            OutboxSync::Always => Some(Arc::new(
+                durable::Durable::open(dir).map_err(|e| storage(sled::Error::Io(e)))?,
+            )),
+            OutboxSync::Flush => {
+                tracing::warn!(
+                    path = %path,
+                    "outbox.sync = \"flush\": an acked event survives a kill -9 of the edge \
+                     hub, not a power cut"
+                );
+                None
+            }
+        };
         tracing::info!(
             path = %path, records = st.index.len(), events = st.events, bytes = st.bytes,
             next_seq = st.next_seq, acked = st.acked, ids = ids.len(), ids_forgotten = forgotten,
+            sync = cfg.sync.as_str(),
             "outbox opened"
         );
         let outbox = Arc::new(Outbox {
@@ -439,10 +455,25 @@ impl Outbox {
             state: Mutex::new(st),
             reading: Mutex::new(()),
             cfg,
+            durable,
             appended: tokio::sync::Notify::new(),
             churn: AtomicU64::new(0),
         });
         Ok((outbox.clone(), OutboxWriter { outbox, ticks: 0 }))
+    }
+
+    /// sled's flush, then (under `outbox.sync = "always"`) the syncs that make what it
+    /// wrote survive a power cut (`durable`).
+    async fn flush_durable(&self) -> Result<(), sled::Error> {
+        self.db.flush_async().await?;
+        if let Some(d) = &self.durable {
+            let d = d.clone();
+            tokio::task::spawn_blocking(move || d.sync())
+                .await
+                .map_err(|e| sled::Error::ReportableBug(format!("the sync task failed: {e}")))?
+                .map_err(sled::Error::Io)?;
+        }
+        Ok(())
     }
 
     /// Counts record bytes written or removed; every `TRIM_EVERY_BYTES` returns the heap
@@ -771,6 +802,7 @@ impl Outbox {
     }
 }
 
+mod durable;
 pub mod ids;
 mod producers;
 mod read;

@@ -203,7 +203,7 @@ impl OutboxWriter {
                 )),
             })?;
         }
-        if let Err(e) = ob.db.flush_async().await {
+        if let Err(e) = ob.flush_durable().await {
             // Not durable, not acknowledged: make sure it is not forwarded after a restart,
             // nor answered as stored to a retry.
             for m in &metas {
@@ -328,10 +328,8 @@ impl OutboxWriter {
     /// Flushes everything to disk (on shutdown).
     pub async fn flush(&self) -> Result<(), OutboxError> {
         self.outbox
-            .db
-            .flush_async()
+            .flush_durable()
             .await
-            .map(|_| ())
             .map_err(|e| self.outbox.storage(e))
     }
 }
