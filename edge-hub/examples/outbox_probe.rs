@@ -4,13 +4,15 @@
 //! `cargo run --release -p edge-hub --example outbox_probe -- EVENTS CYCLES [SIZE]`
 //!
 //! Env: `CACHE=<bytes>` sets `outbox.cache_bytes` (16 MiB); `TRIM=1` calls `malloc_trim`
-//! after each drain. Per cycle it prints the records and encoded MiB at full, glibc's heap
+//! after each drain; `COMMIT=<events>` sets the events per group commit (2048);
+//! `FLUSH=1` sets `outbox.sync = "flush"` (default `always`). It also prints the commits'
+//! p50 / p99 / max time. Per cycle it prints the records and encoded MiB at full, glibc's heap
 //! in use and free (`mallinfo2`), RSS after the drain (and after the trim), files and MiB
 //! under sled's `blobs/`, disk at full and after the drain, and peak RSS (`VmHWM`).
 
 use std::time::{Duration, Instant};
 
-use edge_hub::config::{FullPolicy, OutboxConfig};
+use edge_hub::config::{FullPolicy, OutboxConfig, OutboxSync};
 use edge_hub::outbox::{Outbox, ReadCache};
 use schemas::NewEvent;
 
@@ -74,16 +76,22 @@ async fn main() {
         max_age: Duration::from_secs(3600),
         full_policy: FullPolicy::Reject,
         cache_bytes: env("CACHE").unwrap_or(16 << 20),
+        sync: match env("FLUSH") {
+            Some(_) => OutboxSync::Flush,
+            None => OutboxSync::Always,
+        },
         ..OutboxConfig::default()
     };
     let (ob, mut w) = Outbox::open(dir.path(), cfg).unwrap();
     let data = bytes::Bytes::from(vec![b'x'; size]);
-    let commit = 2048u64;
+    let commit = env("COMMIT").unwrap_or(2048);
     for c in 0..cycles {
         let t = Instant::now();
         let mut n = 0;
+        let mut commits = Vec::new();
         while n < events {
             let k = commit.min(events - n);
+            let tc = Instant::now();
             w.append(k as usize, k * size as u64, |first| {
                 (0..k)
                     .map(|i| {
@@ -98,9 +106,19 @@ async fn main() {
             })
             .await
             .unwrap();
+            commits.push(tc.elapsed());
             n += k;
         }
         let fill = t.elapsed();
+        commits.sort();
+        let q = |f: f64| commits[((commits.len() - 1) as f64 * f) as usize].as_secs_f64() * 1e3;
+        println!(
+            "cycle {c}: {} commits of {commit} events, commit ms p50 {:.3} p99 {:.3} max {:.3}",
+            commits.len(),
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        );
         let full = du(dir.path());
         if env("LS").is_some() {
             for e in std::fs::read_dir(dir.path())
