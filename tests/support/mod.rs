@@ -277,7 +277,11 @@ pub fn required_tool(path: &str, package: &str) -> Option<std::path::PathBuf> {
         "{path} is missing and CI is set: install Debian's `{package}` package \
          (.ci/run does: apt-get install -y {package})"
     );
-    eprintln!(
+    // Straight to stderr, not through `eprintln!`, which the test harness captures and
+    // shows only for failing tests: a skip must be seen.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "\n!!!!!!!! SKIPPED: {path} is missing; install Debian's `{package}` package \
          (apt-get install -y {package}) to run this test. CI fails instead. !!!!!!!!\n"
     );
