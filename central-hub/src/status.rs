@@ -106,6 +106,10 @@ impl Status {
     pub fn report(&self, metrics: &CentralMetrics, health: &Health) -> Report {
         let inner = self.lock();
         let reg = &inner.registry;
+        let mut agents_of: BTreeMap<&str, usize> = BTreeMap::new();
+        for a in reg.agents.values() {
+            *agents_of.entry(a.edge.as_str()).or_default() += 1;
+        }
         let mut ids: Vec<&String> = reg.edges.keys().collect();
         ids.extend(
             inner
@@ -125,7 +129,7 @@ impl Status {
                     lost_at: entry.and_then(|e| e.lost_at.clone()),
                     outages: entry.map_or(0, |e| e.outages),
                     expelled: entry.map_or(0, |e| e.expelled.values().sum()),
-                    agents: reg.agents.values().filter(|a| &a.edge == id).count(),
+                    agents: agents_of.get(id.as_str()).copied().unwrap_or(0),
                     heartbeat: inner.heartbeats.get(id).map(|(s, at)| Heartbeat {
                         uplink_up: s.uplink_up,
                         backlog_events: s.outbox_events,
