@@ -2,9 +2,10 @@
 //! `promtool check rules` and `check config`, the alert rules' unit tests
 //! (`alerts_test.yml`), and a real Prometheus server scraping a real secure mesh with
 //! the scrape config and the rules: the mesh's metrics arrive, every rule loads and
-//! evaluates without error, a cut link makes `MeshEdgeLinkDown` pending for that edge,
-//! every query of the Grafana dashboard is valid PromQL, and every metric the rules and
-//! the dashboard name is one the hubs really expose.
+//! evaluates without error, none fires on the healthy mesh, a rejected event makes
+//! `MeshDeadLettersArriving` fire, a cut link makes `MeshEdgeLinkDown` pending for that
+//! edge, every query of the Grafana dashboard is valid PromQL, and every metric the
+//! rules and the dashboard name is one the hubs really expose.
 //!
 //! Needs Debian's `prometheus` package (`promtool`, `prometheus`): without it the tests
 //! are skipped with a loud message, so `cargo test` passes on a machine with only Rust
@@ -368,6 +369,20 @@ async fn prometheus_scrapes_a_real_mesh_with_the_rules_and_the_dashboard() {
             .unwrap_or_else(|| panic!("no answer from prometheus for {q}"));
         assert_eq!(v["status"], "success", "dashboard query {q}: {v}");
     }
+
+    // A consumer rejects an event: the dead letter is recorded, the alert fires at once.
+    let worker = mesh.agent("worker").await;
+    let mut sub = worker.subscribe("strict", "orders.>").await.unwrap();
+    let d = sub.next().await.unwrap().unwrap();
+    d.reject("not for this test").await.unwrap();
+    wait_for("MeshDeadLettersArriving firing", || async {
+        !query(
+            prom,
+            r#"ALERTS{alertname="MeshDeadLettersArriving",alertstate="firing"}"#,
+        )
+        .is_empty()
+    })
+    .await;
 
     // A cut link: the edge says so at once, the alert goes pending for that edge.
     kit.proxy(1).unwrap().cut();

@@ -1,7 +1,7 @@
-//! The status pages in a real browser: a secure mesh of two edges with events landed and
-//! one edge's link cut; headless Chromium (Debian's `chromium`) loads the central hub's
-//! page and an edge hub's, the test reads the DOM the page's script drew and checks the
-//! edges, link states and figures, and takes screenshots (kept in
+//! The status pages in a real browser: a secure mesh of two edges with events landed, a
+//! dead letter and one edge's link cut; headless Chromium (Debian's `chromium`) loads
+//! the central hub's page and an edge hub's, the test reads the DOM the page's script
+//! drew and checks the edges, link states and figures, and takes screenshots (kept in
 //! `$CARGO_TARGET_TMPDIR/status-*.png` for a look).
 //!
 //! Without `/usr/bin/chromium` the test is skipped with a loud message, so `cargo test`
@@ -211,13 +211,20 @@ async fn status_pages_show_edges_links_and_figures_in_chromium() {
             .unwrap();
     }
     mesh.events_when(10).await;
+    // A consumer rejects one event: a dead letter.
+    let worker = mesh.agent("worker").await;
+    let mut sub = worker.subscribe("strict", "orders.>").await.unwrap();
+    let d = sub.next().await.unwrap().unwrap();
+    d.reject("not for this test").await.unwrap();
     wait_for(
-        "the central page's figures: e1 landed 7, e2 landed 3",
+        "the central page's figures: e1 landed 7, e2 landed 3, 1 dead letter",
         || async {
             status_json(central).await.is_some_and(|s| {
                 edge_of(&s, "e1").is_some_and(|e| e["lander"]["mark"] == 7)
                     && edge_of(&s, "e2").is_some_and(|e| e["lander"]["mark"] == 3)
                     && s["agents"]["total"] == 2
+                    && s["dead_letters"]["recorded"] == 1
+                    && s["dead_letters"]["waiting"] == 1
             })
         },
     )
@@ -252,8 +259,8 @@ async fn status_pages_show_edges_links_and_figures_in_chromium() {
     );
     assert_eq!(by_id(&dom, "landed"), "10");
     assert_eq!(by_id(&dom, "agents-total"), "2");
-    assert_eq!(by_id(&dom, "dlq-recorded"), "0");
-    assert_eq!(by_id(&dom, "dlq-waiting"), "0");
+    assert_eq!(by_id(&dom, "dlq-recorded"), "1");
+    assert_eq!(by_id(&dom, "dlq-waiting"), "1");
     assert!(
         by_id(&dom, "audit-hash").starts_with(&head[..16]),
         "the audit head {head} is not on the page"
