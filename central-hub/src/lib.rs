@@ -21,8 +21,8 @@
 //! [`run`] takes its connection, an optional HTTP listener and a shutdown future. Shutdown
 //! is two-phase, within [`SHUTDOWN_DEADLINE`]: first the lander stops pulling and
 //! finishes the bundle in hand; then the tracker, the dead-letter service, the registry
-//! server, the operator requests (a run stops between two messages), the heartbeat and
-//! HTTP stop, the tracker after recording what the lander
+//! server, the operator requests (a run stops between two messages), the heartbeat, the
+//! status sampler and HTTP stop, the tracker after recording what the lander
 //! reported last; the audit writer drains its queue and stops last. Every task is on one
 //! `TaskTracker`, the lander and the audit writer included.
 
