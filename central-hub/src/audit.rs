@@ -79,6 +79,7 @@ enum Cmd {
 pub struct AuditLog {
     tx: mpsc::Sender<Cmd>,
     registry: watch::Receiver<Registry>,
+    head: watch::Receiver<(u64, String)>,
 }
 
 impl AuditLog {
@@ -132,12 +133,14 @@ impl AuditLog {
         }
         w.catch_up().await?;
         let (reg_tx, reg_rx) = watch::channel(w.registry.clone());
+        let (head_tx, head_rx) = watch::channel(w.head.clone());
         let (tx, rx) = mpsc::channel(1024);
         let log = AuditLog {
             tx,
             registry: reg_rx,
+            head: head_rx,
         };
-        Ok((log, w.run(rx, reg_tx)))
+        Ok((log, w.run(rx, reg_tx, head_tx)))
     }
 
     /// Records `event`; returns the record once JetStream stored it.
@@ -214,6 +217,12 @@ impl AuditLog {
         self.registry.borrow().clone()
     }
 
+    /// Sequence and hash of the last record this writer has seen (`(0, GENESIS_HASH)`
+    /// for an empty log); up to date with other writers after a [`AuditLog::sync`].
+    pub fn head(&self) -> (u64, String) {
+        self.head.borrow().clone()
+    }
+
     /// The projection after reading every record appended so far, by any writer.
     pub async fn sync(&self) -> Result<Registry, AuditError> {
         let (done, rx) = oneshot::channel();
@@ -237,17 +246,24 @@ struct Writer {
 const MAX_TRIES: u32 = 1000;
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, reg_tx: watch::Sender<Registry>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        reg_tx: watch::Sender<Registry>,
+        head_tx: watch::Sender<(u64, String)>,
+    ) {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Cmd::Append(a) => {
                     let r = self.append(&a).await;
                     reg_tx.send_replace(self.registry.clone());
+                    head_tx.send_replace(self.head.clone());
                     let _ = a.done.send(r);
                 }
                 Cmd::Sync(done) => {
                     let r = self.catch_up().await.map(|()| self.registry.clone());
                     reg_tx.send_replace(self.registry.clone());
+                    head_tx.send_replace(self.head.clone());
                     let _ = done.send(r);
                 }
             }

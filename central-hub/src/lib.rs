@@ -11,7 +11,8 @@
 //! edge heartbeats and the lander's reports into audit records. Operators' writes
 //! (redrive, purge, replay) are [`ops`] requests a hub serves, recorded under the
 //! operator's name. `/health/ready` follows
-//! [`health`]: the streams exist and the lander is pulling.
+//! [`health`]: the streams exist and the lander is pulling. The [`status`] page (`/`)
+//! shows the edges, the lander's figures, dead letters and the audit head, live.
 //!
 //! On start the hub sets up its [`streams`]: it creates what is missing and refuses to
 //! start when an existing stream differs from the configuration, unless changes are
@@ -20,8 +21,8 @@
 //! [`run`] takes its connection, an optional HTTP listener and a shutdown future. Shutdown
 //! is two-phase, within [`SHUTDOWN_DEADLINE`]: first the lander stops pulling and
 //! finishes the bundle in hand; then the tracker, the dead-letter service, the registry
-//! server, the operator requests (a run stops between two messages), the heartbeat and
-//! HTTP stop, the tracker after recording what the lander
+//! server, the operator requests (a run stops between two messages), the heartbeat, the
+//! status sampler and HTTP stop, the tracker after recording what the lander
 //! reported last; the audit writer drains its queue and stops last. Every task is on one
 //! `TaskTracker`, the lander and the audit writer included.
 
@@ -34,6 +35,7 @@ pub mod lander;
 pub mod metrics;
 pub mod ops;
 pub mod registry;
+pub mod status;
 pub mod streams;
 pub mod tracker;
 
@@ -170,12 +172,22 @@ pub async fn run(
         metrics.clone(),
         stop_rest.clone(),
     ));
+    let board = Arc::new(status::Status::new(&hub));
+    tasks.spawn(status::run(
+        client.clone(),
+        js.clone(),
+        audit.clone(),
+        metrics.clone(),
+        board.clone(),
+        stop_rest.clone(),
+    ));
     if let Some(listener) = http {
         tasks.spawn(http::serve(
             listener,
             http::HttpState {
                 metrics: metrics.clone(),
                 health: health.clone(),
+                status: board,
             },
             stop_rest.clone(),
         ));

@@ -1,5 +1,10 @@
 //! Prometheus metrics of the central hub, served as text on `/metrics`.
+//!
+//! Most are updated where things happen (the lander); the `edge_*`, `dead_letters` and
+//! `audit_records` figures are the [`crate::status`] sampler's, set once a second from
+//! the registry and the edges' status heartbeats.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::text::encode;
@@ -9,6 +14,28 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+
+/// The `edge` label of a refused bundle from an edge the lander never landed (so
+/// whoever can publish to `mesh.up.>` cannot grow the metric without bound).
+pub const UNKNOWN_EDGE: &str = "_unknown";
+
+/// This hub's lander figures of one edge, for the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EdgeFigures {
+    /// Events landed since this hub started.
+    pub landed_events: u64,
+    pub landed_bundles: u64,
+    /// Highest edge sequence landed (the high-water mark), 0 before the first.
+    pub mark: u64,
+    /// Edge sequences seen in bundles but not landed yet.
+    pub lag: u64,
+    /// Bundles kept in hand ahead of a gap.
+    pub in_hand: u64,
+    /// The lander holds the edge (its mark is unreadable).
+    pub held: bool,
+    /// Bundles refused to `MESH_DLQ`.
+    pub refused_bundles: u64,
+}
 
 fn edge(e: &str) -> Labels {
     vec![("edge".into(), e.into())]
@@ -31,6 +58,15 @@ pub struct CentralMetrics {
     landed_from_hand: Family<Labels, Counter>,
     landed_late: Family<Labels, Counter>,
     runs: Family<Labels, Counter>,
+    edge_connected: Family<Labels, Gauge>,
+    edge_backlog: Family<Labels, Gauge>,
+    /// Unlabelled; no sample until the first read of the audit log, so a restarted hub
+    /// never shows 0 between two totals (which `increase()` would take for a reset and
+    /// count the whole total as new dead letters).
+    dead_letters: Family<Labels, Counter>,
+    audit_records: Family<Labels, Gauge>,
+    /// Bundles refused per edge label, every reason (for the status page).
+    refused_by_edge: Mutex<BTreeMap<String, u64>>,
     /// Events landed from all edges since start (for heartbeats).
     pub landed_total: std::sync::atomic::AtomicU64,
 }
@@ -54,6 +90,11 @@ impl CentralMetrics {
             landed_from_hand: Family::default(),
             landed_late: Family::default(),
             runs: Family::default(),
+            edge_connected: Family::default(),
+            edge_backlog: Family::default(),
+            dead_letters: Family::default(),
+            audit_records: Family::default(),
+            refused_by_edge: Mutex::default(),
             landed_total: Default::default(),
         };
         {
@@ -136,8 +177,88 @@ impl CentralMetrics {
                  high-water mark write, by edge (landed_bundles / lander_runs is the mean run)",
                 m.runs.clone(),
             );
+            r.register(
+                "edge_connected",
+                "1 while the registry records the edge's link connected, 0 while lost, by edge",
+                m.edge_connected.clone(),
+            );
+            r.register(
+                "edge_backlog_events",
+                "Events waiting in the edge's outbox, as its last status heartbeat to this hub \
+                 said (not updated while its link is lost), by edge",
+                m.edge_backlog.clone(),
+            );
+            r.register(
+                "dead_letters",
+                "Dead letters recorded in the audit log, from every source and hub, as of this \
+                 hub's last read of the log (once a second)",
+                m.dead_letters.clone(),
+            );
+            r.register(
+                "audit_records",
+                "Records in the audit log (the head's sequence), as of this hub's last read",
+                m.audit_records.clone(),
+            );
         }
         m
+    }
+
+    /// What the registry and the last heartbeat say about edge `e`: its link, and its
+    /// backlog when a heartbeat was received.
+    pub fn edge_state(&self, e: &str, connected: bool, backlog: Option<u64>) {
+        let l = edge(e);
+        self.edge_connected
+            .get_or_create(&l)
+            .set(i64::from(connected));
+        if let Some(b) = backlog {
+            self.edge_backlog
+                .get_or_create(&l)
+                .set(i64::try_from(b).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The audit log as last read: its record count and the dead letters it holds.
+    pub fn audit_read(&self, records: u64, dead_letters: u64) {
+        self.audit_records
+            .get_or_create(&Labels::new())
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
+        let c = self.dead_letters.get_or_create(&Labels::new());
+        let seen = c.get();
+        if dead_letters > seen {
+            c.inc_by(dead_letters - seen);
+        }
+    }
+
+    /// This hub's lander figures of edge `e` (zeros for an edge it never landed).
+    pub fn edge_figures(&self, e: &str) -> EdgeFigures {
+        let l = edge(e);
+        let counter = |f: &Family<Labels, Counter>| f.get(&l).map_or(0, |c| c.get());
+        let gauge = |f: &Family<Labels, Gauge>| f.get(&l).map_or(0, |g| g.get().max(0) as u64);
+        EdgeFigures {
+            landed_events: counter(&self.landed_events),
+            landed_bundles: counter(&self.landed_bundles),
+            mark: gauge(&self.mark),
+            lag: gauge(&self.lag),
+            in_hand: gauge(&self.in_hand),
+            held: gauge(&self.edge_held) > 0,
+            refused_bundles: self
+                .refused_by_edge
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(e)
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Bundles refused from an edge this hub never landed (the `_unknown` label).
+    pub fn refused_unknown(&self) -> u64 {
+        self.refused_by_edge
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(UNKNOWN_EDGE)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn landed(&self, e: &str, events: u64, mark: u64) {
@@ -180,6 +301,12 @@ impl CentralMetrics {
 
     /// A bundle refused; `edge` is a known edge or `_unknown`, `reason` one of a fixed set.
     pub fn refused_bundle(&self, edge: &str, reason: &str) {
+        *self
+            .refused_by_edge
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(edge.to_string())
+            .or_default() += 1;
         self.refused_bundles
             .get_or_create(&vec![
                 ("edge".into(), edge.into()),
@@ -226,5 +353,29 @@ impl CentralMetrics {
 impl Default for CentralMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restarted hub must not show 0 dead letters before it has read the log: Prometheus
+    /// would take the 0 for a counter reset and count the whole total again.
+    #[test]
+    fn dead_letters_have_no_sample_before_the_first_read() {
+        let m = CentralMetrics::new();
+        assert!(!m.render().contains("mesh_central_dead_letters_total"));
+        m.audit_read(12, 3);
+        m.audit_read(12, 3);
+        let text = m.render();
+        assert!(
+            text.contains("\nmesh_central_dead_letters_total{} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nmesh_central_audit_records{} 12\n"),
+            "{text}"
+        );
     }
 }

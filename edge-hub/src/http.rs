@@ -1,4 +1,5 @@
-//! `/metrics`, `/health/live` and `/health/ready` of the edge hub.
+//! `/metrics`, `/health/live`, `/health/ready` and the status page (`/`, `/status`,
+//! `/status.js`, `/status.json`: see [`crate::status`]) of the edge hub.
 //!
 //! Ready means the hub accepts publishes: the ingest subscription is in place. The state
 //! of the uplink is not part of readiness, because the edge keeps accepting while the
@@ -16,9 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::EdgeMetrics;
 use crate::outbox::Outbox;
+use crate::status;
 
 #[derive(Clone)]
 pub struct HttpState {
+    /// This edge's id.
+    pub edge: String,
+    /// `outbox.max_bytes`, for the page's fill gauge.
+    pub outbox_max_bytes: u64,
     pub metrics: Arc<EdgeMetrics>,
     pub outbox: Arc<Outbox>,
     pub ready: Arc<AtomicBool>,
@@ -33,6 +39,10 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
+        .route("/", get(page))
+        .route("/status", get(page))
+        .route("/status.js", get(script))
+        .route("/status.json", get(status_json))
         .with_state(state);
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -58,4 +68,47 @@ async fn ready(State(s): State<HttpState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, status::CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        status::PAGE,
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        status::SCRIPT,
+    )
+}
+
+async fn status_json(State(s): State<HttpState>) -> impl IntoResponse {
+    let report = status::report(
+        &s.edge,
+        s.ready.load(Ordering::Relaxed),
+        &s.metrics,
+        &s.outbox,
+        s.outbox_max_bytes,
+    );
+    let body = serde_json::to_string(&report)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
 }

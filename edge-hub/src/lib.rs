@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
+pub mod status;
 pub mod uplink;
 
 use std::future::Future;
@@ -67,6 +68,7 @@ pub async fn run(
     })?;
     let (outbox, writer) = Outbox::open(&cfg.data_dir.join("outbox"), cfg.outbox.clone())?;
     let metrics = metrics::EdgeMetrics::new(&cfg.id);
+    metrics.outbox_limit(cfg.outbox.max_bytes);
     let ready = Arc::new(AtomicBool::new(false));
 
     // Tasks stop in two groups: ingest first (so everything received gets committed and
@@ -154,6 +156,8 @@ pub async fn run(
         tasks.spawn(http::serve(
             listener,
             http::HttpState {
+                edge: cfg.id.clone(),
+                outbox_max_bytes: cfg.outbox.max_bytes,
                 metrics: metrics.clone(),
                 outbox: outbox.clone(),
                 ready: ready.clone(),

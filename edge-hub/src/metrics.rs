@@ -3,6 +3,7 @@
 //! Counters are updated where things happen; the outbox gauges and the expulsion counters
 //! are read from [`crate::outbox::Outbox::stats`] at each scrape, so they are never stale.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub struct EdgeMetrics {
     commit_seconds: Histogram,
     outbox_events: Gauge,
     outbox_bytes: Gauge,
+    outbox_max_bytes: Gauge,
     outbox_acked_seq: Gauge,
     ids_remembered: Gauge,
     bundles_inflight: Gauge,
@@ -36,6 +38,26 @@ pub struct EdgeMetrics {
     uplink_up: Gauge,
     /// Ingest requests refused, for tests and summaries.
     pub rejected_total: AtomicU64,
+    /// Ingest requests refused, by reason (a fixed set), for the status page.
+    rejected_by_reason: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The edge hub's counters as they stand, for the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EdgeFigures {
+    /// Events durably accepted since the hub started.
+    pub ingested_events: u64,
+    /// Events and bundles the centre acknowledged since the hub started.
+    pub forwarded_events: u64,
+    pub forwarded_bundles: u64,
+    /// Bundles sent and not yet acknowledged.
+    pub bundles_inflight: u64,
+    /// Whether the centre is reachable through the leaf link.
+    pub uplink_up: bool,
+    /// Ingest requests refused, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Requests sent again after they were stored.
+    pub repeated: u64,
 }
 
 impl EdgeMetrics {
@@ -57,6 +79,7 @@ impl EdgeMetrics {
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             outbox_events: Gauge::default(),
             outbox_bytes: Gauge::default(),
+            outbox_max_bytes: Gauge::default(),
             outbox_acked_seq: Gauge::default(),
             ids_remembered: Gauge::default(),
             bundles_inflight: Gauge::default(),
@@ -64,6 +87,7 @@ impl EdgeMetrics {
             events_forwarded: Counter::default(),
             uplink_up: Gauge::default(),
             rejected_total: AtomicU64::new(0),
+            rejected_by_reason: Mutex::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -108,6 +132,11 @@ impl EdgeMetrics {
                 m.outbox_bytes.clone(),
             );
             r.register(
+                "outbox_max_bytes",
+                "The outbox's byte limit (outbox.max_bytes): outbox_bytes / outbox_max_bytes is how full it is",
+                m.outbox_max_bytes.clone(),
+            );
+            r.register(
                 "ids_remembered",
                 "Event ids remembered for the ce-id rule (outbox.id_horizon, outbox.max_ids)",
                 m.ids_remembered.clone(),
@@ -143,6 +172,12 @@ impl EdgeMetrics {
 
     pub fn rejected(&self, reason: &str) {
         self.rejected_total.fetch_add(1, Ordering::Relaxed);
+        *self
+            .rejected_by_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason.to_string())
+            .or_default() += 1;
         self.rejected
             .get_or_create(&vec![("reason".into(), reason.into())])
             .inc();
@@ -177,6 +212,29 @@ impl EdgeMetrics {
 
     pub fn uplink(&self, up: bool) {
         self.uplink_up.set(up as i64);
+    }
+
+    /// The outbox's byte limit, set once at start.
+    pub fn outbox_limit(&self, max_bytes: u64) {
+        self.outbox_max_bytes
+            .set(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The counters as they stand (the outbox's own figures are [`Outbox::stats`]).
+    pub fn figures(&self) -> EdgeFigures {
+        EdgeFigures {
+            ingested_events: self.ingested.get(),
+            forwarded_events: self.events_forwarded.get(),
+            forwarded_bundles: self.bundles_forwarded.get(),
+            bundles_inflight: self.bundles_inflight.get().max(0) as u64,
+            uplink_up: self.uplink_up.get() == 1,
+            rejected: self
+                .rejected_by_reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            repeated: self.repeated.get(),
+        }
     }
 
     /// The Prometheus text exposition, with the outbox figures read now.

@@ -75,6 +75,9 @@ pub struct MeshOpts {
     pub central_toml: String,
     /// Extra TOML for the edge hub's config.
     pub edge_toml: String,
+    /// Edge sites, `e1` … `e<n>`; the helpers below act on `e1` (the others through
+    /// [`Mesh::kit`]).
+    pub edges: usize,
 }
 
 impl Default for MeshOpts {
@@ -83,11 +86,12 @@ impl Default for MeshOpts {
             central_hubs: 1,
             central_toml: String::new(),
             edge_toml: String::new(),
+            edges: 1,
         }
     }
 }
 
-/// A running test mesh with one edge site, `e1`.
+/// A running test mesh with edge site `e1` (and more with [`MeshOpts::edges`]).
 pub struct Mesh(mesh_testkit::Mesh);
 
 impl Mesh {
@@ -98,6 +102,7 @@ impl Mesh {
             .central_hubs(opts.central_hubs)
             .central_toml(opts.central_toml)
             .edge_toml(opts.edge_toml)
+            .edges(opts.edges)
             .start()
             .await
             .unwrap_or_else(|e| panic!("starting the test mesh: {e}"));
@@ -255,4 +260,30 @@ impl Drop for Mesh {
         eprintln!("---- test dir kept at {} ----", kept.display());
         eprint!("{}", self.0.log_tails(60));
     }
+}
+
+/// An outside tool a test needs (Chromium, promtool, prometheus) at `path`: its path
+/// when installed. When it is missing the test is skipped with a loud message, so
+/// `cargo test --workspace` passes on a machine with only Rust and pip, unless `CI` is
+/// set (as `.ci/run` runs): then a missing tool fails the test.
+pub fn required_tool(path: &str, package: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(path);
+    if p.is_file() {
+        return Some(p);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(
+        !ci,
+        "{path} is missing and CI is set: install Debian's `{package}` package \
+         (.ci/run does: apt-get install -y {package})"
+    );
+    // Straight to stderr, not through `eprintln!`, which the test harness captures and
+    // shows only for failing tests: a skip must be seen.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED: {path} is missing; install Debian's `{package}` package \
+         (apt-get install -y {package}) to run this test. CI fails instead. !!!!!!!!\n"
+    );
+    None
 }

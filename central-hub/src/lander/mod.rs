@@ -194,6 +194,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::LanderConfig;
 use crate::health::Health;
 use crate::metrics::CentralMetrics;
+use crate::metrics::UNKNOWN_EDGE;
 
 pub mod hand;
 mod marks;
@@ -218,9 +219,6 @@ const HOLD_RETRY: Duration = Duration::from_secs(1);
 const FETCH_AFTER: Duration = Duration::from_millis(250);
 /// Most messages of an edge read from `MESH_INGRESS` in one look for a late bundle.
 const FETCH_READS: usize = 256;
-/// The `edge` label of a refused bundle from an edge this lander never landed (so
-/// whoever can publish to `mesh.up.>` cannot grow the metric without bound).
-const UNKNOWN_EDGE: &str = "_unknown";
 
 #[derive(Debug, Clone, Copy)]
 struct Mark {
