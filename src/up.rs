@@ -294,10 +294,10 @@ fn print_components(mesh: &Mesh) {
         );
     }
     for hub in &mesh.central_hubs {
+        let http = hub.http();
         println!(
-            "central  hub {:<20} metrics http://{}/metrics  pid {}  log {}",
+            "central  hub {:<20} status http://{http}/  metrics http://{http}/metrics  pid {}  log {}",
             hub.id(),
-            hub.http(),
             pid(hub.pid()),
             hub.process().log_path().display()
         );
@@ -312,11 +312,11 @@ fn print_components(mesh: &Mesh) {
             site.nats.dir().display()
         );
         if let Some(hub) = &site.hub {
+            let http = hub.http();
             println!(
-                "{:<8} hub {:<20} metrics http://{}/metrics  pid {}  data {}  log {}",
+                "{:<8} hub {:<20} status http://{http}/  metrics http://{http}/metrics  pid {}  data {}  log {}",
                 site.id,
                 hub.id(),
-                hub.http(),
                 pid(hub.pid()),
                 site.data_dir.display(),
                 hub.process().log_path().display()
