@@ -20,9 +20,10 @@
 //! `outbox::producers`); one sent again while it waits for its commit is refused
 //! `rate_limited` with a short retry time.
 //!
-//! A request may be a MessagePack [`IngestRequest`] batch, or a single event in the
-//! CloudEvents binary mode (a `ce-type` header, the data as payload) for clients that
-//! do not speak MessagePack. The agent is always the subject's last token.
+//! A request may be an [`IngestRequest`] batch in MessagePack or JSON, CloudEvents in
+//! structured mode (one or a batch), or one event in CloudEvents binary mode (`ce-*`
+//! headers, the data as payload): the `content-type` header says which
+//! ([`BodyFormat`], `docs/PROTOCOL.md`). The agent is always the subject's last token.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,9 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Message, Subject};
-use bytes::Bytes;
 use futures::StreamExt;
-use schemas::{headers as h, subject, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent};
+use schemas::{
+    headers as h, subject, BodyFormat, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent,
+    SchemaError,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -491,65 +494,34 @@ fn parse(
         )
     })?;
     subject::validate_id("agent", agent).map_err(|e| (ErrorCode::Invalid, e.to_string()))?;
-    let binary = msg
+    let refuse = |e: SchemaError| (ErrorCode::of(&e), e.to_string());
+    let source = format!("mesh://{edge}/{agent}");
+    let content_type = msg
         .headers
         .as_ref()
-        .and_then(|hm| hm.get(h::TYPE).map(|_| hm));
+        .and_then(|hm| hm.get(h::CONTENT_TYPE))
+        .map(|v| v.as_str());
+    // The NATS binding: a CloudEvents content type is structured mode; otherwise `ce-`
+    // headers are binary mode (where `content-type` is the data's); otherwise the
+    // content type names the body's format.
+    let binary = msg.headers.as_ref().filter(|hm| {
+        !BodyFormat::is_structured(content_type)
+            && (hm.get(h::TYPE).is_some() || hm.get(h::SPECVERSION).is_some())
+    });
     let events = match binary {
         Some(hm) => {
-            let ev = binary_event(hm, msg.payload.clone())?;
-            ev.validate(limits)
-                .map_err(|e| (ErrorCode::of(&e), e.to_string()))?;
+            let ev = NewEvent::from_binary(hm, msg.payload.clone(), &source).map_err(refuse)?;
+            ev.validate(limits).map_err(refuse)?;
             vec![ev]
         }
         None => {
-            IngestRequest::decode(&msg.payload, limits)
-                .map_err(|e| (ErrorCode::of(&e), e.to_string()))?
+            let format = BodyFormat::of(content_type).map_err(refuse)?;
+            IngestRequest::decode_as(format, &msg.payload, limits, &source)
+                .map_err(refuse)?
                 .events
         }
     };
     Ok((agent.to_string(), events))
-}
-
-/// A single event in CloudEvents binary mode: attributes from headers, data as payload.
-/// A `ce-id` or `ce-time` that does not parse is refused, naming the header (it used to
-/// be replaced silently by the edge's own).
-fn binary_event(hm: &HeaderMap, data: Bytes) -> Result<NewEvent, (ErrorCode, String)> {
-    let get = |n: &str| hm.get(n).map(|v| v.as_str().to_string());
-    let bad = |name: &str, value: &str, why: String| {
-        (
-            ErrorCode::Invalid,
-            format!("header {name} {value:?} {why}; leave it out to have the edge set it"),
-        )
-    };
-    let id = match get(h::ID) {
-        None => None,
-        Some(s) => Some(
-            uuid::Uuid::parse_str(&s).map_err(|e| bad(h::ID, &s, format!("is not a UUID: {e}")))?,
-        ),
-    };
-    let time_ns = match get(h::TIME) {
-        None => None,
-        Some(s) => Some(
-            chrono::DateTime::parse_from_rfc3339(&s)
-                .ok()
-                .and_then(|t| t.timestamp_nanos_opt())
-                .ok_or_else(|| bad(h::TIME, &s, "is not an RFC 3339 time".into()))?,
-        ),
-    };
-    Ok(NewEvent {
-        id,
-        ty: get(h::TYPE).unwrap_or_default(),
-        subject: get(h::SUBJECT).unwrap_or_default(),
-        time_ns,
-        content_type: get(h::CONTENT_TYPE),
-        dataschema: get(h::DATASCHEMA),
-        correlation_id: get(h::CORRELATION_ID),
-        causation_id: get(h::CAUSATION_ID),
-        traceparent: get(h::TRACEPARENT),
-        tracestate: get(h::TRACESTATE),
-        data,
-    })
 }
 
 async fn reply_err(

@@ -25,8 +25,12 @@ pub mod ingest;
 pub mod percent;
 pub mod stream;
 pub mod subject;
+mod wire;
 
 pub use bundle::{Bundle, OutboxRecord};
 pub use error::SchemaError;
 pub use event::{Event, MessageBuilder};
-pub use ingest::{EdgeHello, EdgeStatus, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent};
+pub use ingest::{
+    BodyFormat, EdgeHello, EdgeStatus, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent,
+};
+pub use wire::is_json;
