@@ -577,16 +577,44 @@ pub enum IngestReply {
 }
 
 impl IngestReply {
+    /// MessagePack, the answer to a MessagePack request.
     pub fn encode(&self) -> Vec<u8> {
         // An enum of integers and strings always encodes.
         rmp_serde::to_vec_named(self).unwrap_or_default()
     }
 
+    /// JSON of the same shape, the answer to a JSON or CloudEvents request
+    /// ([`IngestReply::in_json`]), so such a client needs no MessagePack.
+    pub fn encode_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Either encoding (a MessagePack reply never starts with `{`).
     pub fn decode(body: &[u8]) -> Result<IngestReply, SchemaError> {
-        rmp_serde::from_slice(body).map_err(|e| SchemaError::Decode {
+        let err = |reason: String| SchemaError::Decode {
             what: "ingest reply",
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        if body.first() == Some(&b'{') {
+            return serde_json::from_slice(body).map_err(|e| err(e.to_string()));
+        }
+        rmp_serde::from_slice(body).map_err(|e| err(e.to_string()))
+    }
+
+    /// Whether the request with `headers` is answered in JSON: when its body is JSON (a
+    /// JSON `content-type`) or it is in CloudEvents binary mode (`ce-type` or
+    /// `ce-specversion`); a MessagePack request is answered in MessagePack.
+    pub fn in_json(headers: Option<&HeaderMap>) -> bool {
+        let Some(hm) = headers else {
+            return false;
+        };
+        let ct = hm.get(h::CONTENT_TYPE).map(|v| v.as_str());
+        if BodyFormat::is_structured(ct) {
+            return true;
+        }
+        hm.get(h::TYPE).is_some()
+            || hm.get(h::SPECVERSION).is_some()
+            || BodyFormat::of(ct).is_ok_and(|f| f == BodyFormat::Json)
     }
 }
 
@@ -938,6 +966,7 @@ mod tests {
             },
         ] {
             assert_eq!(IngestReply::decode(&r.encode()).unwrap(), r);
+            assert_eq!(IngestReply::decode(&r.encode_json()).unwrap(), r);
         }
     }
 }
