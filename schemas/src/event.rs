@@ -183,6 +183,108 @@ impl Event {
     }
 }
 
+/// An event in the CloudEvents JSON event format, as `mesh sub` and `mesh replay` print
+/// it: every attribute (the mesh's as the extensions `meshedge` and `meshseq`, the
+/// latter a string since it outgrows a CloudEvents Integer), `time` as in the headers,
+/// and the data as `data` when it is JSON (content type JSON and the bytes parse) or
+/// text (`text/*` and UTF-8), else as `data_base64`; no data member for empty data.
+/// A CloudEvents SDK reads it back into the event the binary-mode headers give.
+#[derive(Serialize)]
+pub struct JsonFormat<'a> {
+    specversion: &'static str,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    subject: &'a str,
+    time: String,
+    datacontenttype: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dataschema: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlationid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causationid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
+    meshedge: &'a str,
+    meshseq: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
+}
+
+/// `data` of [`JsonFormat`]: JSON text as it was stored, or a string.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonData {
+    Json(Box<serde_json::value::RawValue>),
+    Text(String),
+}
+
+impl Event {
+    /// This event in the CloudEvents JSON format (see [`JsonFormat`]).
+    pub fn json_format(&self) -> JsonFormat<'_> {
+        let (data, data_base64) = json_data(&self.content_type, &self.data);
+        JsonFormat {
+            specversion: h::SPECVERSION_1_0,
+            id: self.id.to_string(),
+            source: self.source(),
+            ty: &self.ty,
+            subject: &self.subject,
+            time: format_time(&self.time),
+            datacontenttype: &self.content_type,
+            dataschema: self.dataschema.as_deref(),
+            correlationid: self.correlation_id.as_deref(),
+            causationid: self.causation_id.as_deref(),
+            traceparent: self.traceparent.as_deref(),
+            tracestate: self.tracestate.as_deref(),
+            meshedge: &self.edge,
+            meshseq: self.seq.to_string(),
+            data,
+            data_base64,
+        }
+    }
+
+    /// [`Event::json_format`] as one line of JSON (no line break inside).
+    pub fn to_json_line(&self) -> String {
+        // Serialising borrowed strings and a checked RawValue cannot fail.
+        serde_json::to_string(&self.json_format()).unwrap_or_default()
+    }
+}
+
+fn json_data(content_type: &str, data: &Bytes) -> (Option<JsonData>, Option<String>) {
+    if data.is_empty() {
+        return (None, None);
+    }
+    if crate::is_json(content_type) {
+        if let Ok(text) = std::str::from_utf8(data) {
+            // JSON has no raw line breaks inside strings: outside them they are
+            // whitespace, dropped so that an event stays one line.
+            let text = if text.contains(['\n', '\r']) {
+                text.replace(['\n', '\r'], "")
+            } else {
+                text.to_string()
+            };
+            if let Ok(raw) = serde_json::value::RawValue::from_string(text) {
+                return (Some(JsonData::Json(raw)), None);
+            }
+        }
+    } else if content_type
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("text/")
+    {
+        if let Ok(text) = std::str::from_utf8(data) {
+            return (Some(JsonData::Text(text.to_string())), None);
+        }
+    }
+    (None, Some(data_encoding::BASE64.encode(data)))
+}
+
 /// The value of attribute header `name` of a stored event: percent-decoded when the event
 /// was stored encoded (it has `ce-datacontenttype`), else as written. The one reading of
 /// a `ce-*` header for whoever reads single headers (the dead-letter service files a
@@ -541,6 +643,65 @@ pub(crate) mod tests {
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
         assert_eq!(back.time, ev.time);
+    }
+
+    /// Issue 13: replay lines dropped attributes, mangled binary data and wrote `+00:00`.
+    #[test]
+    fn the_json_format_keeps_every_attribute_and_the_data_exactly() {
+        let mut ev = sample();
+        ev.dataschema = Some("https://example.com/s".into());
+        ev.correlation_id = Some("c 1".into());
+        ev.causation_id = Some("d".into());
+        ev.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        ev.tracestate = Some("rojo=1".into());
+        ev.content_type = "application/octet-stream".into();
+        ev.data = Bytes::from_static(&[0x00, 0xff, 0xfe]);
+        let line = ev.to_json_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["id"], ev.id.to_string());
+        assert_eq!(v["source"], "mesh://e1/a1");
+        assert_eq!(v["type"], "demo.tick");
+        assert_eq!(v["subject"], "demo.ticks");
+        assert_eq!(v["time"], format_time(&ev.time));
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(v["datacontenttype"], "application/octet-stream");
+        assert_eq!(v["dataschema"], "https://example.com/s");
+        assert_eq!(v["correlationid"], "c 1");
+        assert_eq!(v["causationid"], "d");
+        assert_eq!(v["traceparent"], ev.traceparent.clone().unwrap());
+        assert_eq!(v["tracestate"], "rojo=1");
+        assert_eq!(v["meshedge"], "e1");
+        assert_eq!(v["meshseq"], "7");
+        assert_eq!(v["data_base64"], "AP/+");
+        assert!(v.get("data").is_none());
+        // Every member is a legal CloudEvents attribute name (or data/data_base64).
+        for k in v.as_object().unwrap().keys() {
+            assert!(
+                k == "data_base64"
+                    || k.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+                "{k}"
+            );
+        }
+
+        ev.content_type = "application/json".into();
+        ev.data = Bytes::from_static(b"{\n  \"b\": 1,\n  \"a\": \"x\\ny\"\n}");
+        let line = ev.to_json_line();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains(r#""data":{  "b": 1,  "a": "x\ny"}"#),
+            "{line}"
+        );
+        ev.data = Bytes::from_static(b"not json");
+        let v: serde_json::Value = serde_json::from_str(&ev.to_json_line()).unwrap();
+        assert_eq!(v["data_base64"], "bm90IGpzb24=");
+        ev.content_type = "text/plain".into();
+        let v: serde_json::Value = serde_json::from_str(&ev.to_json_line()).unwrap();
+        assert_eq!(v["data"], "not json");
+        ev.data = Bytes::new();
+        let v: serde_json::Value = serde_json::from_str(&ev.to_json_line()).unwrap();
+        assert!(v.get("data").is_none() && v.get("data_base64").is_none());
     }
 
     #[test]
