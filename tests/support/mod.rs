@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::path::Path;
 use std::time::Duration;
 
