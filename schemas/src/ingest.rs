@@ -601,20 +601,16 @@ impl IngestReply {
         rmp_serde::from_slice(body).map_err(|e| err(e.to_string()))
     }
 
-    /// Whether the request with `headers` is answered in JSON: when its body is JSON (a
-    /// JSON `content-type`) or it is in CloudEvents binary mode (`ce-type` or
-    /// `ce-specversion`); a MessagePack request is answered in MessagePack.
+    /// Whether the request with `headers` is answered in JSON: always, except when its
+    /// body is MessagePack (no `content-type`, or a MessagePack one, and not binary
+    /// mode), which is answered in MessagePack as it always was.
     pub fn in_json(headers: Option<&HeaderMap>) -> bool {
         let Some(hm) = headers else {
             return false;
         };
         let ct = hm.get(h::CONTENT_TYPE).map(|v| v.as_str());
-        if BodyFormat::is_structured(ct) {
-            return true;
-        }
-        hm.get(h::TYPE).is_some()
-            || hm.get(h::SPECVERSION).is_some()
-            || BodyFormat::of(ct).is_ok_and(|f| f == BodyFormat::Json)
+        let binary = hm.get(h::TYPE).is_some() || hm.get(h::SPECVERSION).is_some();
+        binary || BodyFormat::of(ct) != Ok(BodyFormat::MessagePack)
     }
 }
 
@@ -905,6 +901,23 @@ mod tests {
             "application/cloudevents+json"
         )));
         assert!(!BodyFormat::is_structured(Some("application/json")));
+        // Only a MessagePack request gets a MessagePack reply.
+        assert!(!IngestReply::in_json(None));
+        let mut hm = HeaderMap::new();
+        assert!(!IngestReply::in_json(Some(&hm)));
+        hm.insert(h::CONTENT_TYPE, "application/msgpack");
+        assert!(!IngestReply::in_json(Some(&hm)));
+        for ct in [
+            "application/json",
+            "application/cloudevents+json",
+            "text/plain",
+        ] {
+            hm.insert(h::CONTENT_TYPE, ct);
+            assert!(IngestReply::in_json(Some(&hm)), "{ct}");
+        }
+        let mut binary = HeaderMap::new();
+        binary.insert(h::TYPE, "t");
+        assert!(IngestReply::in_json(Some(&binary)));
         // JSON sent without its content type gets a hint, not only a MessagePack error.
         let err = IngestRequest::decode(br#"{"events": []}"#, &Limits::default()).unwrap_err();
         assert!(
