@@ -4,7 +4,8 @@
 //! reasons where it should be, and reads its events back from `MESH_EVENTS` through the
 //! SDK's binary-mode reader: every attribute, binary data and the trace context come
 //! back as sent. Then `mesh replay --to-stdout` and `mesh sub` lines are parsed by the
-//! SDK's JSON format reader into the same events.
+//! SDK's JSON format reader into the same events. And the Python example of
+//! `docs/PROTOCOL.md` runs as it stands.
 
 mod support;
 
@@ -192,4 +193,83 @@ fn lines_of(out: &str) -> String {
         .filter(|l| l.starts_with('{'))
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// The first ```` ```python ```` block of `docs/PROTOCOL.md`.
+fn protocol_example() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+        .expect("docs/PROTOCOL.md");
+    let start = doc
+        .find("```python\n")
+        .expect("a python block in PROTOCOL.md")
+        + 10;
+    let len = doc[start..]
+        .find("```")
+        .expect("the end of the python block");
+    doc[start..start + len].to_string()
+}
+
+/// The example is what a reader copies first: it must publish in binary and structured
+/// mode and in the JSON request, and read the three events back as CloudEvents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_of_protocol_md_runs() {
+    let lib = tokio::task::spawn_blocking(ensure_python_packages)
+        .await
+        .unwrap();
+    let mesh = Mesh::start(MeshOpts::default()).await;
+    let data = mesh.dir().to_path_buf();
+    let (ok, out) = mesh_cli(&[
+        "creds",
+        "agent",
+        "--data-dir",
+        &data.display().to_string(),
+        "--edge",
+        "e1",
+        "--agent",
+        "example",
+        "--durable",
+        "example=example.>",
+    ]);
+    assert!(ok, "{out}");
+    let example = data.join("example.py");
+    std::fs::write(&example, protocol_example()).unwrap();
+    let out = tokio::process::Command::new("python3")
+        .env("PYTHONPATH", &lib)
+        .env("NATS_URL", mesh.edge().client_url())
+        .env("NATS_CREDS", data.join("creds/agent-e1-example.creds"))
+        .env("NATS_CA", data.join("tls/ca.pem"))
+        .env("MESH_EDGE", "e1")
+        .env("MESH_AGENT", "example")
+        .arg(&example)
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the example failed:\n{all}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{all}")))
+        .collect();
+    let stored: Vec<&str> = lines.iter().filter_map(|l| l["stored"].as_str()).collect();
+    let read: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.get("specversion").is_some())
+        .collect();
+    assert_eq!(stored.len(), 3, "{all}");
+    assert_eq!(read.len(), 3, "{all}");
+    for (id, ev) in stored.iter().zip(&read) {
+        assert_eq!(ev["id"], *id, "{all}");
+        assert_eq!(ev["source"], "mesh://e1/example");
+    }
+    assert_eq!(
+        read[0]["data"],
+        serde_json::json!({"hello": "world", "n": 0})
+    );
+    assert_eq!(
+        read[1]["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(read[2]["data_base64"], "AP/+");
+    assert_eq!(read[2]["meshseq"], "3");
 }
