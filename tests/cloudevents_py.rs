@@ -10,7 +10,7 @@
 mod support;
 
 use support::python::{ensure_python_packages, script};
-use support::{mesh_cli, Mesh, MeshOpts};
+use support::{mesh_cli, protocol_example, Mesh, MeshOpts};
 
 /// The events the Python client publishes (binary 1, structured 1, batch 2, JSON 2,
 /// MessagePack 1).
@@ -195,20 +195,6 @@ fn lines_of(out: &str) -> String {
         .collect()
 }
 
-/// The first ```` ```python ```` block of `docs/PROTOCOL.md`.
-fn protocol_example() -> String {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
-        .expect("docs/PROTOCOL.md");
-    let start = doc
-        .find("```python\n")
-        .expect("a python block in PROTOCOL.md")
-        + 10;
-    let len = doc[start..]
-        .find("```")
-        .expect("the end of the python block");
-    doc[start..start + len].to_string()
-}
-
 /// The example is what a reader copies first: it must publish in binary and structured
 /// mode and in the JSON request, and read the three events back as CloudEvents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +218,7 @@ async fn the_python_example_of_protocol_md_runs() {
     ]);
     assert!(ok, "{out}");
     let example = data.join("example.py");
-    std::fs::write(&example, protocol_example()).unwrap();
+    std::fs::write(&example, protocol_example("python")).unwrap();
     let out = tokio::process::Command::new("python3")
         .env("PYTHONPATH", &lib)
         .env("NATS_URL", mesh.edge().client_url())

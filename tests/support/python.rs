@@ -18,12 +18,12 @@ const PY_PACKAGES: &[&str] = &[
 ];
 
 /// An exclusive `flock` until drop: two test binaries must not install at once.
-struct Lock {
+pub struct Lock {
     _file: File,
 }
 
 impl Lock {
-    fn take(path: &Path) -> Lock {
+    pub fn take(path: &Path) -> Lock {
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -37,7 +37,7 @@ impl Lock {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+pub fn run(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
         return Ok(());
