@@ -137,7 +137,7 @@ async fn a_cloudevents_sdk_publishes_and_reads_back_every_attribute() {
         .find(|e| e.ty == "py.100%")
         .expect("the binary event");
     assert_eq!(&binary.data[..], &[0x00, 0xff, 0xfe]);
-    assert_eq!(binary.correlation_id.as_deref(), Some("corr é 100%"));
+    assert_eq!(binary.correlation_id.as_deref(), Some("corr é 100% %41"));
 
     // `mesh replay --to-stdout` and `mesh sub` write lines the SDK reads back as sent.
     let central_url = mesh.central().client_url();
