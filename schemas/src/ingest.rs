@@ -394,7 +394,7 @@ impl NewEvent {
     /// `ce-time` that does not parse is refused (the edge sets them when absent), and so
     /// is any other `ce-*` header, by name.
     pub fn from_binary(hm: &HeaderMap, data: Bytes, source: &str) -> Result<NewEvent, SchemaError> {
-        let mut known = [
+        const KNOWN: [&str; 12] = [
             h::SPECVERSION,
             h::ID,
             h::SOURCE,
@@ -407,12 +407,11 @@ impl NewEvent {
             h::CAUSATION_ID,
             h::CE_TRACEPARENT,
             h::CE_TRACESTATE,
-        ]
-        .into_iter();
+        ];
         for (name, _) in hm.iter() {
             let name: &str = name.as_ref();
             let lower = name.to_ascii_lowercase();
-            if !lower.starts_with("ce-") || known.clone().any(|k| k == lower) {
+            if !lower.starts_with("ce-") || KNOWN.contains(&lower.as_str()) {
                 continue;
             }
             let reason = match lower.as_str() {
@@ -421,7 +420,7 @@ impl NewEvent {
                 }
                 _ => format!(
                     "is not an attribute the mesh stores; the ce- headers it takes are {}",
-                    known.by_ref().collect::<Vec<_>>().join(", ")
+                    KNOWN.join(", ")
                 ),
             };
             return Err(SchemaError::BadHeader {
@@ -738,6 +737,10 @@ mod tests {
                 "{err}"
             );
         }
+        let err = refusal(msgpack(
+            serde_json::json!({"events": [{"ty": "t", "subject": "a", "data_base64": "AA=="}]}),
+        ));
+        assert!(err.contains("in MessagePack, data is bytes"), "{err}");
         let err = refusal(json(serde_json::json!({"evnts": []}), BodyFormat::Json));
         assert!(err.contains(r#"unknown field "evnts""#), "{err}");
         let err = refusal(json(

@@ -140,6 +140,11 @@ impl Dialect {
                     .and_then(|(_, s)| self.name(s))
             });
         let mut m = match (self, key) {
+            (Dialect::MessagePack, "data_base64") => {
+                return "unknown field \"data_base64\": in MessagePack, data is bytes (a bin); \
+                        data_base64 is for JSON bodies"
+                    .to_string()
+            }
             (Dialect::CloudEvent, "meshedge" | "meshseq") => {
                 return format!("{key:?} is set by the edge that accepts the event; leave it out")
             }
