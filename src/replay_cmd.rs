@@ -1,4 +1,5 @@
-//! `mesh replay`: print a stream range as JSON lines, read here with an ordered consumer
+//! `mesh replay`: print a stream range as CloudEvents JSON lines
+//! ([`schemas::event::JsonFormat`]; a message that is no event is named on stderr), read here with an ordered consumer
 //! (which never changes the source stream), or have a central hub republish it
 //! ([`central_hub::ops`]). Either way a hub records the run in the audit log under the
 //! operator's name: `--to-stdout` by a `replay.record` request after the read.
@@ -44,7 +45,7 @@ pub struct ReplayArgs {
     /// Last stream sequence.
     #[arg(long)]
     to_seq: Option<u64>,
-    /// One JSON object per message on stdout.
+    /// One CloudEvent a line on stdout (CloudEvents JSON format).
     #[arg(long)]
     to_stdout: bool,
     /// Have a central hub publish every message to this subject (outside `mesh.>`),
@@ -154,17 +155,14 @@ async fn to_stdout(
         if let Some(t) = tick.as_mut() {
             t.tick().await;
         }
-        let mut obj = match Event::from_message(&m.headers, m.payload.clone()) {
-            Ok(ev) => crate::subscribe::event_json(&ev),
-            Err(_) => serde_json::json!({
-                "data": String::from_utf8_lossy(&m.payload),
-            }),
-        };
-        obj["stream"] = stream.into();
-        obj["seq"] = seq.into();
-        obj["nats_subject"] = m.subject.as_str().into();
-        obj["stored"] = m.stored.to_rfc3339().into();
-        writeln!(out, "{obj}")?;
+        // Only events go to stdout, so that every line is a CloudEvent.
+        match Event::from_message(&m.headers, m.payload.clone()) {
+            Ok(ev) => writeln!(out, "{}", ev.to_json_line())?,
+            Err(e) => eprintln!(
+                "{stream} seq {seq} on {} is not a mesh event, not printed: {e}",
+                m.subject
+            ),
+        }
         count += 1;
         if progress && last_progress.elapsed() > Duration::from_millis(250) {
             eprint!("\rreplayed {count} (seq {seq}/{end})");

@@ -1,11 +1,11 @@
-//! `mesh sub`: print events as JSON lines, durable (a consumer at the centre, acked after
+//! `mesh sub`: print events in the CloudEvents JSON format, one a line
+//! ([`schemas::event::JsonFormat`]), durable (a consumer at the centre, acked after
 //! printing) or live.
 
 use std::process::ExitCode;
 
 use agents::Agent;
 use clap::Args;
-use schemas::Event;
 
 #[derive(Args)]
 pub struct SubArgs {
@@ -27,28 +27,6 @@ pub struct SubArgs {
     filter: String,
 }
 
-/// One event as a JSON object: every attribute, and the data as JSON when the content
-/// type says so, else as a UTF-8 string (lossy).
-pub fn event_json(ev: &Event) -> serde_json::Value {
-    let data = if ev.content_type.contains("json") {
-        serde_json::from_slice(&ev.data)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&ev.data).into())
-    } else {
-        serde_json::Value::String(String::from_utf8_lossy(&ev.data).into())
-    };
-    serde_json::json!({
-        "id": ev.id.to_string(),
-        "source": ev.source(),
-        "type": ev.ty,
-        "subject": ev.subject,
-        "time": ev.time.to_rfc3339(),
-        "datacontenttype": ev.content_type,
-        "meshedge": ev.edge,
-        "meshseq": ev.seq,
-        "data": data,
-    })
-}
-
 pub async fn run(a: SubArgs) -> anyhow::Result<ExitCode> {
     let client = a
         .auth
@@ -64,7 +42,7 @@ pub async fn run(a: SubArgs) -> anyhow::Result<ExitCode> {
             while seen < limit {
                 let Some(d) = sub.next().await else { break };
                 let d = d?;
-                println!("{}", event_json(&d.event));
+                println!("{}", d.event.to_json_line());
                 d.ack().await?;
                 seen += 1;
             }
@@ -74,7 +52,7 @@ pub async fn run(a: SubArgs) -> anyhow::Result<ExitCode> {
             while seen < limit {
                 let Some(ev) = sub.next().await else { break };
                 match ev {
-                    Ok(ev) => println!("{}", event_json(&ev)),
+                    Ok(ev) => println!("{}", ev.to_json_line()),
                     Err(e) => eprintln!("skipping a message that is not an event: {e}"),
                 }
                 seen += 1;

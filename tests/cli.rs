@@ -154,7 +154,8 @@ async fn pub_summary_and_exit_status() {
     .unwrap();
     assert!(ok, "{err}");
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    assert_eq!(first["meshseq"], 1);
+    assert_eq!(first["meshseq"], "1");
+    assert_eq!(first["specversion"], "1.0");
     assert_eq!(first["source"], "mesh://e1/cli");
 
     // Pointed at the centre, `mesh pub` says to use the edge's server.

@@ -52,9 +52,14 @@ async fn replay_records(js: &async_nats::jetstream::Context) -> Vec<AuditRecord>
         .collect()
 }
 
+/// The data of each line: `mesh pub` data is `application/octet-stream`, so
+/// `data_base64` in the CloudEvents JSON format.
 fn datas(v: &[serde_json::Value]) -> Vec<String> {
     v.iter()
-        .map(|o| o["data"].as_str().unwrap().to_string())
+        .map(|o| {
+            let b64 = o["data_base64"].as_str().unwrap_or_else(|| panic!("{o}"));
+            String::from_utf8(data_encoding::BASE64.decode(b64.as_bytes()).unwrap()).unwrap()
+        })
         .collect()
 }
 
@@ -85,7 +90,8 @@ async fn replay_by_sequence_time_and_subject() {
         (0..10).map(|n| n.to_string()).collect::<Vec<_>>()
     );
     assert_eq!(all[0]["meshedge"], "e1");
-    assert_eq!(all[0]["seq"], 1);
+    assert_eq!(all[0]["meshseq"], "1");
+    assert_eq!(all[0]["specversion"], "1.0");
 
     let by_seq = replay(
         &[

@@ -20,9 +20,10 @@
 //! `outbox::producers`); one sent again while it waits for its commit is refused
 //! `rate_limited` with a short retry time.
 //!
-//! A request may be a MessagePack [`IngestRequest`] batch, or a single event in the
-//! CloudEvents binary mode (a `ce-type` header, the data as payload) for clients that
-//! do not speak MessagePack. The agent is always the subject's last token.
+//! A request may be an [`IngestRequest`] batch in MessagePack or JSON, CloudEvents in
+//! structured mode (one or a batch), or one event in CloudEvents binary mode (`ce-*`
+//! headers, the data as payload): the `content-type` header says which
+//! ([`BodyFormat`], `docs/PROTOCOL.md`). The agent is always the subject's last token.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,9 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Message, Subject};
-use bytes::Bytes;
 use futures::StreamExt;
-use schemas::{headers as h, subject, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent};
+use schemas::{
+    headers as h, subject, BodyFormat, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent,
+    SchemaError,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -100,9 +103,49 @@ pub struct Shared {
     pub pending: Pending,
 }
 
+/// Where a request is answered, and how: in JSON when it was JSON or in CloudEvents
+/// binary mode ([`IngestReply::in_json`], with `content-type: application/json`), else
+/// in MessagePack as always.
+#[derive(Clone)]
+pub struct Reply {
+    subject: Subject,
+    json: bool,
+}
+
+impl Reply {
+    fn of(msg: &Message) -> Option<Reply> {
+        Some(Reply {
+            subject: msg.reply.clone()?,
+            json: IngestReply::in_json(msg.headers.as_ref()),
+        })
+    }
+
+    /// Sends `body`, with `headers` (plus the content type of a JSON reply).
+    async fn send(
+        self,
+        client: &async_nats::Client,
+        mut headers: HeaderMap,
+        body: &IngestReply,
+    ) -> Result<(), async_nats::PublishError> {
+        let bytes = if self.json {
+            headers.insert(h::CONTENT_TYPE, "application/json");
+            body.encode_json()
+        } else {
+            body.encode()
+        };
+        if headers.is_empty() {
+            client.publish(self.subject, bytes.into()).await
+        } else {
+            client
+                .publish_with_headers(self.subject, headers, bytes.into())
+                .await
+        }
+    }
+}
+
 /// One validated request waiting for its group commit.
 pub struct Job {
-    reply: Option<Subject>,
+    reply: Option<Reply>,
     /// Its `mesh-producer` / `mesh-request`, when it has them.
     id: Option<RequestId>,
     /// The fingerprints of the event ids it supplied (pending until committed).
@@ -187,10 +230,11 @@ async fn handle(
     msg: Message,
 ) {
     let now = std::time::Instant::now();
+    let reply = Reply::of(&msg);
     let id = match request_id(edge, &msg) {
         Ok(id) => id,
         Err(message) => {
-            return reply_err(client, msg.reply, ErrorCode::Invalid, message, metrics).await;
+            return reply_err(client, reply.clone(), ErrorCode::Invalid, message, metrics).await;
         }
     };
     if let Some(id) = &id {
@@ -204,7 +248,7 @@ async fn handle(
                 hold: Duration::ZERO,
                 retry_after: PENDING_RETRY,
             };
-            return reply_rate_limited(client, msg.reply, r, metrics, held).await;
+            return reply_rate_limited(client, reply.clone(), r, metrics, held).await;
         }
         match shared.outbox.seen(id) {
             Ok(Seen::Stored {
@@ -212,12 +256,12 @@ async fn handle(
                 last_seq,
             }) => {
                 metrics.repeated();
-                if let Some(reply) = msg.reply {
+                if let Some(reply) = reply {
                     let body = IngestReply::Ok {
                         first_seq,
                         last_seq,
                     };
-                    if let Err(e) = client.publish(reply, body.encode().into()).await {
+                    if let Err(e) = reply.send(client, HeaderMap::new(), &body).await {
                         tracing::warn!(error = %e, "cannot send an ingest ack");
                     }
                 }
@@ -231,14 +275,15 @@ async fn handle(
                     id.producer,
                     crate::outbox::PRODUCER_WINDOW
                 );
-                return reply_err(client, msg.reply, ErrorCode::Invalid, message, metrics).await;
+                return reply_err(client, reply.clone(), ErrorCode::Invalid, message, metrics)
+                    .await;
             }
             Ok(Seen::New) => {}
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the producers' acks");
                 return reply_err(
                     client,
-                    msg.reply,
+                    reply.clone(),
                     ErrorCode::Storage,
                     e.to_string(),
                     metrics,
@@ -253,7 +298,7 @@ async fn handle(
             .or_else(|| limiter.empty(agent, now))
         {
             metrics.rate_limited(&limiter.label(agent));
-            reply_rate_limited(client, msg.reply, r, metrics, held).await;
+            reply_rate_limited(client, reply.clone(), r, metrics, held).await;
             return;
         }
     }
@@ -262,26 +307,26 @@ async fn handle(
             let fps = match check_ids(shared, &agent, &events) {
                 Ok(fps) => fps,
                 Err(IdRefusal::Now(code, message)) => {
-                    return reply_err(client, msg.reply, code, message, metrics).await;
+                    return reply_err(client, reply.clone(), code, message, metrics).await;
                 }
                 Err(IdRefusal::Pending(r)) => {
-                    return reply_rate_limited(client, msg.reply, r, metrics, held).await;
+                    return reply_rate_limited(client, reply.clone(), r, metrics, held).await;
                 }
             };
             let data_bytes = events.iter().map(|e| e.data.len() as u64).sum();
             if let Some(message) = over_quota(shared, limiter, &agent, events.len(), data_bytes) {
-                return reply_quota(client, msg.reply, message, metrics).await;
+                return reply_quota(client, reply.clone(), message, metrics).await;
             }
             if let Err(r) = limiter.admit(&agent, events.len() as u64, data_bytes, now) {
                 metrics.rate_limited(&limiter.label(&agent));
-                reply_rate_limited(client, msg.reply, r, metrics, held).await;
+                reply_rate_limited(client, reply.clone(), r, metrics, held).await;
                 return;
             }
             let inflight = limiter.inflight();
             inflight.take(&agent);
             shared.pending.insert(id.as_ref(), &fps);
             let job = Job {
-                reply: msg.reply,
+                reply: reply.clone(),
                 id,
                 fps,
                 agent,
@@ -301,7 +346,7 @@ async fn handle(
                 .await;
             }
         }
-        Err((code, message)) => reply_err(client, msg.reply, code, message, metrics).await,
+        Err((code, message)) => reply_err(client, reply.clone(), code, message, metrics).await,
     }
 }
 
@@ -373,7 +418,7 @@ fn over_quota(
 /// Refuses a request `quota_exceeded`, with `mesh-retry-after-ms`.
 async fn reply_quota(
     client: &async_nats::Client,
-    reply: Option<Subject>,
+    reply: Option<Reply>,
     message: String,
     metrics: &EdgeMetrics,
 ) {
@@ -491,70 +536,39 @@ fn parse(
         )
     })?;
     subject::validate_id("agent", agent).map_err(|e| (ErrorCode::Invalid, e.to_string()))?;
-    let binary = msg
+    let refuse = |e: SchemaError| (ErrorCode::of(&e), e.to_string());
+    let source = format!("mesh://{edge}/{agent}");
+    let content_type = msg
         .headers
         .as_ref()
-        .and_then(|hm| hm.get(h::TYPE).map(|_| hm));
+        .and_then(|hm| hm.get(h::CONTENT_TYPE))
+        .map(|v| v.as_str());
+    // The NATS binding: a CloudEvents content type is structured mode; otherwise `ce-`
+    // headers are binary mode (where `content-type` is the data's); otherwise the
+    // content type names the body's format.
+    let binary = msg.headers.as_ref().filter(|hm| {
+        !BodyFormat::is_structured(content_type)
+            && (hm.get(h::TYPE).is_some() || hm.get(h::SPECVERSION).is_some())
+    });
     let events = match binary {
         Some(hm) => {
-            let ev = binary_event(hm, msg.payload.clone())?;
-            ev.validate(limits)
-                .map_err(|e| (ErrorCode::of(&e), e.to_string()))?;
+            let ev = NewEvent::from_binary(hm, msg.payload.clone(), &source).map_err(refuse)?;
+            ev.validate(limits).map_err(refuse)?;
             vec![ev]
         }
         None => {
-            IngestRequest::decode(&msg.payload, limits)
-                .map_err(|e| (ErrorCode::of(&e), e.to_string()))?
+            let format = BodyFormat::of(content_type).map_err(refuse)?;
+            IngestRequest::decode_as(format, &msg.payload, limits, &source)
+                .map_err(refuse)?
                 .events
         }
     };
     Ok((agent.to_string(), events))
 }
 
-/// A single event in CloudEvents binary mode: attributes from headers, data as payload.
-/// A `ce-id` or `ce-time` that does not parse is refused, naming the header (it used to
-/// be replaced silently by the edge's own).
-fn binary_event(hm: &HeaderMap, data: Bytes) -> Result<NewEvent, (ErrorCode, String)> {
-    let get = |n: &str| hm.get(n).map(|v| v.as_str().to_string());
-    let bad = |name: &str, value: &str, why: String| {
-        (
-            ErrorCode::Invalid,
-            format!("header {name} {value:?} {why}; leave it out to have the edge set it"),
-        )
-    };
-    let id = match get(h::ID) {
-        None => None,
-        Some(s) => Some(
-            uuid::Uuid::parse_str(&s).map_err(|e| bad(h::ID, &s, format!("is not a UUID: {e}")))?,
-        ),
-    };
-    let time_ns = match get(h::TIME) {
-        None => None,
-        Some(s) => Some(
-            chrono::DateTime::parse_from_rfc3339(&s)
-                .ok()
-                .and_then(|t| t.timestamp_nanos_opt())
-                .ok_or_else(|| bad(h::TIME, &s, "is not an RFC 3339 time".into()))?,
-        ),
-    };
-    Ok(NewEvent {
-        id,
-        ty: get(h::TYPE).unwrap_or_default(),
-        subject: get(h::SUBJECT).unwrap_or_default(),
-        time_ns,
-        content_type: get(h::CONTENT_TYPE),
-        dataschema: get(h::DATASCHEMA),
-        correlation_id: get(h::CORRELATION_ID),
-        causation_id: get(h::CAUSATION_ID),
-        traceparent: get(h::TRACEPARENT),
-        tracestate: get(h::TRACESTATE),
-        data,
-    })
-}
-
 async fn reply_err(
     client: &async_nats::Client,
-    reply: Option<Subject>,
+    reply: Option<Reply>,
     code: ErrorCode,
     message: String,
     metrics: &EdgeMetrics,
@@ -567,8 +581,8 @@ async fn reply_err(
     };
     let mut hm = HeaderMap::new();
     hm.insert(h::MESH_ERROR, code.as_str());
-    let body = IngestReply::Err { code, message }.encode();
-    if let Err(e) = client.publish_with_headers(reply, hm, body.into()).await {
+    let body = IngestReply::Err { code, message };
+    if let Err(e) = reply.send(client, hm, &body).await {
         tracing::warn!(error = %e, "cannot send an ingest error reply");
     }
 }
@@ -577,7 +591,7 @@ async fn reply_err(
 /// refusal back for `r.hold` (from a task of its own; at once past [`MAX_HELD`]).
 async fn reply_rate_limited(
     client: &async_nats::Client,
-    reply: Option<Subject>,
+    reply: Option<Reply>,
     mut r: Refusal,
     metrics: &EdgeMetrics,
     held: &Arc<AtomicUsize>,
@@ -603,7 +617,7 @@ async fn reply_rate_limited(
     send_rate_limited(client, reply, r).await;
 }
 
-async fn send_rate_limited(client: &async_nats::Client, reply: Subject, r: Refusal) {
+async fn send_rate_limited(client: &async_nats::Client, reply: Reply, r: Refusal) {
     send_retry_later(
         client,
         reply,
@@ -617,7 +631,7 @@ async fn send_rate_limited(client: &async_nats::Client, reply: Subject, r: Refus
 /// Sends a refusal that says when to try again (`mesh-retry-after-ms`).
 async fn send_retry_later(
     client: &async_nats::Client,
-    reply: Subject,
+    reply: Reply,
     code: ErrorCode,
     message: String,
     retry_after: Duration,
@@ -628,8 +642,8 @@ async fn send_retry_later(
         h::MESH_RETRY_AFTER_MS,
         retry_after.as_millis().to_string().as_str(),
     );
-    let body = IngestReply::Err { code, message }.encode();
-    if let Err(e) = client.publish_with_headers(reply, hm, body.into()).await {
+    let body = IngestReply::Err { code, message };
+    if let Err(e) = reply.send(client, hm, &body).await {
         tracing::warn!(error = %e, "cannot send an ingest error reply");
     }
 }
@@ -736,7 +750,7 @@ async fn commit(
     let now = chrono::Utc::now();
     let started = std::time::Instant::now();
     // Events are moved into the record; the jobs keep their reply subject and size.
-    let mut parts: Vec<(Option<Subject>, usize)> = Vec::with_capacity(batch.len());
+    let mut parts: Vec<(Option<Reply>, usize)> = Vec::with_capacity(batch.len());
     let mut sources: Vec<(String, Vec<NewEvent>)> = Vec::with_capacity(batch.len());
     let mut requests: Vec<(RequestId, u64, u64)> = Vec::new();
     let mut offset = 0u64;
@@ -774,7 +788,7 @@ async fn commit(
                 };
                 seq += n as u64;
                 if let Some(reply) = reply {
-                    if let Err(e) = client.publish(reply, reply_body.encode().into()).await {
+                    if let Err(e) = reply.send(client, HeaderMap::new(), &reply_body).await {
                         tracing::warn!(error = %e, "cannot send an ingest ack");
                     }
                 }

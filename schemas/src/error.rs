@@ -57,7 +57,15 @@ pub enum SchemaError {
         value: String,
         reason: String,
     },
-    /// A MessagePack body could not be decoded.
+    /// A CloudEvent names a `source` other than the one the mesh gives the agent's
+    /// events (from the subject the request came on).
+    #[error("{field} is {value:?}, but this agent's events have the source {expected:?}: the mesh sets it from the subject the request came on; send that or leave it out")]
+    WrongSource {
+        field: String,
+        value: String,
+        expected: String,
+    },
+    /// A request body could not be decoded.
     #[error("cannot decode {what}: {reason}")]
     Decode { what: &'static str, reason: String },
     /// A value could not be encoded (only on a bug: every type here encodes).

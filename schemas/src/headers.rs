@@ -1,6 +1,8 @@
 //! Header names of the CloudEvents NATS binding (binary mode) and the mesh extensions.
 //! Lower-case, as the binding writes them; NATS header lookup is case-sensitive, so every
-//! reader and writer goes through these constants.
+//! reader and writer goes through these constants. The values of the `ce-*` headers are
+//! percent-encoded ([`crate::percent`]); the plain `content-type`, `traceparent` and
+//! `tracestate` beside them are the secondary mappings other tools read, written as is.
 
 pub const SPECVERSION: &str = "ce-specversion";
 pub const ID: &str = "ce-id";
@@ -8,10 +10,21 @@ pub const SOURCE: &str = "ce-source";
 pub const TYPE: &str = "ce-type";
 pub const SUBJECT: &str = "ce-subject";
 pub const TIME: &str = "ce-time";
+/// `datacontenttype`, as the binding maps it. Every event stored since the mesh
+/// percent-encodes its `ce-*` headers carries it, and only those: its presence is how a
+/// reader tells an encoded event from one stored before ([`crate::Event::from_message`]).
+pub const DATACONTENTTYPE: &str = "ce-datacontenttype";
+/// The `datacontenttype` again, as the plain header NATS and HTTP tools read; on an
+/// ingest request, the format of the body (`docs/PROTOCOL.md`).
 pub const CONTENT_TYPE: &str = "content-type";
 pub const DATASCHEMA: &str = "ce-dataschema";
 pub const CORRELATION_ID: &str = "ce-correlationid";
 pub const CAUSATION_ID: &str = "ce-causationid";
+/// The distributed-tracing extension's attributes, as the binding maps them.
+pub const CE_TRACEPARENT: &str = "ce-traceparent";
+pub const CE_TRACESTATE: &str = "ce-tracestate";
+/// The same two as the W3C Trace Context headers (the extension's secondary mapping),
+/// for tracers that propagate through NATS headers.
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 /// Mesh extension: the edge that accepted the event.

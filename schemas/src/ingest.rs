@@ -1,17 +1,28 @@
-//! The ingest request an agent sends to `mesh.ingest.<edge>.<agent>` and its reply.
+//! The ingest request an agent sends to `mesh.ingest.<edge>.<agent>` and its reply; the
+//! protocol for clients in any language is `docs/PROTOCOL.md`.
 //!
-//! Body: MessagePack of [`IngestRequest`] (a batch of one or more [`NewEvent`]s; maps or
-//! arrays both decode). The agent's identity is the last token of the subject, never a
-//! field of the body. The edge validates the whole batch first and accepts all of it or
-//! none of it. Reply: MessagePack of [`IngestReply`]; an error reply also carries the
-//! header `mesh-error: <code>` so a client can branch without decoding.
+//! Body, by the request's `content-type` header ([`BodyFormat`]): MessagePack of
+//! [`IngestRequest`] (none, or a MessagePack type), the same in JSON
+//! (`application/json`), one CloudEvent (`application/cloudevents+json`) or a batch of
+//! them (`application/cloudevents-batch+json`); or one event in CloudEvents binary mode
+//! ([`NewEvent::from_binary`]: `ce-*` headers, the data as the body). Decoding is strict
+//! (`wire`): unknown fields are refused by name, a wrong type names the field and the
+//! type. The agent's identity is the last token of the subject, never a field of the
+//! body; a CloudEvent's `source` must be the one the mesh gives it. The edge validates
+//! the whole batch first and accepts all of it or none of it. Reply: MessagePack of
+//! [`IngestReply`]; an error reply also carries the header `mesh-error: <code>` so a
+//! client can branch without decoding.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{subject, Event, SchemaError};
+use async_nats::HeaderMap;
+use serde::de::DeserializeSeed;
+
+use crate::wire::{Decoded, Dialect, EventSeed, EventsSeed, RequestSeed};
+use crate::{headers as h, percent, subject, Event, SchemaError};
 
 /// Limits the edge enforces on ingest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +42,9 @@ impl Default for Limits {
     }
 }
 
-/// An event as an agent offers it, before the edge assigns its sequence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An event as an agent offers it, before the edge assigns its sequence. It decodes
+/// strictly (see `wire`): MessagePack with a binary format, JSON with a readable one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewEvent {
     /// `ce-id`; the SDK sets a UUIDv7, the edge assigns one when absent.
     #[serde(default)]
@@ -169,10 +181,107 @@ pub(crate) fn validate_attributes(
     Ok(())
 }
 
+impl<'de> Deserialize<'de> for NewEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NewEvent, D::Error> {
+        let dialect = if d.is_human_readable() {
+            Dialect::Json
+        } else {
+            Dialect::MessagePack
+        };
+        EventSeed { path: "", dialect }
+            .deserialize(d)
+            .map(|d| d.event)
+    }
+}
+
 /// A batch of events from one agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IngestRequest {
     pub events: Vec<NewEvent>,
+}
+
+impl<'de> Deserialize<'de> for IngestRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IngestRequest, D::Error> {
+        let dialect = if d.is_human_readable() {
+            Dialect::Json
+        } else {
+            Dialect::MessagePack
+        };
+        let events = RequestSeed(dialect).deserialize(d)?;
+        Ok(IngestRequest {
+            events: events.into_iter().map(|d| d.event).collect(),
+        })
+    }
+}
+
+/// How an ingest request's body is written, told by its `content-type` header alone (no
+/// sniffing: a body's first byte cannot tell a lone CloudEvent from a mesh request, and a
+/// typo would be read as the wrong format with a baffling refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// No `content-type`, or `application/msgpack` (`x-msgpack`, `vnd.msgpack`):
+    /// MessagePack of [`IngestRequest`], what the Rust SDK sends.
+    MessagePack,
+    /// `application/json`: [`IngestRequest`] in JSON, the same field names.
+    Json,
+    /// `application/cloudevents+json`: one CloudEvent, JSON event format.
+    CloudEvent,
+    /// `application/cloudevents-batch+json`: a JSON array of CloudEvents.
+    CloudEventBatch,
+}
+
+impl BodyFormat {
+    /// The format a `content-type` names; any other type is refused, naming those taken.
+    pub fn of(content_type: Option<&str>) -> Result<BodyFormat, SchemaError> {
+        let Some(ct) = content_type else {
+            return Ok(BodyFormat::MessagePack);
+        };
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        Ok(match essence.as_str() {
+            "" | "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
+                BodyFormat::MessagePack
+            }
+            "application/json" => BodyFormat::Json,
+            "application/cloudevents+json" => BodyFormat::CloudEvent,
+            "application/cloudevents-batch+json" => BodyFormat::CloudEventBatch,
+            _ => {
+                return Err(SchemaError::BadHeader {
+                    name: h::CONTENT_TYPE,
+                    value: ct.to_string(),
+                    reason: "is not a body format the edge takes: leave it out or send \
+                             application/msgpack (MessagePack), application/json, \
+                             application/cloudevents+json or \
+                             application/cloudevents-batch+json; for one event in \
+                             CloudEvents binary mode set ce-specversion and ce-type"
+                        .into(),
+                })
+            }
+        })
+    }
+
+    /// Whether a `content-type` says structured mode (`application/cloudevents…`), which
+    /// the NATS binding tells from binary mode by this alone.
+    pub fn is_structured(content_type: Option<&str>) -> bool {
+        content_type.is_some_and(|ct| {
+            ct.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/cloudevents")
+        })
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            BodyFormat::MessagePack => "ingest request (MessagePack IngestRequest)",
+            BodyFormat::Json => "ingest request (JSON IngestRequest)",
+            BodyFormat::CloudEvent => "CloudEvent (application/cloudevents+json)",
+            BodyFormat::CloudEventBatch => "CloudEvents batch (application/cloudevents-batch+json)",
+        }
+    }
 }
 
 impl IngestRequest {
@@ -184,12 +293,68 @@ impl IngestRequest {
         })
     }
 
-    /// Decodes and validates a request; the error names the event index and field.
+    /// Decodes and validates a MessagePack request; the error names the event index and
+    /// field.
     pub fn decode(body: &[u8], limits: &Limits) -> Result<IngestRequest, SchemaError> {
         let req: IngestRequest = rmp_serde::from_slice(body).map_err(|e| SchemaError::Decode {
-            what: "ingest request (MessagePack IngestRequest)",
-            reason: e.to_string(),
+            what: BodyFormat::MessagePack.describe(),
+            reason: msgpack_reason(body, e),
         })?;
+        req.validated(limits)
+    }
+
+    /// Decodes and validates a body of `format` from the agent whose events have the
+    /// CloudEvents source `source` (`mesh://<edge>/<agent>`): a CloudEvent naming
+    /// another source is refused, since the mesh would store it under this one.
+    pub fn decode_as(
+        format: BodyFormat,
+        body: &[u8],
+        limits: &Limits,
+        source: &str,
+    ) -> Result<IngestRequest, SchemaError> {
+        let decode_err = |reason: String| SchemaError::Decode {
+            what: format.describe(),
+            reason,
+        };
+        let decoded: Vec<Decoded> = match format {
+            BodyFormat::MessagePack => return IngestRequest::decode(body, limits),
+            BodyFormat::Json => RequestSeed(Dialect::Json)
+                .deserialize(&mut serde_json::Deserializer::from_slice(body)),
+            BodyFormat::CloudEvent => EventSeed {
+                path: "",
+                dialect: Dialect::CloudEvent,
+            }
+            .deserialize(&mut serde_json::Deserializer::from_slice(body))
+            .map(|e| vec![e]),
+            BodyFormat::CloudEventBatch => EventsSeed {
+                name: "",
+                dialect: Dialect::CloudEvent,
+            }
+            .deserialize(&mut serde_json::Deserializer::from_slice(body)),
+        }
+        .map_err(|e| decode_err(e.to_string()))?;
+        let mut events = Vec::with_capacity(decoded.len());
+        for (i, d) in decoded.into_iter().enumerate() {
+            if let Some(given) = d.source {
+                if given != source {
+                    let field = match format {
+                        BodyFormat::CloudEventBatch => format!("[{i}].source"),
+                        _ => "source".to_string(),
+                    };
+                    return Err(SchemaError::WrongSource {
+                        field,
+                        value: given,
+                        expected: source.to_string(),
+                    });
+                }
+            }
+            events.push(d.event);
+        }
+        IngestRequest { events }.validated(limits)
+    }
+
+    fn validated(self, limits: &Limits) -> Result<IngestRequest, SchemaError> {
+        let req = self;
         if req.events.is_empty() {
             return Err(SchemaError::EmptyBatch);
         }
@@ -204,6 +369,140 @@ impl IngestRequest {
                 .map_err(|e| e.in_field(&format!("events[{i}]")))?;
         }
         Ok(req)
+    }
+}
+
+/// The reason of a MessagePack refusal, with a hint when the body is plainly JSON sent
+/// without its `content-type` (a MessagePack request never starts with `{` or `[`).
+fn msgpack_reason(body: &[u8], e: rmp_serde::decode::Error) -> String {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'{') | Some(b'[') => format!(
+            "{e} (the body looks like JSON: send it with the header content-type: \
+             application/json, or application/cloudevents+json for a CloudEvent)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+impl NewEvent {
+    /// One event in CloudEvents binary mode (the NATS binding): attributes from the
+    /// `ce-*` headers, percent-decoded, the data as the body. `datacontenttype` is
+    /// `ce-datacontenttype` or else `content-type`; the trace context is
+    /// `ce-traceparent` / `ce-tracestate` or else the W3C headers. `ce-specversion`, when
+    /// given, must be `1.0`; `ce-source`, when given, must be `source`; a `ce-id` or
+    /// `ce-time` that does not parse is refused (the edge sets them when absent), and so
+    /// is any other `ce-*` header, by name.
+    pub fn from_binary(hm: &HeaderMap, data: Bytes, source: &str) -> Result<NewEvent, SchemaError> {
+        const KNOWN: [&str; 12] = [
+            h::SPECVERSION,
+            h::ID,
+            h::SOURCE,
+            h::TYPE,
+            h::SUBJECT,
+            h::TIME,
+            h::DATACONTENTTYPE,
+            h::DATASCHEMA,
+            h::CORRELATION_ID,
+            h::CAUSATION_ID,
+            h::CE_TRACEPARENT,
+            h::CE_TRACESTATE,
+        ];
+        for (name, _) in hm.iter() {
+            let name: &str = name.as_ref();
+            let lower = name.to_ascii_lowercase();
+            if !lower.starts_with("ce-") || KNOWN.contains(&lower.as_str()) {
+                continue;
+            }
+            let reason = match lower.as_str() {
+                h::MESH_EDGE | h::MESH_SEQ => {
+                    "is set by the edge that accepts the event; leave it out".to_string()
+                }
+                _ => format!(
+                    "is not an attribute the mesh stores; the ce- headers it takes are {}",
+                    KNOWN.join(", ")
+                ),
+            };
+            return Err(SchemaError::BadHeader {
+                name: "ce-*",
+                value: name.to_string(),
+                reason,
+            });
+        }
+        let get = |name: &'static str| -> Result<Option<String>, SchemaError> {
+            let Some(v) = hm.get(name) else {
+                return Ok(None);
+            };
+            percent::decode(v.as_str())
+                .map(|d| Some(d.into_owned()))
+                .map_err(|e| SchemaError::BadHeader {
+                    name,
+                    value: v.as_str().to_string(),
+                    reason: e.to_string(),
+                })
+        };
+        let bad = |name: &'static str, value: String, reason: String| SchemaError::BadHeader {
+            name,
+            value,
+            reason: format!("{reason}; leave it out to have the edge set it"),
+        };
+        if let Some(v) = get(h::SPECVERSION)? {
+            if v != h::SPECVERSION_1_0 {
+                return Err(SchemaError::BadHeader {
+                    name: h::SPECVERSION,
+                    value: v,
+                    reason: "only CloudEvents 1.0 is taken".into(),
+                });
+            }
+        }
+        if let Some(v) = get(h::SOURCE)? {
+            if v != source {
+                return Err(SchemaError::WrongSource {
+                    field: h::SOURCE.into(),
+                    value: v,
+                    expected: source.into(),
+                });
+            }
+        }
+        let id = match get(h::ID)? {
+            None => None,
+            Some(s) => Some(
+                Uuid::parse_str(&s)
+                    .map_err(|e| bad(h::ID, s.clone(), format!("is not a UUID: {e}")))?,
+            ),
+        };
+        let time_ns = match get(h::TIME)? {
+            None => None,
+            Some(s) => Some(
+                chrono::DateTime::parse_from_rfc3339(&s)
+                    .ok()
+                    .and_then(|t| t.timestamp_nanos_opt())
+                    .ok_or_else(|| bad(h::TIME, s.clone(), "is not an RFC 3339 time".into()))?,
+            ),
+        };
+        let plain = |name: &str| hm.get(name).map(|v| v.as_str().to_string());
+        Ok(NewEvent {
+            id,
+            ty: get(h::TYPE)?.ok_or(SchemaError::MissingHeader { name: h::TYPE })?,
+            subject: get(h::SUBJECT)?.ok_or(SchemaError::MissingHeader { name: h::SUBJECT })?,
+            time_ns,
+            content_type: match get(h::DATACONTENTTYPE)? {
+                Some(v) => Some(v),
+                None => plain(h::CONTENT_TYPE),
+            },
+            dataschema: get(h::DATASCHEMA)?,
+            correlation_id: get(h::CORRELATION_ID)?,
+            causation_id: get(h::CAUSATION_ID)?,
+            traceparent: match get(h::CE_TRACEPARENT)? {
+                Some(v) => Some(v),
+                None => plain(h::TRACEPARENT),
+            },
+            tracestate: match get(h::CE_TRACESTATE)? {
+                Some(v) => Some(v),
+                None => plain(h::TRACESTATE),
+            },
+            data,
+        })
     }
 }
 
@@ -277,16 +576,40 @@ pub enum IngestReply {
 }
 
 impl IngestReply {
+    /// MessagePack, the answer to a MessagePack request.
     pub fn encode(&self) -> Vec<u8> {
         // An enum of integers and strings always encodes.
         rmp_serde::to_vec_named(self).unwrap_or_default()
     }
 
+    /// JSON of the same shape, the answer to a JSON or CloudEvents request
+    /// ([`IngestReply::in_json`]), so such a client needs no MessagePack.
+    pub fn encode_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Either encoding (a MessagePack reply never starts with `{`).
     pub fn decode(body: &[u8]) -> Result<IngestReply, SchemaError> {
-        rmp_serde::from_slice(body).map_err(|e| SchemaError::Decode {
+        let err = |reason: String| SchemaError::Decode {
             what: "ingest reply",
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        if body.first() == Some(&b'{') {
+            return serde_json::from_slice(body).map_err(|e| err(e.to_string()));
+        }
+        rmp_serde::from_slice(body).map_err(|e| err(e.to_string()))
+    }
+
+    /// Whether the request with `headers` is answered in JSON: always, except when its
+    /// body is MessagePack (no `content-type`, or a MessagePack one, and not binary
+    /// mode), which is answered in MessagePack as it always was.
+    pub fn in_json(headers: Option<&HeaderMap>) -> bool {
+        let Some(hm) = headers else {
+            return false;
+        };
+        let ct = hm.get(h::CONTENT_TYPE).map(|v| v.as_str());
+        let binary = hm.get(h::TYPE).is_some() || hm.get(h::SPECVERSION).is_some();
+        binary || BodyFormat::of(ct) != Ok(BodyFormat::MessagePack)
     }
 }
 
@@ -331,6 +654,321 @@ mod tests {
         assert!(err.to_string().contains("events[0].ty"), "{err}");
     }
 
+    const SRC: &str = "mesh://e1/py";
+
+    fn json(body: serde_json::Value, format: BodyFormat) -> Result<Vec<NewEvent>, SchemaError> {
+        let body = serde_json::to_vec(&body).unwrap();
+        IngestRequest::decode_as(format, &body, &Limits::default(), SRC).map(|r| r.events)
+    }
+
+    fn msgpack(body: serde_json::Value) -> Result<Vec<NewEvent>, SchemaError> {
+        let body = rmp_serde::to_vec_named(&body).unwrap();
+        IngestRequest::decode(&body, &Limits::default()).map(|r| r.events)
+    }
+
+    fn refusal(r: Result<Vec<NewEvent>, SchemaError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn json_requests_mirror_the_messagepack_fields() {
+        let id = Uuid::now_v7();
+        let evs = json(
+            serde_json::json!({"events": [
+                {"id": id.to_string(), "ty": "t", "subject": "a.b",
+                 "time": "2026-12-04T16:43:22.123456789Z", "data": {"x": [1, 2]},
+                 "correlation_id": "c", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+                {"ty": "t", "subject": "a.b", "data_base64": "AP/+"},
+                {"ty": "t", "subject": "a.b", "content_type": "text/plain", "data": "héllo"},
+                {"ty": "t", "subject": "a.b", "time_ns": 5},
+            ]}),
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(evs[0].id, Some(id));
+        assert_eq!(&evs[0].data[..], br#"{"x":[1,2]}"#);
+        // A JSON value with no content type is JSON, as in CloudEvents.
+        assert_eq!(evs[0].content_type.as_deref(), Some("application/json"));
+        assert_eq!(evs[0].time_ns, Some(1_796_402_602_123_456_789));
+        assert_eq!(evs[0].correlation_id.as_deref(), Some("c"));
+        assert_eq!(&evs[1].data[..], &[0x00, 0xff, 0xfe]);
+        assert_eq!(evs[1].content_type, None);
+        assert_eq!(&evs[2].data[..], "héllo".as_bytes());
+        assert_eq!(evs[3].time_ns, Some(5));
+        assert!(evs[3].data.is_empty());
+    }
+
+    #[test]
+    fn messagepack_takes_ids_as_uuid_strings_and_as_16_bytes() {
+        let id = Uuid::now_v7();
+        let evs = msgpack(serde_json::json!({"events": [
+            {"id": id.to_string(), "ty": "t", "subject": "a"}
+        ]}))
+        .unwrap();
+        assert_eq!(evs[0].id, Some(id));
+        let mut ev = NewEvent::new("t", "a", &b"x"[..]);
+        ev.id = Some(id);
+        let bytes = IngestRequest { events: vec![ev] }.encode().unwrap();
+        let back = IngestRequest::decode(&bytes, &Limits::default()).unwrap();
+        assert_eq!(back.events[0].id, Some(id));
+        // The array form still decodes.
+        let arr = rmp_serde::to_vec(&IngestRequest {
+            events: back.events.clone(),
+        })
+        .unwrap();
+        assert_eq!(
+            IngestRequest::decode(&arr, &Limits::default()).unwrap(),
+            back
+        );
+    }
+
+    /// Issue 13: a `contentType` typo was acked and stored as `application/octet-stream`.
+    #[test]
+    fn an_unknown_field_is_refused_by_name_in_every_format() {
+        let ev = serde_json::json!({"ty": "t", "subject": "a", "contentType": "application/json"});
+        for err in [
+            refusal(msgpack(serde_json::json!({"events": [ev.clone()]}))),
+            refusal(json(serde_json::json!({"events": [ev]}), BodyFormat::Json)),
+        ] {
+            assert!(
+                err.contains(
+                    r#"events[0]: unknown field "contentType" (did you mean "content_type"?)"#
+                ),
+                "{err}"
+            );
+        }
+        let err = refusal(msgpack(
+            serde_json::json!({"events": [{"ty": "t", "subject": "a", "data_base64": "AA=="}]}),
+        ));
+        assert!(err.contains("in MessagePack, data is bytes"), "{err}");
+        let err = refusal(json(serde_json::json!({"evnts": []}), BodyFormat::Json));
+        assert!(err.contains(r#"unknown field "evnts""#), "{err}");
+        let err = refusal(json(
+            serde_json::json!({"specversion": "1.0", "type": "t", "subject": "a", "source": SRC, "contenttype": "x"}),
+            BodyFormat::CloudEvent,
+        ));
+        assert!(
+            err.contains(r#"unknown field "contenttype" (did you mean "datacontenttype"?)"#),
+            "{err}"
+        );
+        let err = refusal(json(
+            serde_json::json!({"specversion": "1.0", "type": "t", "subject": "a", "meshseq": "4"}),
+            BodyFormat::CloudEvent,
+        ));
+        assert!(err.contains(r#""meshseq" is set by the edge"#), "{err}");
+        let err = refusal(json(
+            serde_json::json!({"events": [{"type": "t", "subject": "a"}]}),
+            BodyFormat::Json,
+        ));
+        assert!(
+            err.contains(r#"unknown field "type" (did you mean "ty"?)"#),
+            "{err}"
+        );
+    }
+
+    /// Issue 13: decode errors said `expected i64` and no field.
+    #[test]
+    fn a_wrong_type_names_the_field_and_the_expected_type() {
+        let ev = serde_json::json!({"ty": "t", "subject": "a", "time_ns": "yesterday"});
+        for err in [
+            refusal(msgpack(
+                serde_json::json!({"events": [{"ty": "t", "subject": "a"}, ev.clone()]}),
+            )),
+            refusal(json(
+                serde_json::json!({"events": [{"ty": "t", "subject": "a"}, ev]}),
+                BodyFormat::Json,
+            )),
+        ] {
+            assert!(
+                err.contains(
+                    "events[1].time_ns must be an integer: nanoseconds since the Unix epoch"
+                ),
+                "{err}"
+            );
+        }
+        let err = refusal(msgpack(
+            serde_json::json!({"events": [{"ty": 7, "subject": "a"}]}),
+        ));
+        assert!(err.contains("events[0].ty must be a string"), "{err}");
+        let err = refusal(msgpack(serde_json::json!({"events": [{"subject": "a"}]})));
+        assert!(err.contains("events[0].ty is missing"), "{err}");
+        let err = refusal(json(
+            serde_json::json!({"events": [{"ty": "t", "subject": "a", "content_type": "text/plain", "data": {"x": 1}}]}),
+            BodyFormat::Json,
+        ));
+        assert!(err.contains("events[0].data must be a string"), "{err}");
+        let err = refusal(json(
+            serde_json::json!({"events": [{"ty": "t", "subject": "a", "data": 1, "data_base64": "AA=="}]}),
+            BodyFormat::Json,
+        ));
+        assert!(
+            err.contains("events[0].data and events[0].data_base64 are both given"),
+            "{err}"
+        );
+        let err = refusal(json(
+            serde_json::json!({"events": [{"ty": "t", "subject": "a", "time": "yesterday"}]}),
+            BodyFormat::Json,
+        ));
+        assert!(
+            err.contains("events[0].time must be an RFC 3339 time"),
+            "{err}"
+        );
+    }
+
+    /// Issue 13: a UUID string was refused with `expected a 16 byte array`.
+    #[test]
+    fn a_bad_uuid_is_refused_naming_the_field() {
+        for err in [
+            refusal(msgpack(
+                serde_json::json!({"events": [{"id": "not-a-uuid", "ty": "t", "subject": "a"}]}),
+            )),
+            refusal(json(
+                serde_json::json!({"events": [{"id": "not-a-uuid", "ty": "t", "subject": "a"}]}),
+                BodyFormat::Json,
+            )),
+        ] {
+            assert!(err.contains("events[0].id must be a UUID"), "{err}");
+            assert!(err.contains(r#""not-a-uuid" is not a UUID"#), "{err}");
+        }
+        let err = refusal(json(
+            serde_json::json!([{"specversion": "1.0", "id": "abc", "type": "t", "subject": "a"}]),
+            BodyFormat::CloudEventBatch,
+        ));
+        assert!(err.contains("[0].id must be a UUID"), "{err}");
+    }
+
+    #[test]
+    fn cloudevents_structured_and_batch() {
+        let id = Uuid::now_v7();
+        let ce = serde_json::json!({
+            "specversion": "1.0", "id": id.to_string(), "source": SRC, "type": "py.100%",
+            "subject": "a.b", "time": "2026-12-04T16:43:22Z", "datacontenttype": "application/octet-stream",
+            "data_base64": "AP/+", "dataschema": "https://example.com/s", "correlationid": "c",
+            "causationid": "d", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "tracestate": "rojo=00f067aa0ba902b7",
+        });
+        let evs = json(ce.clone(), BodyFormat::CloudEvent).unwrap();
+        assert_eq!(evs[0].id, Some(id));
+        assert_eq!(evs[0].ty, "py.100%");
+        assert_eq!(&evs[0].data[..], &[0, 0xff, 0xfe]);
+        assert_eq!(
+            evs[0].content_type.as_deref(),
+            Some("application/octet-stream")
+        );
+        assert_eq!(evs[0].tracestate.as_deref(), Some("rojo=00f067aa0ba902b7"));
+        assert_eq!(evs[0].causation_id.as_deref(), Some("d"));
+        let batch = json(serde_json::json!([ce, ce]), BodyFormat::CloudEventBatch).unwrap();
+        assert_eq!(batch.len(), 2);
+
+        let mut other = ce.clone();
+        other["source"] = "mesh://e1/victim".into();
+        let err = json(serde_json::json!([ce, other]), BodyFormat::CloudEventBatch).unwrap_err();
+        assert_eq!(ErrorCode::of(&err), ErrorCode::Invalid);
+        assert!(
+            err.to_string()
+                .contains(r#"[1].source is "mesh://e1/victim""#),
+            "{err}"
+        );
+        let mut old = ce.clone();
+        old["specversion"] = "0.3".into();
+        let err = refusal(json(old, BodyFormat::CloudEvent));
+        assert!(err.contains("specversion is \"0.3\""), "{err}");
+        let mut nosubj = ce.clone();
+        nosubj.as_object_mut().unwrap().remove("subject");
+        let err = refusal(json(nosubj, BodyFormat::CloudEvent));
+        assert!(err.contains("subject is missing"), "{err}");
+        let err = refusal(json(serde_json::json!([]), BodyFormat::CloudEventBatch));
+        assert!(err.contains("no event"), "{err}");
+    }
+
+    #[test]
+    fn the_content_type_header_picks_the_format() {
+        for (ct, f) in [
+            (None, BodyFormat::MessagePack),
+            (Some("application/msgpack"), BodyFormat::MessagePack),
+            (Some("application/json; charset=utf-8"), BodyFormat::Json),
+            (
+                Some("application/cloudevents+json; charset=UTF-8"),
+                BodyFormat::CloudEvent,
+            ),
+            (
+                Some("Application/CloudEvents-Batch+JSON"),
+                BodyFormat::CloudEventBatch,
+            ),
+        ] {
+            assert_eq!(BodyFormat::of(ct).unwrap(), f, "{ct:?}");
+        }
+        let err = BodyFormat::of(Some("text/plain")).unwrap_err();
+        assert!(err.to_string().contains("content-type"), "{err}");
+        assert!(BodyFormat::is_structured(Some(
+            "application/cloudevents+json"
+        )));
+        assert!(!BodyFormat::is_structured(Some("application/json")));
+        // Only a MessagePack request gets a MessagePack reply.
+        assert!(!IngestReply::in_json(None));
+        let mut hm = HeaderMap::new();
+        assert!(!IngestReply::in_json(Some(&hm)));
+        hm.insert(h::CONTENT_TYPE, "application/msgpack");
+        assert!(!IngestReply::in_json(Some(&hm)));
+        for ct in [
+            "application/json",
+            "application/cloudevents+json",
+            "text/plain",
+        ] {
+            hm.insert(h::CONTENT_TYPE, ct);
+            assert!(IngestReply::in_json(Some(&hm)), "{ct}");
+        }
+        let mut binary = HeaderMap::new();
+        binary.insert(h::TYPE, "t");
+        assert!(IngestReply::in_json(Some(&binary)));
+        // JSON sent without its content type gets a hint, not only a MessagePack error.
+        let err = IngestRequest::decode(br#"{"events": []}"#, &Limits::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("content-type: application/json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn binary_mode_percent_decodes_and_refuses_what_it_does_not_store() {
+        let mut hm = HeaderMap::new();
+        hm.insert(h::SPECVERSION, "1.0");
+        hm.insert(h::TYPE, "py.100%25");
+        hm.insert(h::SUBJECT, "a.b");
+        // The Python SDK escapes every reserved character.
+        hm.insert(h::SOURCE, "mesh%3A%2F%2Fe1%2Fpy");
+        hm.insert(
+            h::CE_TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        hm.insert(h::CONTENT_TYPE, "text/plain");
+        let ev = NewEvent::from_binary(&hm, Bytes::from_static(b"x"), SRC).unwrap();
+        assert_eq!(ev.ty, "py.100%");
+        assert_eq!(ev.content_type.as_deref(), Some("text/plain"));
+        assert!(ev.traceparent.is_some());
+
+        let refuse = |name: &str, value: &str| {
+            let mut bad = hm.clone();
+            bad.insert(name, value);
+            NewEvent::from_binary(&bad, Bytes::new(), SRC)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refuse(h::TYPE, "py.100%");
+        assert!(err.contains("ce-type") && err.contains("%25"), "{err}");
+        let err = refuse("ce-contenttype", "x");
+        assert!(
+            err.contains("ce-contenttype") && err.contains("not an attribute"),
+            "{err}"
+        );
+        let err = refuse(h::SOURCE, "mesh://e1/other");
+        assert!(err.contains("mesh://e1/py"), "{err}");
+        let err = refuse(h::MESH_SEQ, "9");
+        assert!(err.contains("set by the edge"), "{err}");
+        let err = refuse(h::SPECVERSION, "0.3");
+        assert!(err.contains("ce-specversion"), "{err}");
+    }
+
     #[test]
     fn reply_round_trip() {
         for r in [
@@ -344,6 +982,7 @@ mod tests {
             },
         ] {
             assert_eq!(IngestReply::decode(&r.encode()).unwrap(), r);
+            assert_eq!(IngestReply::decode(&r.encode_json()).unwrap(), r);
         }
     }
 }

@@ -6,7 +6,8 @@
 //!   back ([`IngestReply`]).
 //! * [`bundle`]: the edge outbox record and the bundle that crosses the leaf link.
 //! * [`subject`]: subject builders and the validation of every token that goes into one.
-//! * [`headers`]: every header name the mesh writes or reads.
+//! * [`headers`]: every header name the mesh writes or reads; [`percent`]: the
+//!   percent-encoding of their values.
 //! * [`audit`]: the hash-chained audit record, its typed events and [`audit::verify`].
 //! * [`dlq`]: dead-letter requests and the dead letter's headers.
 //! * [`stream`]: ordered reads of a range of a stream.
@@ -21,10 +22,15 @@ pub mod error;
 pub mod event;
 pub mod headers;
 pub mod ingest;
+pub mod percent;
 pub mod stream;
 pub mod subject;
+mod wire;
 
 pub use bundle::{Bundle, OutboxRecord};
 pub use error::SchemaError;
 pub use event::{Event, MessageBuilder};
-pub use ingest::{EdgeHello, EdgeStatus, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent};
+pub use ingest::{
+    BodyFormat, EdgeHello, EdgeStatus, ErrorCode, IngestReply, IngestRequest, Limits, NewEvent,
+};
+pub use wire::is_json;

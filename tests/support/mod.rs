@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod js;
+pub mod python;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -236,6 +239,20 @@ impl Mesh {
             .await
             .expect("read MESH_EVENTS")
     }
+}
+
+/// The first ```` ```<lang> ```` code block of `docs/PROTOCOL.md`: its examples are run
+/// as they stand, so a reader copies code that works.
+pub fn protocol_example(lang: &str) -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+        .expect("docs/PROTOCOL.md");
+    let fence = format!("```{lang}\n");
+    let start = doc
+        .find(&fence)
+        .unwrap_or_else(|| panic!("no {lang} block in PROTOCOL.md"))
+        + fence.len();
+    let len = doc[start..].find("```").expect("the end of the block");
+    doc[start..start + len].to_string()
 }
 
 /// Polls `cond` every 20 ms until it holds; panics after [`DEADLINE`].

@@ -178,7 +178,10 @@ impl DeadLetters {
                 .unwrap_or_default()
         };
         let edge = Some(get(h::MESH_EDGE)).filter(|e| !e.is_empty());
-        let ce_subject = Some(get(h::SUBJECT)).filter(|s| !s.is_empty());
+        let ce_subject = schemas::event::attribute(&headers, h::SUBJECT)
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty());
         let (edge, ce_subject) = match (edge, ce_subject) {
             (Some(e), Some(s)) => (e, s),
             // Not a mesh event: file it under its raw subject.
