@@ -279,14 +279,25 @@ impl Drop for Mesh {
     }
 }
 
-/// An outside tool a test needs (Chromium, promtool, prometheus) at `path`: its path
-/// when installed. When it is missing the test is skipped with a loud message, so
+/// An outside tool a test needs (Chromium, promtool, prometheus) at `path`, or a bare
+/// command name on PATH (node): its path when installed. When it is missing the test is skipped with a loud message, so
 /// `cargo test --workspace` passes on a machine with only Rust and pip, unless `CI` is
 /// set (as `.ci/run` runs): then a missing tool fails the test.
 pub fn required_tool(path: &str, package: &str) -> Option<std::path::PathBuf> {
     let p = std::path::PathBuf::from(path);
     if p.is_file() {
         return Some(p);
+    }
+    // A bare name is looked up on PATH (node and npm live where their installer put them).
+    if !path.contains('/') {
+        let found = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+            .map(|dir| dir.join(path))
+            .find(|p| p.is_file());
+        if found.is_some() {
+            return found;
+        }
     }
     let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
     assert!(
