@@ -159,6 +159,24 @@ async fn connect(
     unreachable!("the attempts never run out")
 }
 
+/// A central hub's server must run JetStream, in domain `central` if it names one: an
+/// edge's nats-server has none (the hub used to retry its stream set-up for a minute
+/// and then say `jetstream unavailable`).
+fn check_central_server(url: &str, info: &async_nats::ServerInfo) -> anyhow::Result<()> {
+    let central = schemas::subject::CENTRAL_DOMAIN;
+    let wrong = match (&info.domain, info.jetstream) {
+        (_, false) => "has no JetStream".to_string(),
+        (Some(d), true) if !d.is_empty() && d != central => format!("is JetStream domain {d:?}"),
+        _ => return Ok(()),
+    };
+    bail!(
+        "nats-server {url} ({}) {wrong}: a central hub connects to the central nats-server \
+         (JetStream domain `{central}`), not to an edge's; give --nats the central server's \
+         URL (every node's, for a clustered centre)",
+        info.server_name
+    )
+}
+
 pub async fn central(a: CentralArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = match read_config(&a.config)? {
         Some(text) => {
@@ -194,6 +212,7 @@ pub async fn central(a: CentralArgs) -> anyhow::Result<ExitCode> {
     else {
         return Ok(ExitCode::SUCCESS);
     };
+    check_central_server(&cfg.nats, &client.server_info())?;
     let http = listener(&cfg.http).await?;
     central_hub::run(cfg, client, http, crate::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

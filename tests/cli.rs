@@ -610,3 +610,71 @@ fn a_component_that_fails_at_start_fails_mesh_up_at_once() {
         t.elapsed()
     );
 }
+
+/// A client command that cannot connect names the URL once with its cause, also when
+/// the URL comes from `NATS_URL` (connection errors used to repeat their cause and omit
+/// the URL).
+#[test]
+fn a_connection_error_names_the_url_once() {
+    let url = format!("nats://127.0.0.1:{}", closed_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["audit", "verify"])
+        .env("NATS_URL", &url)
+        .env_remove("NATS_CREDS")
+        .env_remove("NATS_CA")
+        .output()
+        .expect("run mesh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.matches(&url).count(), 1, "the URL once: {err}");
+    assert_eq!(
+        err.matches("Connection refused").count(),
+        1,
+        "the cause once: {err}"
+    );
+}
+
+/// A central hub pointed at an edge's nats-server refuses to start at once and says to
+/// use the central one (it used to retry for a minute and say `jetstream unavailable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_central_hub_at_the_wrong_server_says_where_to_go() {
+    let m = Mesh::start(MeshOpts::default()).await;
+    let hub = m.auth(&mesh_nats::auth::Identity::CentralHub {
+        name: "wrong".into(),
+    });
+    let edge = m.edge().client_url();
+    let t = Instant::now();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        mesh_as(
+            &hub,
+            &[
+                "central",
+                "--nats",
+                &edge,
+                "--hub-id",
+                "wrong",
+                "--http",
+                "127.0.0.1:0",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        !ok,
+        "a central hub at an edge's server started:\n{out}\n{err}"
+    );
+    assert!(
+        err.contains("central nats-server"),
+        "the refusal does not say to use the central nats-server:\n{err}"
+    );
+    assert!(
+        err.contains("has no JetStream"),
+        "the refusal does not say what is wrong with the server:\n{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+}
