@@ -25,11 +25,22 @@ pub fn ensure_js_packages() -> PathBuf {
     }
     let _ = std::fs::remove_dir_all(&lib);
     std::fs::create_dir_all(&lib).unwrap();
-    run(Command::new("npm")
-        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+    let mut npm = Command::new("npm");
+    npm.args(["install", "--silent", "--no-audit", "--no-fund"])
+        // A registry that cannot be reached fails the install in about a minute, not
+        // after npm's default of minutes per package.
+        .args(["--fetch-retries=1", "--fetch-timeout=30000", "--prefix"])
         .arg(&lib)
-        .args(JS_PACKAGES))
-    .unwrap_or_else(|e| panic!("installing {JS_PACKAGES:?} from npm: {e}"));
+        .args(JS_PACKAGES);
+    // npm's fetches verify with Node's built-in CA list, which does not include the
+    // system's (a registry behind a TLS-inspecting proxy, as on the CI machines, then
+    // fails with SELF_SIGNED_CERT_IN_CHAIN and retries for ages): add the system bundle
+    // unless the environment says otherwise. pip uses the system's by itself.
+    const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+    if std::env::var_os("NODE_EXTRA_CA_CERTS").is_none() && Path::new(SYSTEM_CA).is_file() {
+        npm.env("NODE_EXTRA_CA_CERTS", SYSTEM_CA);
+    }
+    run(&mut npm).unwrap_or_else(|e| panic!("installing {JS_PACKAGES:?} from npm: {e}"));
     std::fs::write(&stamp, want).unwrap();
     lib
 }
