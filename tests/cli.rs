@@ -444,8 +444,9 @@ fn a_second_mesh_up_on_a_data_dir_in_use_refuses_and_touches_nothing() {
     let _ = reader.join();
 }
 
-/// `mesh edge` against a server that is not there says so, with the URL, at a steady
-/// cadence (it used to log once and fall silent), here in JSON lines (`--log-format
+/// `mesh edge` and `mesh central` against a server that is not there say so, with the
+/// URL, at a steady cadence (the edge hub used to log once and fall silent), here in JSON
+/// lines (`--log-format
 /// json`); a second `mesh edge` on the same data directory refuses, naming the first's
 /// PID; and a durations flag in the wrong syntax is refused by name.
 #[test]
@@ -485,32 +486,56 @@ fn an_unreachable_server_is_retried_aloud_and_a_data_dir_is_one_edges() {
         first.pid()
     );
 
+    // A central hub against nothing does the same (it used to say `jetstream request
+    // timed out` after 10 s).
+    let central_log_path = dir.path().join("central.log");
+    let central_log = std::fs::File::create(&central_log_path).unwrap();
+    let mut central = Running::start(
+        &[
+            "central",
+            "--log-format",
+            "json",
+            "--nats",
+            &url,
+            "--hub-id",
+            "c9",
+        ],
+        Stdio::null(),
+        Stdio::from(central_log),
+    );
+
     // Tries every second, says so at the first and every fifth.
     std::thread::sleep(Duration::from_millis(7_500));
-    assert!(first.alive(), "mesh edge gave up");
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let warnings: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
-        })
-        .filter(|v: &serde_json::Value| v["level"] == "WARN")
-        .collect();
-    assert!(
-        warnings.len() >= 2,
-        "expected a warning at the first and the sixth try:\n{text}"
-    );
-    for w in &warnings {
-        assert_eq!(w["url"], url.as_str(), "{w}");
+    for (what, proc, path) in [
+        ("mesh edge", &mut first, &log_path),
+        ("mesh central", &mut central, &central_log_path),
+    ] {
+        assert!(proc.alive(), "{what} gave up");
+        let text = std::fs::read_to_string(path).unwrap();
+        let warnings: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{what}: not a JSON log line ({e}): {l}"))
+            })
+            .filter(|v: &serde_json::Value| v["level"] == "WARN")
+            .collect();
         assert!(
-            w["message"].as_str().unwrap_or_default().contains(&url),
-            "the message does not name the URL: {w}"
+            warnings.len() >= 2,
+            "{what}: expected a warning at the first and the sixth try:\n{text}"
+        );
+        for w in &warnings {
+            assert_eq!(w["url"], url.as_str(), "{what}: {w}");
+            assert!(
+                w["message"].as_str().unwrap_or_default().contains(&url),
+                "{what}: the message does not name the URL: {w}"
+            );
+        }
+        assert!(
+            proc.terminate(Duration::from_secs(5)),
+            "{what} did not stop on SIGTERM"
         );
     }
-    assert!(
-        first.terminate(Duration::from_secs(5)),
-        "mesh edge did not stop on SIGTERM"
-    );
 
     let (ok, _, err) = mesh(&["up", "--duration", "5 parsecs"]);
     assert!(
