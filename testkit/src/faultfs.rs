@@ -19,6 +19,11 @@
 //!   cut. Real filesystems can lose an unsynced rename, unlink or directory too, so this
 //!   filesystem is kinder than a disk there: a test passing here does not prove such
 //!   operations are synced.
+//! - [`FaultFs::power_cut`] also turns the power off: until [`FaultFs::power_on`] writes
+//!   and syncs are accepted and lost, and every other change (create, unlink, rename,
+//!   truncate…) fails with `EIO`, so a process still running at the cut (its drop
+//!   flushes, its background threads) leaves nothing the next boot can see. Writes and
+//!   syncs do not fail because sled unwraps the `fsync` of its log in its drop.
 //! - The kernel caches neither data (every handle is opened `FOPEN_DIRECT_IO`) nor
 //!   attributes or names (TTL 0), so what a reader sees after a cut is what is held here.
 //! - `flock` and POSIX locks are left to the kernel (fuser does not ask for
@@ -148,6 +153,8 @@ struct State {
     unsynced_names: HashSet<u64>,
     next_fh: u64,
     open_handles: u64,
+    /// Between [`FaultFs::power_cut`] and [`FaultFs::power_on`]: every change fails.
+    off: bool,
     synced_bytes: u64,
     fsyncs: u64,
     dropped: Dropped,
@@ -184,6 +191,16 @@ struct Fs {
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Refuses a change while the power is off: what a process still running at the cut
+/// does then must not reach the disk of the next boot.
+fn powered(st: &State) -> Result<(), Errno> {
+    if st.off {
+        Err(Errno::EIO)
+    } else {
+        Ok(())
+    }
 }
 
 fn errno(e: std::io::Error) -> Errno {
@@ -328,6 +345,7 @@ impl Filesystem for Fs {
     ) {
         let mut st = lock(&self.state);
         let r = (|| {
+            powered(&st)?;
             let rel = self.path(&st, ino)?;
             let full = self.full(&rel);
             if let Some(size) = size {
@@ -379,6 +397,7 @@ impl Filesystem for Fs {
     ) {
         let mut st = lock(&self.state);
         let r = (|| {
+            powered(&st)?;
             let rel = self.child(&st, parent, name)?;
             let full = self.full(&rel);
             std::fs::create_dir(&full).map_err(errno)?;
@@ -396,6 +415,7 @@ impl Filesystem for Fs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut st = lock(&self.state);
         let r = (|| {
+            powered(&st)?;
             let rel = self.child(&st, parent, name)?;
             std::fs::remove_file(self.full(&rel)).map_err(errno)?;
             st.forget_path(&rel);
@@ -410,6 +430,7 @@ impl Filesystem for Fs {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut st = lock(&self.state);
         let r = (|| {
+            powered(&st)?;
             let rel = self.child(&st, parent, name)?;
             std::fs::remove_dir(self.full(&rel)).map_err(errno)?;
             st.forget_path(&rel);
@@ -433,6 +454,7 @@ impl Filesystem for Fs {
     ) {
         let mut st = lock(&self.state);
         let r = (|| {
+            powered(&st)?;
             if flags.bits() != 0 {
                 return Err(Errno::EINVAL);
             }
@@ -488,6 +510,7 @@ impl Filesystem for Fs {
     ) {
         let mut st = lock(&self.state);
         let r = (|| {
+            powered(&st)?;
             let rel = self.child(&st, parent, name)?;
             let mut o = OpenOptions::new();
             o.read(true).write(true).mode(mode & !umask);
@@ -565,6 +588,11 @@ impl Filesystem for Fs {
         reply: ReplyWrite,
     ) {
         let mut st = lock(&self.state);
+        if st.off {
+            // Accepted and lost, like a write into a page cache that is about to go.
+            st.dropped.bytes += data.len() as u64;
+            return reply.written(data.len() as u32);
+        }
         if !st.paths.contains_key(&ino.0) {
             return reply.error(Errno::ENOENT);
         }
@@ -608,6 +636,10 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let mut st = lock(&self.state);
+        if st.off {
+            // Nothing to sync it to. Not an error: sled unwraps its drop's fsync.
+            return reply.ok();
+        }
         match self.sync(&mut st, ino) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -690,6 +722,9 @@ impl Filesystem for Fs {
     ) {
         // The names of the files created in this directory are synced now.
         let mut st = lock(&self.state);
+        if st.off {
+            return reply.ok();
+        }
         let Some(dir) = st.paths.get(&ino.0).cloned() else {
             return reply.error(Errno::ENOENT);
         };
@@ -830,10 +865,9 @@ impl FaultFs {
         &self.backing
     }
 
-    /// A power cut: every write not synced, and every new file whose name was not synced,
-    /// is gone. Call it once nothing has the files open any more (see
-    /// [`FaultFs::wait_closed`]), as a process writing during the cut would go on writing
-    /// into the "new boot".
+    /// What a power cut loses: every write not synced, and every new file whose name was
+    /// not synced, is gone. Alone, for when nothing has the files open any more (see
+    /// [`FaultFs::wait_closed`]); with a process still running, [`FaultFs::power_cut`].
     pub fn drop_unsynced(&self) -> Dropped {
         let mut st = lock(&self.state);
         let mut d = Dropped {
@@ -853,6 +887,22 @@ impl FaultFs {
         st.dropped.bytes += d.bytes;
         st.dropped.files += d.files;
         d
+    }
+
+    /// A power cut while the files are in use: [`FaultFs::drop_unsynced`], and from now
+    /// on until [`FaultFs::power_on`] writes and syncs are accepted and lost and other
+    /// changes fail with `EIO` (module doc), so that what the process under test still
+    /// does (its drop flushes, its background threads) cannot reach the disk it will
+    /// find on the next boot. Reads still work. Drop the process's handles, then [`FaultFs::wait_closed`], then
+    /// [`FaultFs::power_on`].
+    pub fn power_cut(&self) -> Dropped {
+        lock(&self.state).off = true;
+        self.drop_unsynced()
+    }
+
+    /// The next boot, after a [`FaultFs::power_cut`]: changes are accepted again.
+    pub fn power_on(&self) {
+        lock(&self.state).off = false;
     }
 
     /// Counters since mount.

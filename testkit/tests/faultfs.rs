@@ -72,3 +72,35 @@ fn a_cut_drops_exactly_what_was_not_synced() {
     assert_eq!(st.synced_bytes, 11);
     assert_eq!(st.held_bytes, 0);
 }
+
+/// After a power cut, what a process still running does reaches nothing until power
+/// comes back: writes and syncs vanish, other changes fail with EIO.
+#[test]
+fn nothing_reaches_the_disk_while_the_power_is_off() {
+    let Some(fs) = FaultFs::for_test("nothing_reaches_the_disk_while_the_power_is_off") else {
+        return;
+    };
+    let p = fs.path().join("f");
+    let mut f = File::create(&p).unwrap();
+    f.write_all(b"kept").unwrap();
+    f.sync_all().unwrap();
+    f.write_all(b" lost").unwrap();
+
+    let d = fs.power_cut();
+    assert_eq!(d, Dropped { bytes: 5, files: 0 });
+    assert_eq!(read(&p), b"kept", "reads still work");
+    // Writes and syncs are accepted and lost; other changes fail.
+    f.write_all(b"late").unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(read(&p), b"kept");
+    let eio = |r: std::io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::EIO);
+    assert!(eio(File::create(fs.path().join("g")).map(drop)));
+    assert!(eio(std::fs::remove_file(&p)));
+    drop(f);
+
+    assert!(fs.wait_closed(std::time::Duration::from_secs(5)));
+    fs.power_on();
+    assert_eq!(read(&p), b"kept");
+    assert_eq!(fs.stats().dropped.bytes, 5 + 4);
+    File::create(fs.path().join("g")).unwrap();
+}
