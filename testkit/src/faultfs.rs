@@ -29,6 +29,13 @@
 //! - `flock` and POSIX locks are left to the kernel (fuser does not ask for
 //!   `FUSE_FLOCK_LOCKS`/`FUSE_POSIX_LOCKS`), which handles them locally on the mount.
 //!
+//! # Operations
+//! lookup, getattr, setattr (size, mode, owner, times), mkdir, unlink, rmdir, rename
+//! (no flags), open, create, read, write, flush, release, fsync, opendir, readdir,
+//! releasedir, fsyncdir, statfs; locks by the kernel. Not there: hard and symbolic links,
+//! xattrs, fallocate, mknod. A file unlinked while open cannot be read or synced through
+//! the handles still open on it (ENOENT), unlike on a real filesystem.
+//!
 //! # Mounting
 //! Root mounts with `mount(2)` on `/dev/fuse` directly (fuser without libfuse): nothing to
 //! install. Without `AutoUnmount` (that needs `fusermount3`) a test process killed by a
