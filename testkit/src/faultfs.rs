@@ -13,7 +13,8 @@
 //!   filesystem, so they sync nothing here — as on a real disk after a power cut.
 //! - **A new file's existence** is held too: a file created here is deleted from the
 //!   backing directory by [`FaultFs::drop_unsynced`] unless it, or its directory, was
-//!   synced since (an `fsync` of a file counts for its name, as on ext4 and XFS).
+//!   synced since (an `fsync` of a file counts for its name, as on ext4 and XFS, unless
+//!   [`FaultFs::strict_names`] asks for the directory's).
 //! - **Simplification**: every other metadata operation (mkdir, rename, unlink, rmdir,
 //!   truncate, chmod, times) is applied to the backing directory at once and survives a
 //!   cut. Real filesystems can lose an unsynced rename, unlink or directory too, so this
@@ -162,6 +163,8 @@ struct State {
     open_handles: u64,
     /// Between [`FaultFs::power_cut`] and [`FaultFs::power_on`]: every change fails.
     off: bool,
+    /// Only an `fsync` of its directory keeps a new file's name ([`FaultFs::strict_names`]).
+    strict_names: bool,
     synced_bytes: u64,
     fsyncs: u64,
     dropped: Dropped,
@@ -299,7 +302,9 @@ impl Fs {
     /// Writes `ino`'s held extents to its backing file.
     fn sync(&self, st: &mut State, ino: INodeNo) -> Result<(), Errno> {
         st.fsyncs += 1;
-        st.unsynced_names.remove(&ino.0);
+        if !st.strict_names {
+            st.unsynced_names.remove(&ino.0);
+        }
         let Some(held) = st.held.remove(&ino.0) else {
             return Ok(());
         };
@@ -905,6 +910,13 @@ impl FaultFs {
     pub fn power_cut(&self) -> Dropped {
         lock(&self.state).off = true;
         self.drop_unsynced()
+    }
+
+    /// From now on, a new file's name is kept only by an `fsync` of its directory, not of
+    /// the file (POSIX's letter; ext4 and XFS keep it with the file): to check that code
+    /// syncs the directories it creates files in.
+    pub fn strict_names(&self) {
+        lock(&self.state).strict_names = true;
     }
 
     /// The next boot, after a [`FaultFs::power_cut`]: changes are accepted again.

@@ -104,3 +104,29 @@ fn nothing_reaches_the_disk_while_the_power_is_off() {
     assert_eq!(fs.stats().dropped.bytes, 5 + 4);
     File::create(fs.path().join("g")).unwrap();
 }
+
+/// Under strict names, a new file fsynced but whose directory was not is gone at a cut.
+#[test]
+fn strict_names_need_the_directory_synced() {
+    let Some(fs) = FaultFs::for_test("strict_names_need_the_directory_synced") else {
+        return;
+    };
+    fs.strict_names();
+    let kept = fs.path().join("kept");
+    let lost = fs.path().join("lost");
+    let mut f = File::create(&kept).unwrap();
+    f.write_all(b"k").unwrap();
+    f.sync_all().unwrap();
+    File::open(fs.path()).unwrap().sync_all().unwrap();
+    let mut g = File::create(&lost).unwrap();
+    g.write_all(b"l").unwrap();
+    g.sync_all().unwrap();
+    drop((f, g));
+    assert!(fs.wait_closed(std::time::Duration::from_secs(5)));
+    assert_eq!(fs.drop_unsynced(), Dropped { bytes: 0, files: 1 });
+    assert_eq!(read(&kept), b"k");
+    assert!(
+        !lost.exists(),
+        "a file whose directory was never synced survived"
+    );
+}
