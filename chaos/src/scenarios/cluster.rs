@@ -499,7 +499,7 @@ fn elections(mesh: &Mesh, from: SystemTime, groups: &[String]) -> Vec<(String, O
                 continue;
             };
             if let Some((_, t)) = seen.iter_mut().find(|(g, _)| *g == group) {
-                if t.map_or(true, |t| after < t) {
+                if t.is_none_or(|t| after < t) {
                     *t = Some(after);
                 }
             }
