@@ -10,7 +10,7 @@
 mod support;
 
 use support::python::{ensure_python_packages, script};
-use support::{mesh_cli, protocol_example, Mesh, MeshOpts};
+use support::{protocol_example, run_example, Mesh, MeshOpts};
 
 /// The events the Python client publishes (binary 1, structured 1, batch 2, JSON 2,
 /// MessagePack 1).
@@ -61,20 +61,7 @@ async fn a_cloudevents_sdk_publishes_and_reads_back_every_attribute() {
         .unwrap();
     let mesh = Mesh::start(MeshOpts::default()).await;
     let data = mesh.dir().to_path_buf();
-    let (ok, out) = mesh_cli(&[
-        "creds",
-        "agent",
-        "--data-dir",
-        &data.display().to_string(),
-        "--edge",
-        "e1",
-        "--agent",
-        "py-agent",
-        "--durable",
-        "py=python.>",
-    ]);
-    assert!(ok, "{out}");
-    let creds = data.join("creds/agent-e1-py-agent.creds");
+    let creds = mesh.issue_agent_creds("py-agent", &["py=python.>"]);
     let sent = data.join("sent.jsonl");
     let edge_url = mesh.edge().client_url();
     let steps = python(
@@ -204,50 +191,18 @@ async fn the_python_example_of_protocol_md_runs() {
         .unwrap();
     let mesh = Mesh::start(MeshOpts::default()).await;
     let data = mesh.dir().to_path_buf();
-    let (ok, out) = mesh_cli(&[
-        "creds",
-        "agent",
-        "--data-dir",
-        &data.display().to_string(),
-        "--edge",
-        "e1",
-        "--agent",
-        "example",
-        "--durable",
-        "example=example.>",
-    ]);
-    assert!(ok, "{out}");
+    let creds = mesh.issue_agent_creds("example", &["example=example.>"]);
     let example = data.join("example.py");
     std::fs::write(&example, protocol_example("python")).unwrap();
-    let out = tokio::process::Command::new("python3")
-        .env("PYTHONPATH", &lib)
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.env("PYTHONPATH", &lib)
         .env("NATS_URL", mesh.edge().client_url())
-        .env("NATS_CREDS", data.join("creds/agent-e1-example.creds"))
+        .env("NATS_CREDS", creds)
         .env("NATS_CA", data.join("tls/ca.pem"))
         .env("MESH_EDGE", "e1")
         .env("MESH_AGENT", "example")
-        .arg(&example)
-        .output()
-        .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the example failed:\n{all}");
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{all}")))
-        .collect();
-    let stored: Vec<&str> = lines.iter().filter_map(|l| l["stored"].as_str()).collect();
-    let read: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|l| l.get("specversion").is_some())
-        .collect();
-    assert_eq!(stored.len(), 3, "{all}");
-    assert_eq!(read.len(), 3, "{all}");
-    for (id, ev) in stored.iter().zip(&read) {
-        assert_eq!(ev["id"], *id, "{all}");
-        assert_eq!(ev["source"], "mesh://e1/example");
-    }
+        .arg(&example);
+    let read = run_example(cmd, "example", 3).await;
     assert_eq!(
         read[0]["data"],
         serde_json::json!({"hello": "world", "n": 0})

@@ -8,7 +8,7 @@
 mod support;
 
 use support::python::{ensure_python_packages, script};
-use support::{mesh_cli, Mesh, MeshOpts};
+use support::{Mesh, MeshOpts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_agent_publishes_as_itself_and_nothing_else() {
@@ -17,18 +17,7 @@ async fn a_python_agent_publishes_as_itself_and_nothing_else() {
         .unwrap();
     let mesh = Mesh::start(MeshOpts::default()).await;
     let data = mesh.dir().to_path_buf();
-    let (ok, out) = mesh_cli(&[
-        "creds",
-        "agent",
-        "--data-dir",
-        &data.display().to_string(),
-        "--edge",
-        "e1",
-        "--agent",
-        "py-agent",
-    ]);
-    assert!(ok, "{out}");
-    let creds = data.join("creds/agent-e1-py-agent.creds");
+    let creds = mesh.issue_agent_creds("py-agent", &[]);
 
     let out = tokio::process::Command::new("python3")
         .env("PYTHONPATH", &lib)

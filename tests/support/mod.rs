@@ -9,7 +9,7 @@
 pub mod js;
 pub mod python;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agents::Agent;
@@ -110,6 +110,28 @@ impl Mesh {
             .await
             .unwrap_or_else(|e| panic!("starting the test mesh: {e}"));
         Mesh(mesh)
+    }
+
+    /// Issues agent `agent` of edge `e1` its credential with `mesh creds agent`, as an
+    /// operator would, with the durables `name=filter` given; returns the `.creds` path.
+    pub fn issue_agent_creds(&self, agent: &str, durables: &[&str]) -> PathBuf {
+        let data = self.dir().display().to_string();
+        let mut args = vec![
+            "creds",
+            "agent",
+            "--data-dir",
+            &data,
+            "--edge",
+            "e1",
+            "--agent",
+            agent,
+        ];
+        for d in durables {
+            args.extend(["--durable", d]);
+        }
+        let (ok, out) = mesh_cli(&args);
+        assert!(ok, "{out}");
+        self.dir().join(format!("creds/agent-e1-{agent}.creds"))
     }
 
     /// `mesh <args>` as the operator (`operator.creds` and the mesh CA).
@@ -243,6 +265,37 @@ impl Mesh {
 
 /// The first ```` ```<lang> ```` code block of `docs/PROTOCOL.md`: its examples are run
 /// as they stand, so a reader copies code that works.
+/// Runs an example of `docs/PROTOCOL.md` to its end (`cmd`, set up with the agent's
+/// `NATS_*` and `MESH_*` variables) and judges what every example prints: `n` lines
+/// `{"stored": <id>}`, then the `n` events read back as CloudEvents JSON, the same ids in
+/// the same order, each from `mesh://e1/<agent>`. Returns the events read back.
+pub async fn run_example(
+    mut cmd: tokio::process::Command,
+    agent: &str,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let out = cmd.output().await.expect("run the example");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the example failed:\n{all}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{all}")))
+        .collect();
+    let stored: Vec<&str> = lines.iter().filter_map(|l| l["stored"].as_str()).collect();
+    let read: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.get("specversion").is_some())
+        .cloned()
+        .collect();
+    assert_eq!((stored.len(), read.len()), (n, n), "{all}");
+    for (id, ev) in stored.iter().zip(&read) {
+        assert_eq!(ev["id"], *id, "{all}");
+        assert_eq!(ev["source"], format!("mesh://e1/{agent}"));
+    }
+    read
+}
+
 pub fn protocol_example(lang: &str) -> String {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
         .expect("docs/PROTOCOL.md");
